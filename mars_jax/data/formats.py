@@ -1,0 +1,178 @@
+"""Sequence formats: one example's text ids and VQ codes → the static-layout rows of a task.
+
+Formats (DESIGN.md "Sequence formats", ARCHITECTURE.md "Layouts and batches"):
+
+- ``t2i``     ``PAD… text <img> codes <end>``          layout ``(("text", T), ("vision", n + 2))``
+- ``caption`` ``<img> codes <end> text <eot> PAD…``    layout ``(("vision", n + 2), ("text", T))``
+- ``sr``      ``PAD… text <lo> lo-codes </lo> <img> hi-codes <end>``
+  layout ``(("text", T), ("vision", n_lo + 2 + n_hi + 2))``
+
+Decisions:
+
+- ``targets[t]`` is ``tokens[t + 1]``; ``loss_mask[t]`` is 1 exactly where that target is a
+  loss token: t2i/sr — the (high-res) codes and ``<end>`` (so the ``<img>`` position predicts
+  the first code; ``<img>`` itself is forced by the sampler and never a target); caption — the
+  text tokens and ``<eot>``.
+- Padding (``valid=False``) lives only in text segments; ``positions`` count valid tokens only.
+- Unconditional (caption-dropped) form, shared with the sampler: the text slot has no valid
+  token at all, so ``<img>`` (t2i) or ``<lo>`` (sr) is the first valid token, at position 0.
+- Variable grids (stages II/III) carry no row-end tokens: a batch holds one bucket, the grid is
+  fixed by the static layout and named in the caption by ``resolution_prompt``.
+- Long captions keep their first T tokens (t2i/sr) or T - 1 tokens plus ``<eot>`` (caption).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mars_jax import vocab
+
+Layout = tuple[tuple[str, int], ...]
+TaskRows = dict[str, np.ndarray]
+
+ROW_KEYS = ("tokens", "positions", "valid", "targets", "loss_mask")
+
+
+def resolution_prompt(width: int, height: int, caption: str) -> str:
+    """Stage II/III caption text: the output resolution first, so truncation never cuts it."""
+    return f"{width}x{height} {caption}" if caption else f"{width}x{height}"
+
+
+def t2i_layout(text_len: int, grid_hw: tuple[int, int]) -> Layout:
+    return (("text", text_len), ("vision", grid_hw[0] * grid_hw[1] + 2))
+
+
+def caption_layout(text_len: int, grid_hw: tuple[int, int]) -> Layout:
+    return (("vision", grid_hw[0] * grid_hw[1] + 2), ("text", text_len))
+
+
+def sr_layout(text_len: int, lo_grid_hw: tuple[int, int], hi_grid_hw: tuple[int, int]) -> Layout:
+    n_lo = lo_grid_hw[0] * lo_grid_hw[1]
+    n_hi = hi_grid_hw[0] * hi_grid_hw[1]
+    return (("text", text_len), ("vision", n_lo + 2 + n_hi + 2))
+
+
+def sr_hires_start(text_len: int, lo_grid_hw: tuple[int, int]) -> int:
+    """Index of ``<img>`` (before the high-res codes) in an sr row; next-K masks start here."""
+    return text_len + lo_grid_hw[0] * lo_grid_hw[1] + 2
+
+
+def layout_length(layout: Layout) -> int:
+    return sum(length for _, length in layout)
+
+
+def _as_ids(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int64).reshape(-1)
+
+
+def truncate(ids: Sequence[int] | np.ndarray, limit: int) -> tuple[np.ndarray, bool]:
+    """First ``limit`` ids, and whether anything was cut."""
+    ids = _as_ids(ids)
+    return ids[:limit], ids.size > limit
+
+
+def _finish(tokens: np.ndarray, valid: np.ndarray, is_loss_token: np.ndarray) -> TaskRows:
+    """Derive positions, next-token targets and the loss mask from one row's tokens."""
+    positions = np.where(valid, np.cumsum(valid) - 1, 0)
+    targets = np.full_like(tokens, vocab.PAD)
+    targets[:-1] = tokens[1:]
+    loss_mask = np.zeros(tokens.shape, np.float32)
+    loss_mask[:-1] = is_loss_token[1:] & valid[1:] & valid[:-1]
+    targets = np.where(valid, targets, vocab.PAD)
+    return {
+        "tokens": tokens.astype(np.int32),
+        "positions": positions.astype(np.int32),
+        "valid": valid,
+        "targets": targets.astype(np.int32),
+        "loss_mask": loss_mask,
+    }
+
+
+def _image_tokens(codes: np.ndarray, start: int, end: int) -> np.ndarray:
+    return np.concatenate([[start], vocab.code_to_token(_as_ids(codes)), [end]])
+
+
+def t2i_row(text_ids: Sequence[int] | np.ndarray, codes: np.ndarray, text_len: int) -> TaskRows:
+    """``PAD… text <img> codes <end>``; text left-padded to ``text_len`` (truncate first)."""
+    text = _as_ids(text_ids)
+    if text.size > text_len:
+        raise ValueError(f"t2i_row: {text.size} text ids exceed the slot of {text_len}")
+    image = _image_tokens(codes, vocab.IMAGE_START, vocab.IMAGE_END)
+    pad = np.full(text_len - text.size, vocab.PAD)
+    tokens = np.concatenate([pad, text, image])
+    valid = np.concatenate([np.zeros(pad.size, bool), np.ones(text.size + image.size, bool)])
+    loss = np.zeros(tokens.shape, bool)
+    loss[text_len + 1 :] = True  # codes and <end>
+    return _finish(tokens, valid, loss)
+
+
+def caption_row(codes: np.ndarray, text_ids: Sequence[int] | np.ndarray, text_len: int) -> TaskRows:
+    """``<img> codes <end> text <eot> PAD…``; text + ``<eot>`` right-padded to ``text_len``."""
+    text = _as_ids(text_ids)
+    if text.size + 1 > text_len:
+        raise ValueError(f"caption_row: {text.size} text ids + <eot> exceed the slot of {text_len}")
+    image = _image_tokens(codes, vocab.IMAGE_START, vocab.IMAGE_END)
+    n_text = text.size + 1
+    tokens = np.concatenate([image, text, [vocab.ENDOFTEXT], np.full(text_len - n_text, vocab.PAD)])
+    valid = np.zeros(tokens.shape, bool)
+    valid[: image.size + n_text] = True
+    loss = np.zeros(tokens.shape, bool)
+    loss[image.size : image.size + n_text] = True  # text and <eot>
+    return _finish(tokens, valid, loss)
+
+
+def sr_row(
+    text_ids: Sequence[int] | np.ndarray, lo_codes: np.ndarray, hi_codes: np.ndarray, text_len: int
+) -> TaskRows:
+    """``PAD… text <lo> lo-codes </lo> <img> hi-codes <end>``; loss on hi-codes and ``<end>``."""
+    text = _as_ids(text_ids)
+    if text.size > text_len:
+        raise ValueError(f"sr_row: {text.size} text ids exceed the slot of {text_len}")
+    lo = _image_tokens(lo_codes, vocab.LOWRES_START, vocab.LOWRES_END)
+    hi = _image_tokens(hi_codes, vocab.IMAGE_START, vocab.IMAGE_END)
+    pad = np.full(text_len - text.size, vocab.PAD)
+    tokens = np.concatenate([pad, text, lo, hi])
+    valid = np.concatenate([np.zeros(pad.size, bool), np.ones(tokens.size - pad.size, bool)])
+    loss = np.zeros(tokens.shape, bool)
+    loss[text_len + lo.size + 1 :] = True
+    return _finish(tokens, valid, loss)
+
+
+def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:
+    """Rows of one task → the task batch ``{"tokens", …: [B, L], "layout": layout}``."""
+    length = layout_length(layout)
+    batch = {k: np.stack([r[k] for r in rows]) for k in ROW_KEYS}
+    if batch["tokens"].shape[1] != length:
+        raise ValueError(f"rows of length {batch['tokens'].shape[1]} do not fit layout {layout}")
+    batch["layout"] = layout
+    return batch
+
+
+def check_layout(task_batch: dict) -> None:
+    """Raise unless every valid token of each segment has that segment's modality.
+
+    Padding must be text-slot ``PAD`` (``valid=False``) and only inside text segments.
+    """
+    tokens, valid, layout = task_batch["tokens"], task_batch["valid"], task_batch["layout"]
+    if tokens.shape[-1] != layout_length(layout):
+        raise ValueError(f"tokens of length {tokens.shape[-1]} do not match layout {layout}")
+    start = 0
+    for modality, length in layout:
+        seg_tokens = tokens[..., start : start + length]
+        seg_valid = valid[..., start : start + length]
+        is_vis = vocab.is_vision(seg_tokens)
+        if modality == "vision":
+            if not seg_valid.all():
+                raise ValueError(f"padding inside vision segment at [{start}, {start + length})")
+            if not is_vis.all():
+                raise ValueError(f"text token inside vision segment at [{start}, {start + length})")
+        elif modality == "text":
+            if (is_vis & seg_valid).any():
+                raise ValueError(f"vision token inside text segment at [{start}, {start + length})")
+            if (seg_tokens[~seg_valid] != vocab.PAD).any():
+                raise ValueError(f"padding that is not PAD at [{start}, {start + length})")
+        else:
+            raise ValueError(f"unknown modality {modality!r} in layout {layout}")
+        start += length

@@ -1,0 +1,333 @@
+"""Grain input pipelines: prepared shards (or random tokens) → static-shape training batches.
+
+A batch is ``{task: {"tokens", "positions", "valid", "targets", "loss_mask": [B, L] numpy,
+"layout": Layout}}`` (ARCHITECTURE.md). Stage I holds ``caption`` (``round(B * caption_ratio)``
+rows) and ``t2i`` (the rest); stage II ``t2i``; stage III ``sr``. Each batch holds one bucket
+(code grid), so its layout is static; stage II/III have a few buckets, hence a few layouts.
+
+Pipeline per bucket (``grain.MapDataset``): ArrayRecord source → equal-length per-process
+slice (``process_index::process_count``, disjoint and covering) → shuffle by seed (reshuffled
+every epoch) → repeat ``num_epochs`` → decode + caption choice/dropout (seeded per element) →
+``to_iter_dataset`` (undecodable records dropped, logged) → batch. Buckets are interleaved by
+``grain.IterDataset.mix`` with weights ∝ their sizes; the interleaving depends on the weights
+only, so every process picks the same bucket (layout) at the same step.
+
+Both ``make_train_iterator`` and ``make_synthetic_iterator`` return a ``grain.DatasetIterator``:
+``get_state()`` / ``set_state()`` give exact resume, and ``grain.checkpoint.CheckpointHandler``
+(registered with Orbax as a checkpoint item) saves it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from mars_jax import vocab
+from mars_jax.data import formats, records
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_LOG_FIRST_N = 5  # per process: name this many bad / truncated records, then count only
+
+
+# --------------------------------------------------------------------------- batch shapes
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global batch {global_batch_size} is not divisible by {process_count} processes"
+        )
+    return global_batch_size // process_count
+
+
+def task_batch_sizes(data_config: ml_collections.ConfigDict, local_batch: int) -> dict[str, int]:
+    """Rows per task in one per-process batch (stage I: captions = round(B * ratio))."""
+    multiple = int(data_config.get("task_batch_multiple", 1))
+    if local_batch % multiple:
+        raise ValueError(
+            f"data.task_batch_multiple={multiple} does not divide the per-process batch "
+            f"{local_batch}"
+        )
+    if data_config.stage == 1:
+        n_caption = int(np.floor(local_batch * data_config.caption_ratio / multiple + 0.5))
+        n_caption *= multiple  # rounded half up, to a multiple
+        sizes = {"t2i": local_batch - n_caption, "caption": n_caption}
+        return {k: v for k, v in sizes.items() if v > 0}
+    return {"t2i" if data_config.stage == 2 else "sr": local_batch}
+
+
+# --------------------------------------------------------------------------- batch assembly
+
+
+class AssembleBatch:
+    """Examples of one bucket → ``{task: task_batch}``; the first rows become captions."""
+
+    def __init__(self, stage: int, sizes: dict[str, int], text_len: int):
+        self.stage, self.sizes, self.text_len = stage, dict(sizes), text_len
+        self.num_truncated = 0
+
+    def _text(self, ex: dict, limit: int) -> np.ndarray:
+        ids, cut = formats.truncate(ex["text_ids"], limit)
+        if cut:
+            self.num_truncated += 1
+            if self.num_truncated <= _LOG_FIRST_N:
+                log.warning(
+                    "record %s: caption of %d tokens truncated to the text slot of %d "
+                    "(%d truncated so far in this process)",
+                    ex["key"],
+                    len(ex["text_ids"]),
+                    limit,
+                    self.num_truncated,
+                )
+        return ids
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        n_caption = self.sizes.get("caption", 0)
+        grid = examples[0]["codes"].shape
+        T = self.text_len
+        batch: dict[str, Any] = {}
+        if n_caption:
+            rows = [
+                formats.caption_row(ex["codes"], self._text(ex, T - 1), T)
+                for ex in examples[:n_caption]
+            ]
+            batch["caption"] = formats.stack_rows(rows, formats.caption_layout(T, grid))
+        rest = examples[n_caption:]
+        empty = np.zeros(0, np.int32)
+        if self.stage in (1, 2):
+            rows = [
+                formats.t2i_row(empty if ex["drop"] else self._text(ex, T), ex["codes"], T)
+                for ex in rest
+            ]
+            batch["t2i"] = formats.stack_rows(rows, formats.t2i_layout(T, grid))
+        else:
+            lo_grid = rest[0]["lo_codes"].shape
+            rows = [
+                formats.sr_row(
+                    empty if ex["drop"] else self._text(ex, T), ex["lo_codes"], ex["codes"], T
+                )
+                for ex in rest
+            ]
+            batch["sr"] = formats.stack_rows(rows, formats.sr_layout(T, lo_grid, grid))
+        return batch
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+class _SyntheticBatch:
+    """Batch ``step`` of a random but well-formed stream; a pure function of (seed, step)."""
+
+    def __init__(self, data_config, sizes: dict[str, int], process_index: int, seed: int):
+        self.stage = int(data_config.stage)
+        self.text_len = int(data_config.text_len)
+        self.grids = [tuple(int(x) for x in g) for g in data_config.grids]
+        self.scale = int(data_config.hires_scale)
+        self.codebook_size = min(int(data_config.codebook_size), vocab.NUM_IMAGE_CODES)
+        self.dropout = float(data_config.caption_dropout)
+        self.assemble = AssembleBatch(self.stage, sizes, self.text_len)
+        self.batch_rows = sum(sizes.values())
+        self.process_index, self.seed = process_index, seed
+
+    def __call__(self, step: int) -> dict:
+        # The bucket depends on (seed, step) only: the same layout on every process.
+        grid = self.grids[np.random.default_rng([self.seed, step]).integers(len(self.grids))]
+        rng = np.random.default_rng([self.seed, step, self.process_index, 1])
+        examples = []
+        for i in range(self.batch_rows):
+            n_text = int(rng.integers(0, self.text_len))
+            ex = {
+                "key": f"synthetic-{step}-{i}",
+                "text_ids": rng.integers(0, vocab.ENDOFTEXT, n_text, dtype=np.int32),
+                "drop": bool(rng.random() < self.dropout),
+            }
+            if self.stage == 3:
+                hi = (grid[0] * self.scale, grid[1] * self.scale)
+                ex["lo_codes"] = rng.integers(0, self.codebook_size, grid, dtype=np.int32)
+                ex["codes"] = rng.integers(0, self.codebook_size, hi, dtype=np.int32)
+            else:
+                ex["codes"] = rng.integers(0, self.codebook_size, grid, dtype=np.int32)
+            examples.append(ex)
+        return self.assemble(examples)
+
+
+def make_synthetic_iterator(
+    data_config: ml_collections.ConfigDict,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int | None = None,
+) -> grain.DatasetIterator:
+    """Endless random batches in the real format, with the same state API as the real one."""
+    seed = int(data_config.seed if seed is None else seed)
+    sizes = task_batch_sizes(data_config, local_batch_size(global_batch_size, process_count))
+    make = _SyntheticBatch(data_config, sizes, process_index, seed)
+    ds = grain.MapDataset.range(0, 2**62).map(make).to_iter_dataset()
+    return iter(ds)
+
+
+# --------------------------------------------------------------------------- real shards
+
+
+def load_manifest(shards_dir: str) -> dict:
+    path = os.path.join(shards_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"data.shards={shards_dir!r}: no {MANIFEST} (run `python -m mars_jax.data.prepare`, "
+            "and let it finish)"
+        )
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("schema_version") != records.SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {manifest.get('schema_version')} is not the supported "
+            f"{records.SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def truncation_stats(manifest: dict, text_len: int) -> dict[str, int]:
+    """How many records' texts exceed the text slot (from the manifest's length histograms)."""
+    out = {}
+    for field in ("text", "refined_text"):
+        hist = manifest.get("text_len_histogram", {}).get(field, {})
+        out[field] = sum(int(c) for n, c in hist.items() if int(n) > text_len)
+    return out
+
+
+class _ToExample(grain.transforms.RandomMap):
+    """``(source index, bytes)`` → example dict; an undecodable record → None (logged)."""
+
+    def __init__(self, files, offsets, grid, lo_grid, codebook_size, refined_prob, dropout):
+        self.files, self.offsets = list(files), list(offsets)
+        self.grid, self.lo_grid = tuple(grid), (tuple(lo_grid) if lo_grid else None)
+        self.codebook_size, self.refined_prob, self.dropout = codebook_size, refined_prob, dropout
+        self.num_bad = 0
+
+    def _where(self, index: int) -> str:
+        f = bisect.bisect_right(self.offsets, index) - 1
+        return f"{self.files[f]} record {index - self.offsets[f]}"
+
+    def random_map(self, element, rng: np.random.Generator):
+        index, data = element
+        where = self._where(index)
+        try:
+            rec = records.decode_record(data, where, self.codebook_size)
+            if rec["codes"].shape != self.grid or (
+                self.lo_grid and rec.get("lo_codes", np.zeros(0)).shape != self.lo_grid
+            ):
+                raise records.RecordError(f"{where}: code grid does not match its bucket")
+        except records.RecordError as e:
+            self.num_bad += 1
+            log.error("skipping bad record (%d in this process so far): %s", self.num_bad, e)
+            return None
+        use_refined = rec["refined_ids"].size > 0 and rng.random() < self.refined_prob
+        ex = {
+            "key": rec["key"],
+            "text_ids": rec["refined_ids"] if use_refined else rec["text_ids"],
+            "codes": rec["codes"],
+            "drop": bool(rng.random() < self.dropout),
+        }
+        if "lo_codes" in rec:
+            ex["lo_codes"] = rec["lo_codes"]
+        return ex
+
+
+def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, process_count, seed):
+    files = [os.path.join(shards_dir, f) for f in bucket["files"]]
+    source = grain.sources.ArrayRecordDataSource(files)
+    counts = [int(c) for c in bucket["file_counts"]]
+    if sum(counts) != len(source):
+        raise ValueError(
+            f"{shards_dir}: bucket {bucket['name']} has {len(source)} records on disk but "
+            f"the manifest lists {sum(counts)}"
+        )
+    per_process = len(source) // process_count
+    local_batch = sum(sizes.values())
+    if per_process < local_batch:
+        return None, per_process
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    to_example = _ToExample(
+        bucket["files"],
+        offsets,
+        bucket["grid"],
+        bucket.get("lo_grid"),
+        int(bucket["codebook_size"]),
+        float(data_config.refined_caption_prob),
+        float(data_config.caption_dropout),
+    )
+    ds = grain.MapDataset.source(source).map_with_index(lambda i, x: (i, x))
+    ds = ds[: per_process * process_count][process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(int(data_config.num_epochs))
+    ds = ds.random_map(to_example, seed=seed + 1)
+    read = grain.ReadOptions(num_threads=int(data_config.read_threads), prefetch_buffer_size=64)
+    ds = ds.to_iter_dataset(read)
+    assemble = AssembleBatch(int(data_config.stage), sizes, int(data_config.text_len))
+    return ds.batch(local_batch, drop_remainder=True, batch_fn=assemble), per_process
+
+
+def make_train_iterator(
+    data_config: ml_collections.ConfigDict,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int | None = None,
+) -> grain.DatasetIterator:
+    """This process's slice (global batch / process_count rows) of the stage's batches."""
+    if data_config.get("synthetic", False):
+        return make_synthetic_iterator(
+            data_config, global_batch_size, process_index, process_count, seed
+        )
+    seed = int(data_config.seed if seed is None else seed)
+    shards_dir = data_config.shards
+    manifest = load_manifest(shards_dir)
+    if int(manifest["stage"]) != int(data_config.stage):
+        raise ValueError(
+            f"data.stage={data_config.stage} but {shards_dir} holds "
+            f"stage-{manifest['stage']} shards"
+        )
+    sizes = task_batch_sizes(data_config, local_batch_size(global_batch_size, process_count))
+    for field, n in truncation_stats(manifest, int(data_config.text_len)).items():
+        if n:
+            log.warning(
+                "%s: %d records' %s exceed data.text_len=%d tokens and will be truncated",
+                shards_dir,
+                n,
+                field,
+                data_config.text_len,
+            )
+    datasets, weights = {}, {}
+    for name in sorted(manifest["buckets"]):
+        bucket = dict(manifest["buckets"][name], name=name, codebook_size=manifest["codebook_size"])
+        ds, n = _bucket_dataset(
+            shards_dir, bucket, data_config, sizes, process_index, process_count, seed
+        )
+        if ds is None:
+            log.warning("bucket %s: %d records per process, fewer than one batch; unused", name, n)
+            continue
+        datasets[name], weights[name] = ds, float(n)
+    if not datasets:
+        raise ValueError(
+            f"{shards_dir}: no bucket has a full per-process batch of {sum(sizes.values())} records"
+        )
+    ds = next(iter(datasets.values())) if len(datasets) == 1 else None
+    if ds is None:
+        ds = grain.IterDataset.mix(datasets, weights)
+    if int(data_config.worker_count) > 0:
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=int(data_config.worker_count),
+                per_worker_buffer_size=int(data_config.worker_buffer_size),
+            )
+        )
+    return iter(ds)

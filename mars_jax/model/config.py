@@ -1,0 +1,132 @@
+"""`ModelConfig`: the static description of a MARS model (Qwen decoder + SemVIE experts).
+
+A frozen dataclass, hence hashable, so it can be a static argument of `jax.jit`. Configs
+store it as a plain dict (`to_dict` / `from_dict`) in the `model` section of an
+`ml_collections.ConfigDict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
+IMAGE_LOGITS = ("full", "vision_only")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes, numerics and memory policy of the model.
+
+    image_logits: "full" gives every position the 160,136-way softmax (paper §3.3);
+      "vision_only" restricts positions whose target is a vision token (in the loss) and
+      vision segments (in `forward_logits`) to the vision head's 8,200 ids, skipping the
+      151,936-way text head there.
+    loss_chunk_size: tokens per chunk of the cross-entropy; 0 computes it unchunked.
+    nktp_k: next-K token prediction heads of stage III; the model core supports only 1.
+    """
+
+    num_layers: int = 2
+    width: int = 64
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    mlp_dim: int = 128
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    compute_dtype: str = "bfloat16"
+    frozen_dtype: str = "bfloat16"
+    trainable_dtype: str = "float32"
+    remat_policy: str = "none"
+    image_logits: str = "full"
+    loss_chunk_size: int = 1024
+    nktp_k: int = 1
+
+    def __post_init__(self):
+        def bad(key: str, why: str):
+            raise ValueError(f"ModelConfig.{key}: {why}")
+
+        for key in ("num_layers", "width", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+            if int(getattr(self, key)) <= 0:
+                bad(key, f"must be positive, got {getattr(self, key)}")
+        if self.num_heads % self.num_kv_heads:
+            bad("num_kv_heads", f"{self.num_kv_heads} does not divide num_heads={self.num_heads}")
+        if self.head_dim % 2:
+            bad("head_dim", f"rotary embeddings need an even head_dim, got {self.head_dim}")
+        for key in ("compute_dtype", "frozen_dtype", "trainable_dtype"):
+            if getattr(self, key) not in DTYPES:
+                bad(key, f"{getattr(self, key)!r} not in {DTYPES}")
+        if self.remat_policy not in REMAT_POLICIES:
+            bad("remat_policy", f"{self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.image_logits not in IMAGE_LOGITS:
+            bad("image_logits", f"{self.image_logits!r} not in {IMAGE_LOGITS}")
+        if self.loss_chunk_size < 0:
+            bad("loss_chunk_size", f"must be >= 0, got {self.loss_chunk_size}")
+        if self.nktp_k < 1:
+            bad("nktp_k", f"must be >= 1, got {self.nktp_k}")
+
+    # ---- presets -------------------------------------------------------------------------
+
+    @classmethod
+    def qwen7b(cls, **overrides: Any) -> ModelConfig:
+        """The paper's base LLM: Qwen-7B (FFN 11,008 per SwiGLU half, no GQA)."""
+        base = dict(
+            num_layers=32,
+            width=4096,
+            num_heads=32,
+            num_kv_heads=32,
+            head_dim=128,
+            mlp_dim=11008,
+            remat_policy="dots_saveable",
+            loss_chunk_size=4096,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ModelConfig:
+        """Tests: two narrow layers with grouped-query attention."""
+        base = dict(
+            num_layers=2,
+            width=64,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            mlp_dim=128,
+            loss_chunk_size=256,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> ModelConfig:
+        """CPU demo: trains in minutes on a laptop."""
+        base = dict(
+            num_layers=4,
+            width=256,
+            num_heads=4,
+            num_kv_heads=4,
+            head_dim=64,
+            mlp_dim=688,
+            loss_chunk_size=512,
+        )
+        return cls(**{**base, **overrides})
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ModelConfig:
+        """Accepts a dict or an ml_collections ConfigDict; unknown keys are an error."""
+        if hasattr(d, "to_dict"):
+            d = d.to_dict()
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"model config: unknown keys {unknown}; known keys {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

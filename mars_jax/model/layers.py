@@ -1,0 +1,90 @@
+"""Qwen decoder pieces as pure functions: RMSNorm, rotary embeddings, attention, SwiGLU.
+
+Numerics follow the Hugging Face Qwen / Qwen2 code, so converted checkpoints give the same
+logits: RMSNorm in fp32, rotate-half rotary embeddings, softmax in fp32. Projections take
+flattened `[N, D]` activations (N = batch x length): XLA:CPU picks its fast matmul kernel
+for 2-D operands, also for the weight gradients.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Finite "minus infinity": a query row whose keys are all masked gets a uniform softmax
+# instead of NaN, and its output is then zeroed.
+MASK_VALUE = -1e30
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis, computed in fp32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def rotary_cos_sin(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables `[..., head_dim]` for integer positions `[...]` (rotate-half layout)."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x_NxHxDh: jax.Array, cos_NxDh: jax.Array, sin_NxDh: jax.Array) -> jax.Array:
+    """Rotate-half rotary embedding of `[N, heads, head_dim]`, computed in fp32."""
+    x = x_NxHxDh.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    y = x * cos_NxDh[:, None, :] + rotated * sin_NxDh[:, None, :]
+    return y.astype(x_NxHxDh.dtype)
+
+
+def dense(x_NxD: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """`x @ w` over the first axis of w (its other axes are flattened and restored)."""
+    w2 = w.reshape(w.shape[0], -1).astype(dtype)
+    y = jnp.dot(x_NxD.astype(dtype), w2)
+    return y.reshape(x_NxD.shape[:-1] + w.shape[1:])
+
+
+def qkv_projection(
+    h_NxD: jax.Array, attn: dict, cos_NxDh: jax.Array, sin_NxDh: jax.Array, dtype
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Q, K, V (with bias, rotary on Q and K) of one expert: `[N, H, Dh]`, `[N, KV, Dh]` x2."""
+    q = dense(h_NxD, attn["q"], dtype) + attn["q_bias"].astype(dtype)
+    k = dense(h_NxD, attn["k"], dtype) + attn["k_bias"].astype(dtype)
+    v = dense(h_NxD, attn["v"], dtype) + attn["v_bias"].astype(dtype)
+    return apply_rotary(q, cos_NxDh, sin_NxDh), apply_rotary(k, cos_NxDh, sin_NxDh), v
+
+
+def attention(
+    q_BxQxHxDh: jax.Array, k_BxKxGxDh: jax.Array, v_BxKxGxDh: jax.Array, mask_BxQxK: jax.Array
+) -> jax.Array:
+    """Grouped-query softmax attention; `mask` True where a query may attend to a key.
+
+    Rows with no allowed key (padding queries) return zeros rather than NaN.
+    """
+    b, nq, h, dh = q_BxQxHxDh.shape
+    g = k_BxKxGxDh.shape[2]
+    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh)
+    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BxKxGxDh, preferred_element_type=jnp.float32)
+    scores = scores * (dh**-0.5)
+    mask = mask_BxQxK[:, None, None, :, :]
+    scores = jnp.where(mask, scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs.astype(v_BxKxGxDh.dtype), v_BxKxGxDh)
+    return out.reshape(b, nq, h, dh)
+
+
+def swiglu(h_NxD: jax.Array, mlp: dict, dtype) -> jax.Array:
+    """`down(silu(gate(h)) * up(h))`; Qwen-1 names: gate = w2, up = w1, down = c_proj."""
+    gate = dense(h_NxD, mlp["gate"], dtype)
+    up = dense(h_NxD, mlp["up"], dtype)
+    return dense(jax.nn.silu(gate) * up, mlp["down"], dtype)
+
+
+def out_projection(a_NxHxDh: jax.Array, o_HxDhxD: jax.Array, dtype) -> jax.Array:
+    """Shared O-projection `[N, H, Dh] -> [N, D]`."""
+    n = a_NxHxDh.shape[0]
+    return dense(a_NxHxDh.reshape(n, -1), o_HxDhxD.reshape(-1, o_HxDhxD.shape[-1]), dtype)

@@ -1,0 +1,162 @@
+"""Cross-entropy over the joint 160,136-way vocabulary, in chunks of tokens.
+
+The `[tokens, 160136]` fp32 logits of a whole batch never exist at once: the tokens are cut
+into chunks of `cfg.loss_chunk_size`, a `lax.scan` walks over them, and each chunk's
+logits are rematerialised in the backward pass (`jax.checkpoint`). Chunks without any
+loss-bearing token (e.g. the text prefix of text-to-image) are skipped at run time by
+`lax.cond`. The log-partition is `logaddexp(lse(text logits), lse(vision logits))`, so the
+two heads' logits are never concatenated either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from mars_jax import vocab
+from mars_jax.model import layers, mars
+from mars_jax.model import layout as layout_lib
+from mars_jax.model.config import ModelConfig
+
+FULL = "full"  # softmax over all 160,136 ids
+VISION_ONLY = "vision_only"  # softmax over the vision head's 8,200 ids
+BY_TARGET = "by_target"  # vision-only where the target is a vision id, full elsewhere
+
+ARRAY_KEYS = ("tokens", "positions", "valid", "targets", "loss_mask")
+
+
+def token_cross_entropy(
+    frozen: dict,
+    trainable: dict,
+    h_NxD: jax.Array,
+    targets_N: jax.Array,
+    mode: str,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """Per-token cross-entropy `[N]` (fp32) of the joint softmax for hidden states `h`.
+
+    A text target under `vision_only` scores the finite mask value (a huge loss), so a
+    layout that disagrees with the data shows up instead of being silently ignored.
+    """
+    lv = mars.vision_logits(trainable, h_NxD, cfg)
+    target_is_vision = targets_N >= vocab.TEXT_VOCAB_SIZE
+    v_ids = jnp.clip(targets_N - vocab.TEXT_VOCAB_SIZE, 0, vocab.VISION_VOCAB_SIZE - 1)
+    tgt_v = jnp.take_along_axis(lv, v_ids[:, None], axis=1)[:, 0]
+    lse_v = jax.nn.logsumexp(lv, axis=-1)
+    if mode == VISION_ONLY:
+        return lse_v - jnp.where(target_is_vision, tgt_v, layers.MASK_VALUE)
+    lt = mars.text_logits(frozen, h_NxD, cfg)
+    t_ids = jnp.clip(targets_N, 0, vocab.TEXT_VOCAB_SIZE - 1)
+    tgt_t = jnp.take_along_axis(lt, t_ids[:, None], axis=1)[:, 0]
+    lse = jnp.logaddexp(jax.nn.logsumexp(lt, axis=-1), lse_v)
+    if mode == BY_TARGET:
+        lse = jnp.where(target_is_vision, lse_v, lse)
+    return lse - jnp.where(target_is_vision, tgt_v, tgt_t)
+
+
+def chunked_loss_sum(
+    frozen: dict,
+    trainable: dict,
+    h_NxD: jax.Array,
+    targets_N: jax.Array,
+    weights_N: jax.Array,
+    mode: str,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """`sum(weights * cross_entropy)` over N tokens, `cfg.loss_chunk_size` at a time."""
+    weights_N = weights_N.astype(jnp.float32)
+
+    def weighted(h, t, w):
+        ce = token_cross_entropy(frozen, trainable, h, t, mode, cfg)
+        return jnp.sum(jnp.where(w > 0, w * ce, 0.0))
+
+    n = h_NxD.shape[0]
+    chunk = cfg.loss_chunk_size
+    if chunk == 0 or chunk >= n:
+        return weighted(h_NxD, targets_N, weights_N)
+    num_chunks = -(-n // chunk)
+    pad = num_chunks * chunk - n
+    h = jnp.pad(h_NxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)
+    t = jnp.pad(targets_N, (0, pad)).reshape(num_chunks, chunk)
+    w = jnp.pad(weights_N, (0, pad)).reshape(num_chunks, chunk)
+    weighted_remat = jax.checkpoint(weighted, prevent_cse=False)
+
+    def step(total, htw):
+        hc, tc, wc = htw
+        s = jax.lax.cond(
+            jnp.any(wc > 0), weighted_remat, lambda *_: jnp.zeros((), jnp.float32), hc, tc, wc
+        )
+        return total + s, None
+
+    total, _ = jax.lax.scan(step, jnp.zeros((), jnp.float32), (h, t, w))
+    return total
+
+
+def task_loss(
+    frozen: dict,
+    trainable: dict,
+    task_batch: Mapping,
+    layout: layout_lib.Layout | None,
+    cfg: ModelConfig,
+) -> tuple[jax.Array, jax.Array, dict]:
+    """Summed token loss, summed weight and metrics of one task batch.
+
+    `task_batch` holds `[B, L]` arrays `tokens, positions, valid, targets, loss_mask` (other
+    keys, such as its layout, are ignored). Padding (`valid=False`) never counts.
+    """
+    missing = [k for k in ARRAY_KEYS if k not in task_batch]
+    if missing:
+        raise KeyError(f"task batch lacks {missing}; it has {sorted(task_batch)}")
+    tokens, positions, valid = task_batch["tokens"], task_batch["positions"], task_batch["valid"]
+    targets = jnp.asarray(task_batch["targets"], jnp.int32)
+    weights = jnp.asarray(task_batch["loss_mask"], jnp.float32) * jnp.asarray(valid, jnp.float32)
+    h_BxLxD = mars.forward_hidden(frozen, trainable, tokens, positions, valid, layout, cfg)
+    b, length, d = h_BxLxD.shape
+    restrict = cfg.image_logits == "vision_only"
+    if layout is None:
+        pieces = [(BY_TARGET if restrict else FULL, 0, length)]
+    else:
+        pieces = [
+            (VISION_ONLY if restrict and m == layout_lib.VISION else FULL, start, stop)
+            for m, start, stop in layout_lib.bounds(layout_lib.target_layout(layout))
+        ]
+    sum_loss = jnp.zeros((), jnp.float32)
+    for mode, start, stop in pieces:
+        flat = lambda x, start=start, stop=stop: x[:, start:stop].reshape(
+            b * (stop - start), *x.shape[2:]
+        )
+        sum_loss = sum_loss + chunked_loss_sum(
+            frozen, trainable, flat(h_BxLxD), flat(targets), flat(weights), mode, cfg
+        )
+    sum_weight = jnp.sum(weights)
+    metrics = {"loss": sum_loss / jnp.maximum(sum_weight, 1e-9), "tokens": sum_weight}
+    return sum_loss, sum_weight, metrics
+
+
+def total_loss(
+    frozen: dict, trainable: dict, batch: Mapping[str, Mapping], layouts, cfg: ModelConfig
+) -> tuple[jax.Array, dict]:
+    """Mean token loss over all tasks of a batch, and flat per-task metrics.
+
+    Tasks are combined by summing token losses and dividing by the summed weight, so each
+    token counts once whatever task it comes from. `layouts` maps task name to layout
+    (a dict, or a tuple of `(name, layout)` pairs, which is hashable for `jit`).
+    """
+    layouts = dict(layouts)
+    sum_loss = jnp.zeros((), jnp.float32)
+    sum_weight = jnp.zeros((), jnp.float32)
+    metrics = {}
+    for name in sorted(batch):
+        if name not in layouts:
+            raise KeyError(f"no layout for task {name!r}; layouts given for {sorted(layouts)}")
+        task_sum, task_weight, task_metrics = task_loss(
+            frozen, trainable, batch[name], layouts[name], cfg
+        )
+        sum_loss, sum_weight = sum_loss + task_sum, sum_weight + task_weight
+        metrics.update({f"{name}/{k}": v for k, v in task_metrics.items()})
+    loss = sum_loss / jnp.maximum(sum_weight, 1e-9)
+    metrics["loss"] = loss
+    metrics["tokens"] = sum_weight
+    return loss, metrics

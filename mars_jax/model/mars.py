@@ -1,0 +1,284 @@
+"""SemVIE forward pass (paper §3.3, DESIGN.md "SemVIE layer"): frozen Qwen + vision experts.
+
+Two paths share one layer body:
+
+- static layout (`layout` given): the sequence is cut into its `(modality, length)`
+  segments, each a separate carry of the layer scan, processed only by its own expert.
+  Attention is block-causal over segments: a segment's queries see the keys of all earlier
+  segments and causally its own. In text-to-image the text stream then depends on frozen
+  weights only, so JAX computes no backward pass for it.
+- general (`layout=None`): one mixed segment; both experts run on every token and
+  `where(is_vision, ...)` selects (generation of interleaved text and image).
+
+`forward_hidden` returns the final-normed hidden states; `forward_logits` applies the
+text head and the vision head and concatenates them (160,136 ids).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mars_jax import vocab
+from mars_jax.model import layers
+from mars_jax.model import layout as layout_lib
+from mars_jax.model.config import ModelConfig
+
+MIXED = "mixed"  # modality of the single segment of the general path
+
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def segments_of(layout: layout_lib.Layout | None, seq_len: int) -> list[tuple[str, int, int]]:
+    """`(modality, start, stop)` of each segment; one mixed segment when layout is None."""
+    if layout is None:
+        return [(MIXED, 0, seq_len)]
+    if layout_lib.length(layout) != seq_len:
+        n = layout_lib.length(layout)
+        raise ValueError(f"layout {layout} has length {n}, but the tokens have {seq_len}")
+    return layout_lib.bounds(layout)
+
+
+def embed(frozen: dict, trainable: dict, tokens_BxL: jax.Array, modality: str, dtype) -> jax.Array:
+    """Embedding rows: text table for text ids, vision table for ids >= 151,936."""
+
+    def text():
+        ids = jnp.clip(tokens_BxL, 0, vocab.TEXT_VOCAB_SIZE - 1)
+        return jnp.take(frozen["embed"], ids, axis=0).astype(dtype)
+
+    def vision():
+        ids = jnp.clip(tokens_BxL - vocab.TEXT_VOCAB_SIZE, 0, vocab.VISION_VOCAB_SIZE - 1)
+        return jnp.take(trainable["vision_embed"], ids, axis=0).astype(dtype)
+
+    if modality == layout_lib.TEXT:
+        return text()
+    if modality == layout_lib.VISION:
+        return vision()
+    return jnp.where(vocab.is_vision(tokens_BxL)[..., None], vision(), text())
+
+
+def expert(fn, modality: str, text_params: dict, vision_params: dict, is_vision_N: jax.Array):
+    """Run the expert(s) of a segment: one of them, or both and select per token."""
+    if modality == layout_lib.TEXT:
+        return fn(text_params)
+    if modality == layout_lib.VISION:
+        return fn(vision_params)
+    out_text, out_vision = fn(text_params), fn(vision_params)
+    pick = lambda t, v: jnp.where(is_vision_N.reshape((-1,) + (1,) * (t.ndim - 1)), v, t)
+    return jax.tree.map(pick, out_text, out_vision)
+
+
+def block_masks(segs, valid_BxL: jax.Array) -> list[list[jax.Array]]:
+    """masks[i][j]: `[B, S_i, S_j]`, whether queries of segment i may see keys of segment j≤i."""
+    masks = []
+    for i, (_, qs, qe) in enumerate(segs):
+        row = []
+        for _, ks, ke in segs[: i + 1]:
+            key_valid = valid_BxL[:, None, ks:ke]
+            if ks == qs:
+                causal = jnp.tril(jnp.ones((qe - qs, ke - ks), bool))
+                row.append(causal[None] & key_valid)
+            else:
+                row.append(jnp.broadcast_to(key_valid, (valid_BxL.shape[0], qe - qs, ke - ks)))
+        masks.append(row)
+    return masks
+
+
+def attend_blocks(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
+    """Softmax attention over keys given as separate blocks `[(k, v), ...]`.
+
+    Scores are computed per block and normalised jointly. Keeping the blocks apart means
+    the backward pass computes no key/value gradient for blocks that depend on frozen
+    weights only (the text stream of text-to-image).
+    """
+    b, nq, h, dh = q_BxQxHxDh.shape
+    g = kv_blocks[0][0].shape[2]
+    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
+    scores = [
+        jnp.where(
+            m[:, None, None],
+            jnp.einsum("bqgrd,bkgd->bgrqk", q, k, preferred_element_type=jnp.float32),
+            layers.MASK_VALUE,
+        )
+        for (k, _), m in zip(kv_blocks, mask_blocks, strict=True)
+    ]
+    sizes = [s.shape[-1] for s in scores]
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+    any_key = jnp.any(jnp.concatenate(mask_blocks, axis=-1), axis=-1)[:, None, None, :, None]
+    probs = jnp.where(any_key, probs, 0.0)
+    out, start = 0.0, 0
+    for (_, v), n in zip(kv_blocks, sizes, strict=True):
+        p = probs[..., start : start + n].astype(v.dtype)
+        out = out + jnp.einsum("bgrqk,bkgd->bqgrd", p, v)
+        start += n
+    return out.reshape(b, nq, h, dh)
+
+
+def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vision_N, cfg):
+    """Pre-norm + expert QKV of one segment: `[B, S, H, Dh]`, `[B, S, KV, Dh]` x2."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    b, s, d = x_BxSxD.shape
+    h_ND = layers.rms_norm(x_BxSxD.reshape(b * s, d), frozen_layer["ln1"], cfg.norm_eps)
+    cos, sin = cos_sin
+    q, k, v = expert(
+        lambda p: layers.qkv_projection(h_ND, p, cos, sin, dtype),
+        modality,
+        frozen_layer["text_attn"],
+        trainable_layer["vision_attn"],
+        is_vision_N,
+    )
+    unflat = lambda t: t.reshape(b, s, *t.shape[1:])
+    return unflat(q), unflat(k), unflat(v)
+
+
+def segment_finish(
+    x_BxSxD, attn_BxSxHxDh, modality, frozen_layer, trainable_layer, is_vision_N, cfg
+):
+    """Shared O-projection and residual, then pre-norm + expert FFN and residual."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    b, s, d = x_BxSxD.shape
+    x_ND = x_BxSxD.reshape(b * s, d)
+    a_ND = layers.out_projection(
+        attn_BxSxHxDh.reshape(b * s, *attn_BxSxHxDh.shape[2:]), frozen_layer["o"], dtype
+    )
+    x_ND = x_ND + a_ND.astype(x_ND.dtype)
+    h_ND = layers.rms_norm(x_ND, frozen_layer["ln2"], cfg.norm_eps)
+    f_ND = expert(
+        lambda p: layers.swiglu(h_ND, p, dtype),
+        modality,
+        frozen_layer["text_mlp"],
+        trainable_layer["vision_mlp"],
+        is_vision_N,
+    )
+    return (x_ND + f_ND.astype(x_ND.dtype)).reshape(b, s, d)
+
+
+def _maybe_remat(fn, cfg: ModelConfig):
+    if cfg.remat_policy == "none":
+        return fn
+    return jax.checkpoint(fn, policy=REMAT[cfg.remat_policy], prevent_cse=False)
+
+
+def forward_segments(
+    frozen: dict,
+    trainable: dict,
+    tokens_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    layout: layout_lib.Layout | None,
+    cfg: ModelConfig,
+) -> list[jax.Array]:
+    """Final-normed hidden states `[B, S_i, D]` of each segment of `layout`."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
+    valid_BxL = jnp.asarray(valid_BxL, bool)
+    segs = segments_of(layout, tokens_BxL.shape[1])
+    masks = block_masks(segs, valid_BxL)
+    consts = []
+    for _, start, stop in segs:
+        pos_N = positions_BxL[:, start:stop].reshape(-1)
+        consts.append(
+            (
+                layers.rotary_cos_sin(pos_N, cfg.head_dim, cfg.rope_base),
+                vocab.is_vision(tokens_BxL[:, start:stop].reshape(-1)),
+            )
+        )
+    xs0 = tuple(
+        embed(frozen, trainable, tokens_BxL[:, start:stop], modality, dtype)
+        for modality, start, stop in segs
+    )
+
+    def layer(xs, layer_params):
+        frozen_layer, trainable_layer = layer_params
+        qkv = [
+            segment_qkv(x, m, frozen_layer, trainable_layer, cs, isv, cfg)
+            for x, (m, _, _), (cs, isv) in zip(xs, segs, consts, strict=True)
+        ]
+        out = []
+        for i, (x, (m, _, _), (_, isv)) in enumerate(zip(xs, segs, consts, strict=True)):
+            kv_blocks = [(k, v) for _, k, v in qkv[: i + 1]]
+            a = attend_blocks(qkv[i][0], kv_blocks, masks[i])
+            out.append(segment_finish(x, a, m, frozen_layer, trainable_layer, isv, cfg))
+        return tuple(out), None
+
+    layer = _maybe_remat(layer, cfg)
+    xs, _ = jax.lax.scan(layer, xs0, (frozen["layers"], trainable["layers"]))
+    return [layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps) for x in xs]
+
+
+def forward_hidden(
+    frozen: dict,
+    trainable: dict,
+    tokens_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    layout: layout_lib.Layout | None,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """Final-normed hidden states `[B, L, D]` (the input of both heads)."""
+    segs = forward_segments(frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg)
+    return jnp.concatenate(segs, axis=1)
+
+
+def text_logits(frozen: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """fp32 logits of the frozen text head, `[N, 151936]`."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    return jnp.dot(
+        h_NxD.astype(dtype), frozen["text_head"].astype(dtype), preferred_element_type=jnp.float32
+    )
+
+
+def vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """fp32 logits of the trainable vision head, `[N, 8200]`."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    return jnp.dot(
+        h_NxD.astype(dtype),
+        trainable["vision_head"].astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
+def logits_from_hidden(
+    frozen: dict, trainable: dict, h_BxSxD: jax.Array, cfg: ModelConfig, vision_only: bool = False
+) -> jax.Array:
+    """`concat(text_head(h), vision_head(h))`, `[B, S, 160136]` fp32.
+
+    With `vision_only` the text range is -inf and the text head is not computed.
+    """
+    b, s, d = h_BxSxD.shape
+    h = h_BxSxD.reshape(b * s, d)
+    lv = vision_logits(trainable, h, cfg)
+    if vision_only:
+        lt = jnp.full((b * s, vocab.TEXT_VOCAB_SIZE), -jnp.inf, jnp.float32)
+    else:
+        lt = text_logits(frozen, h, cfg)
+    return jnp.concatenate([lt, lv], axis=-1).reshape(b, s, vocab.VOCAB_SIZE)
+
+
+def forward_logits(
+    frozen: dict,
+    trainable: dict,
+    tokens_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    layout: layout_lib.Layout | None,
+    cfg: ModelConfig,
+) -> jax.Array:
+    """Logits `[B, L, 160136]` fp32 over the joint vocabulary (for sampling and tests).
+
+    With `cfg.image_logits == "vision_only"`, vision segments of a static layout get -inf on
+    the text range. Training uses `loss.task_loss`, which never builds this array.
+    """
+    segs = forward_segments(frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg)
+    modalities = [m for m, _, _ in segments_of(layout, tokens_BxL.shape[1])]
+    restrict = cfg.image_logits == "vision_only"
+    out = [
+        logits_from_hidden(frozen, trainable, h, cfg, restrict and m == layout_lib.VISION)
+        for h, m in zip(segs, modalities, strict=True)
+    ]
+    return jnp.concatenate(out, axis=1)

@@ -1,0 +1,174 @@
+"""The parameter tree: `{"frozen": LLM as loaded, "trainable": vision parts}`.
+
+Plain nested dicts; every per-layer leaf has a leading `[num_layers]` axis so the decoder is
+one `lax.scan`. `logical_axes` names every axis for sharding rules; `abstract_params` gives
+shapes and dtypes without allocating (for checkpoint restore and sharding plans).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mars_jax import vocab
+from mars_jax.model.config import ModelConfig
+
+INIT_STD = 0.02
+# Relative noise on the vision head (see `init_trainable_from_frozen`).
+VISION_HEAD_NOISE = 0.02
+
+
+def _attn_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    d, h, kv, dh = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    return {
+        "q": (d, h, dh),
+        "k": (d, kv, dh),
+        "v": (d, kv, dh),
+        "q_bias": (h, dh),
+        "k_bias": (kv, dh),
+        "v_bias": (kv, dh),
+    }
+
+
+def _mlp_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    d, f = cfg.width, cfg.mlp_dim
+    return {"gate": (d, f), "up": (d, f), "down": (f, d)}
+
+
+ATTN_AXES = {
+    "q": ("embed", "heads", "head_dim"),
+    "k": ("embed", "kv", "head_dim"),
+    "v": ("embed", "kv", "head_dim"),
+    "q_bias": ("heads", "head_dim"),
+    "k_bias": ("kv", "head_dim"),
+    "v_bias": ("kv", "head_dim"),
+}
+MLP_AXES = {"gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed")}
+
+
+def frozen_shapes(cfg: ModelConfig) -> dict:
+    ly, d = cfg.num_layers, cfg.width
+    stack = lambda shapes: {k: (ly, *s) for k, s in shapes.items()}
+    return {
+        "embed": (vocab.TEXT_VOCAB_SIZE, d),
+        "layers": {
+            "ln1": (ly, d),
+            "ln2": (ly, d),
+            "text_attn": stack(_attn_shapes(cfg)),
+            "o": (ly, cfg.num_heads, cfg.head_dim, d),
+            "text_mlp": stack(_mlp_shapes(cfg)),
+        },
+        "final_norm": (d,),
+        "text_head": (d, vocab.TEXT_VOCAB_SIZE),
+    }
+
+
+def trainable_shapes(cfg: ModelConfig) -> dict:
+    ly, d = cfg.num_layers, cfg.width
+    stack = lambda shapes: {k: (ly, *s) for k, s in shapes.items()}
+    return {
+        "vision_embed": (vocab.VISION_VOCAB_SIZE, d),
+        "layers": {"vision_attn": stack(_attn_shapes(cfg)), "vision_mlp": stack(_mlp_shapes(cfg))},
+        "vision_head": (d, vocab.VISION_VOCAB_SIZE),
+    }
+
+
+def logical_axes(cfg: ModelConfig) -> dict:
+    """The parameter tree with a tuple of logical axis names in place of every leaf."""
+    del cfg  # axis names do not depend on sizes
+    layer = lambda axes: {k: ("layers", *a) for k, a in axes.items()}
+    return {
+        "frozen": {
+            "embed": ("vocab", "embed"),
+            "layers": {
+                "ln1": ("layers", "embed"),
+                "ln2": ("layers", "embed"),
+                "text_attn": layer(ATTN_AXES),
+                "o": ("layers", "heads", "head_dim", "embed"),
+                "text_mlp": layer(MLP_AXES),
+            },
+            "final_norm": ("embed",),
+            "text_head": ("embed", "vocab"),
+        },
+        "trainable": {
+            "vision_embed": ("vocab", "embed"),
+            "layers": {"vision_attn": layer(ATTN_AXES), "vision_mlp": layer(MLP_AXES)},
+            "vision_head": ("embed", "vocab"),
+        },
+    }
+
+
+def is_axes_leaf(x) -> bool:
+    """Leaf predicate for `jax.tree.map` over a `logical_axes` tree."""
+    return isinstance(x, tuple)
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+    """`jax.ShapeDtypeStruct` tree of `init_params(cfg, rng)`, without allocating."""
+    to_struct = lambda dtype: lambda s: jax.ShapeDtypeStruct(s, jnp.dtype(dtype))
+    is_shape = lambda x: isinstance(x, tuple)
+    return {
+        "frozen": jax.tree.map(to_struct(cfg.frozen_dtype), frozen_shapes(cfg), is_leaf=is_shape),
+        "trainable": jax.tree.map(
+            to_struct(cfg.trainable_dtype), trainable_shapes(cfg), is_leaf=is_shape
+        ),
+    }
+
+
+def init_frozen(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """A random stand-in for a pretrained LLM (tests, demo): normal(0.02), unit norms."""
+    shapes = frozen_shapes(cfg)
+    is_shape = lambda x: isinstance(x, tuple)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=is_shape)
+    paths = [jax.tree_util.keystr(p) for p, _ in with_paths]
+    leaves = [s for _, s in with_paths]
+    keys = jax.random.split(rng, len(leaves))
+    dtype = jnp.dtype(cfg.frozen_dtype)
+    out = []
+    for path, shape, key in zip(paths, leaves, keys, strict=True):
+        if "ln" in path or "final_norm" in path:
+            out.append(jnp.ones(shape, dtype))
+        else:
+            out.append((INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def init_trainable_from_frozen(
+    cfg: ModelConfig, frozen: dict, rng: jax.Array, *, num_text_rows: int | None = None
+) -> dict:
+    """Vision parameters initialised from the text ones (DESIGN.md, "Vocabulary").
+
+    - vision embedding rows: the mean of the real text embedding rows (the first
+      `num_text_rows`, default all), so new tokens start at the centre of the text cloud;
+    - vision experts (QKV with bias, FFN): exact copies of the text experts;
+    - vision head: the mean of the real text-head columns plus a small relative noise.
+      Every vision logit then starts at the LLM's mean text logit at that position: on the
+      same scale as the text logits (a zero head would put all 8,200 vision ids at logit 0,
+      far above or below the text range depending on the checkpoint), so the initial loss
+      and gradients are moderate, and the noise breaks the symmetry between codes.
+    """
+    n = vocab.TEXT_VOCAB_SIZE if num_text_rows is None else num_text_rows
+    dtype = jnp.dtype(cfg.trainable_dtype)
+    embed = jnp.asarray(frozen["embed"][:n], jnp.float32)
+    head = jnp.asarray(frozen["text_head"][:, :n], jnp.float32)
+    head_mean = jnp.mean(head, axis=1, keepdims=True)
+    noise_scale = VISION_HEAD_NOISE * jnp.std(head)
+    noise = noise_scale * jax.random.normal(rng, (cfg.width, vocab.VISION_VOCAB_SIZE))
+    copy = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+    return {
+        "vision_embed": jnp.broadcast_to(
+            jnp.mean(embed, axis=0), (vocab.VISION_VOCAB_SIZE, cfg.width)
+        ).astype(dtype),
+        "layers": {
+            "vision_attn": copy(frozen["layers"]["text_attn"]),
+            "vision_mlp": copy(frozen["layers"]["text_mlp"]),
+        },
+        "vision_head": (head_mean + noise).astype(dtype),
+    }
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Random frozen LLM plus trainable vision parts initialised from it."""
+    k_frozen, k_train = jax.random.split(rng)
+    frozen = init_frozen(cfg, k_frozen)
+    return {"frozen": frozen, "trainable": init_trainable_from_frozen(cfg, frozen, k_train)}

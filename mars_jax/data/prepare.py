@@ -318,7 +318,7 @@ class _ShardWorker:
 # --------------------------------------------------------------------------- driver
 
 
-def _chunks(it: Iterable, size: int) -> Iterator[list]:
+def chunks(it: Iterable, size: int) -> Iterator[list]:
     it = iter(it)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
@@ -395,7 +395,7 @@ def run(opts: PrepareOptions) -> dict | None:
     source = sources.iter_source(
         opts.source, opts.tfds_data_dir, opts.tfds_image_key, opts.tfds_caption_key
     )
-    for shard, examples in enumerate(_chunks(source, opts.shard_size)):
+    for shard, examples in enumerate(chunks(source, opts.shard_size)):
         num_shards = shard + 1
         if shard % opts.num_workers != opts.worker_index:
             continue

@@ -276,6 +276,14 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     return ds.batch(local_batch, drop_remainder=True, batch_fn=assemble), per_process
 
 
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; a non-absl entry point must mark them parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def make_train_iterator(
     data_config: ml_collections.ConfigDict,
     global_batch_size: int,
@@ -324,6 +332,7 @@ def make_train_iterator(
     if ds is None:
         ds = grain.IterDataset.mix(datasets, weights)
     if int(data_config.worker_count) > 0:
+        _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=int(data_config.worker_count),

@@ -94,19 +94,17 @@ case "$PRIORITY" in
 esac
 
 XPK_SCOPE=(--cluster="$CLUSTER" --project="$PROJECT" --zone="$ZONE")
-TRAIN=$(trainer_command "$CONFIG" "$WORKDIR" "${TRAINER_ARGS[@]}")
-
 if [[ -n "$TPU_TYPE" ]]; then
-  # On TPU hosts jax.distributed finds its peers (and the slices) from the TPU environment.
+  # --distributed: jax.distributed finds its peers (and the slices) from the TPU environment.
   DEVICE_ARGS=(--tpu-type="$TPU_TYPE" --num-slices="$NUM_SLICES")
-  COMMAND="cd /app && ${TRAIN}"
+  COMMAND="cd /app && $(trainer_command "$CONFIG" "$WORKDIR" --distributed "${TRAINER_ARGS[@]}")"
 else
   # XPK gives each GPU pod JAX_COORDINATOR_ADDRESS (host of rank 0), JAX_COORDINATOR_PORT,
   # NNODES and NODE_RANK; they are expanded by the container's shell.
   DEVICE_ARGS=(--device-type="$GPU_TYPE" --num-nodes="$NUM_NODES")
   while IFS= read -r line; do DEVICE_ARGS+=(--env="$line"); done < <(gpu_env)
   # shellcheck disable=SC2016  # expanded inside the container, not here
-  COMMAND="cd /app && ${TRAIN}"' --coordinator_address="${JAX_COORDINATOR_ADDRESS}:${JAX_COORDINATOR_PORT}" --num_processes="${NNODES}" --process_id="${NODE_RANK}"'
+  COMMAND="cd /app && $(trainer_command "$CONFIG" "$WORKDIR" "${TRAINER_ARGS[@]}")"' --coordinator_address="${JAX_COORDINATOR_ADDRESS}:${JAX_COORDINATOR_PORT}" --num_processes="${NNODES}" --process_id="${NODE_RANK}"'
 fi
 
 CAPACITY=()

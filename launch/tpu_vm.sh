@@ -157,7 +157,7 @@ python3 -m pip install -q -U 'jax[tpu]==${JAX_VERSION}' -e ./${REMOTE_DIR}"
 }
 
 train_on_workers() {
-  tpu_ssh_all "cd ${REMOTE_DIR} && $(trainer_command "$CONFIG" "$WORKDIR" "${TRAINER_ARGS[@]}")"
+  tpu_ssh_all "cd ${REMOTE_DIR} && $(trainer_command "$CONFIG" "$WORKDIR" --distributed "${TRAINER_ARGS[@]}")"
 }
 
 attempt=0

@@ -105,13 +105,17 @@ def _flag(argv: list[str], name: str) -> str:
     return values[0]
 
 
-def _check_trainer(argv: list[str], workdir: str, extra: list[str]) -> None:
+def _check_trainer(argv: list[str], workdir: str, extra: list[str], distributed: bool) -> None:
+    """argv runs the trainer with CONFIG, workdir, the multi-process switch and then `extra`."""
     i = argv.index("python3")
     assert argv[i : i + 3] == ["python3", "-m", "mars_jax.train"], argv
     train = argv[i + 3 :]
     assert _flag(train, "--config") == CONFIG
     assert _flag(train, "--workdir") == workdir
-    assert train[2 : 2 + len(extra)] == extra, train
+    assert ("--distributed" in train) == distributed, train
+    if extra:
+        at = train.index(extra[0])
+        assert train[at : at + len(extra)] == extra, train
 
 
 def test_shellcheck_clean():
@@ -191,7 +195,7 @@ def test_tpu_vm_dry_run(guard_bin):
     assert "jax[tpu]==0.10.2" in shlex.split(_flag(setup, "--command").replace(";", " "))
     remote = shlex.split(_flag(train, "--command"))
     assert remote[:3] == ["cd", "mars_jax", "&&"]
-    _check_trainer(remote, opts["--workdir"], TRAINER_EXTRA)
+    _check_trainer(remote, opts["--workdir"], TRAINER_EXTRA, distributed=True)
 
 
 @pytest.mark.parametrize(
@@ -222,7 +226,7 @@ def test_gke_xpk_tpu_dry_run(guard_bin):
     assert not any(a.startswith("--device-type") for a in create)
     remote = shlex.split(_flag(create, "--command"))
     assert remote[:3] == ["cd", "/app", "&&"]
-    _check_trainer(remote, opts["--workdir"], TRAINER_EXTRA)
+    _check_trainer(remote, opts["--workdir"], TRAINER_EXTRA, distributed=True)
 
 
 def test_gke_xpk_gpu_dry_run(guard_bin):
@@ -234,7 +238,7 @@ def test_gke_xpk_gpu_dry_run(guard_bin):
     assert "--xla_gpu_enable_latency_hiding_scheduler=true" in env["XLA_FLAGS"].split()
     assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
     remote = shlex.split(_flag(create, "--command"))
-    _check_trainer(remote, opts["--workdir"], [])
+    _check_trainer(remote, opts["--workdir"], [], distributed=False)
     # The coordinator comes from XPK's pod environment, expanded inside the container.
     assert "--num_processes=${NNODES}" in remote and "--process_id=${NODE_RANK}" in remote
     proc = _run(
@@ -286,7 +290,7 @@ def test_slurm_batch_script_dry_run(guard_bin):
     opts = REQUIRED["slurm_gpu.sbatch"]
     exports, srun = _sbatch_dry_run([*_args(opts), "--", *TRAINER_EXTRA], guard_bin)
     assert srun[0] == "srun" and _flag(srun, "--ntasks-per-node") == "8"
-    _check_trainer(srun, opts["--workdir"], TRAINER_EXTRA)
+    _check_trainer(srun, opts["--workdir"], TRAINER_EXTRA, distributed=True)
     assert exports["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
     assert float(exports["XLA_PYTHON_CLIENT_MEM_FRACTION"]) < 1
     assert "JAX_LOCAL_DEVICE_IDS" not in exports  # JAX maps SLURM_LOCALID -> GPU itself

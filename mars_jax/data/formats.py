@@ -28,8 +28,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from mars_jax import vocab
+from mars_jax.model import layout as model_layout
 
-Layout = tuple[tuple[str, int], ...]
+Layout = model_layout.Layout
 TaskRows = dict[str, np.ndarray]
 
 ROW_KEYS = ("tokens", "positions", "valid", "targets", "loss_mask")
@@ -41,17 +42,16 @@ def resolution_prompt(width: int, height: int, caption: str) -> str:
 
 
 def t2i_layout(text_len: int, grid_hw: tuple[int, int]) -> Layout:
-    return (("text", text_len), ("vision", grid_hw[0] * grid_hw[1] + 2))
+    return model_layout.t2i(text_len, grid_hw[0] * grid_hw[1])
 
 
 def caption_layout(text_len: int, grid_hw: tuple[int, int]) -> Layout:
-    return (("vision", grid_hw[0] * grid_hw[1] + 2), ("text", text_len))
+    return model_layout.caption(text_len, grid_hw[0] * grid_hw[1])
 
 
 def sr_layout(text_len: int, lo_grid_hw: tuple[int, int], hi_grid_hw: tuple[int, int]) -> Layout:
     n_lo = lo_grid_hw[0] * lo_grid_hw[1]
-    n_hi = hi_grid_hw[0] * hi_grid_hw[1]
-    return (("text", text_len), ("vision", n_lo + 2 + n_hi + 2))
+    return model_layout.super_resolution(text_len, n_lo, hi_grid_hw[0] * hi_grid_hw[1])
 
 
 def sr_hires_start(text_len: int, lo_grid_hw: tuple[int, int]) -> int:
@@ -59,8 +59,7 @@ def sr_hires_start(text_len: int, lo_grid_hw: tuple[int, int]) -> int:
     return text_len + lo_grid_hw[0] * lo_grid_hw[1] + 2
 
 
-def layout_length(layout: Layout) -> int:
-    return sum(length for _, length in layout)
+layout_length = model_layout.length
 
 
 def _as_ids(ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -147,6 +146,7 @@ def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:
     if batch["tokens"].shape[1] != length:
         raise ValueError(f"rows of length {batch['tokens'].shape[1]} do not fit layout {layout}")
     batch["layout"] = layout
+    check_layout(batch)  # ARCHITECTURE.md: the pipeline guarantees each segment's modality
     return batch
 
 

@@ -1,0 +1,1 @@
+"""VQ-GAN image tokenizer: model (``model``), config, checkpoints, PyTorch import, training."""

@@ -98,8 +98,14 @@ def _all_records(out, manifest):
 
 @pytest.fixture(scope="module")
 def stage1(raw, tmp_path_factory):
+    """Stage I through the command line (argparse flags → PrepareOptions → run)."""
     out = tmp_path_factory.mktemp("s1")
-    return out, prepare.run(_opts(raw, out, 1))
+    o = _opts(raw, out, 1)
+    argv = [f"--{k}={getattr(o, k)}" for k in ("stage", "source", "out", "vq", "batch_size")]
+    argv += [f"--{k}={getattr(o, k)}" for k in ("shard_size", "min_side", "image_size")]
+    assert prepare.main(argv + ["--num_threads=2", "--no_progress"]) == 0
+    with open(out / "manifest.json") as f:
+        return out, json.load(f)
 
 
 def test_stage1_manifest_counts_and_skips(stage1, raw):

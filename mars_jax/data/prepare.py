@@ -177,8 +177,12 @@ class _Prepared:
 
     example: sources.SourceExample
     orig_hw: tuple[int, int]
-    pixels: np.ndarray  # uint8 [H, W, 3]
+    pixels: np.ndarray | None  # uint8 [H, W, 3]; dropped once encoded
     lo_pixels: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.image_hw = tuple(self.pixels.shape[:2])
+        self.lo_image_hw = tuple(self.lo_pixels.shape[:2]) if self.lo_pixels is not None else None
 
 
 class _ShardWorker:
@@ -247,30 +251,46 @@ class _ShardWorker:
         filters: collections.Counter = collections.Counter()
         skipped: list[dict] = []
         kept: list[_Prepared] = []
-        for ex, res in zip(examples, self.pool.map(self.load, examples), strict=True):
-            if bar is not None:
-                bar.update(1)
-            if isinstance(res, _Prepared):
-                kept.append(res)
-                continue
-            reason, message = res
-            if message:  # unreadable / unusable: listed; filtered by size: only counted
-                skipped.append({"shard": shard, "key": ex.key, "reason": reason, "error": message})
-                log.warning("skipping %s", message)
-            filters[reason] += 1
-        # Group by size so each VQ batch has one static shape; encode in input order.
-        by_size: dict[tuple, list[int]] = collections.defaultdict(list)
-        for i, p in enumerate(kept):
-            lo_shape = p.lo_pixels.shape if p.lo_pixels is not None else None
-            by_size[(p.pixels.shape, lo_shape)].append(i)
+        # Encode per image size (one static shape per VQ batch) as soon as a batch is full,
+        # and decode images a window at a time, so memory stays bounded by a few batches.
+        pending: dict[tuple, list[int]] = collections.defaultdict(list)
         codes: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        for (_, lo_shape), idx in by_size.items():
+
+        def flush(size_key: tuple) -> None:
+            idx = pending.pop(size_key)
             hi = self.encode([kept[i].pixels for i in idx])
-            lo = self.encode([kept[i].lo_pixels for i in idx]) if lo_shape else [None] * len(idx)
-            codes.update({i: (h, lo_c) for i, h, lo_c in zip(idx, hi, lo, strict=True)})
+            lo = [None] * len(idx)
+            if size_key[1] is not None:
+                lo = self.encode([kept[i].lo_pixels for i in idx])
+            for i, h, lo_c in zip(idx, hi, lo, strict=True):
+                codes[i] = (h, lo_c)
+                kept[i].pixels = kept[i].lo_pixels = None
+
+        window = 4 * self.opts.batch_size
+        for start in range(0, len(examples), window):
+            part = examples[start : start + window]
+            for ex, res in zip(part, self.pool.map(self.load, part), strict=True):
+                if bar is not None:
+                    bar.update(1)
+                if isinstance(res, _Prepared):
+                    kept.append(res)
+                    size_key = (res.image_hw, res.lo_image_hw)
+                    pending[size_key].append(len(kept) - 1)
+                    if len(pending[size_key]) == self.opts.batch_size:
+                        flush(size_key)
+                    continue
+                reason, message = res
+                if message:  # unreadable / unusable: listed; filtered by size: only counted
+                    skipped.append(
+                        {"shard": shard, "key": ex.key, "reason": reason, "error": message}
+                    )
+                    log.warning("skipping %s", message)
+                filters[reason] += 1
+        for size_key in list(pending):
+            flush(size_key)
         buckets: dict[str, dict] = {}
         hist = {"text": collections.Counter(), "refined_text": collections.Counter()}
-        texts = [self._texts(p.example, p.pixels.shape[:2]) for p in kept]
+        texts = [self._texts(p.example, p.image_hw) for p in kept]
         ids = self.tok.encode_batch([t for pair in texts for t in pair])
         for i, p in enumerate(kept):
             hi, lo = codes[i]
@@ -289,19 +309,19 @@ class _ShardWorker:
                 "refined_ids": refined_ids,
                 "lang": p.example.lang,
                 "orig_hw": p.orig_hw,
-                "image_hw": p.pixels.shape[:2],
+                "image_hw": p.image_hw,
                 "codes": hi,
             }
             if lo is not None:
-                rec.update(lo_codes=lo, lo_image_hw=p.lo_pixels.shape[:2])
+                rec.update(lo_codes=lo, lo_image_hw=p.lo_image_hw)
             name = bucket_name(hi.shape, lo.shape if lo is not None else None)
             b = buckets.setdefault(
                 name,
                 {
                     "grid": list(hi.shape),
                     "lo_grid": list(lo.shape) if lo is not None else None,
-                    "image_hw": list(p.pixels.shape[:2]),
-                    "lo_image_hw": list(p.lo_pixels.shape[:2]) if lo is not None else None,
+                    "image_hw": list(p.image_hw),
+                    "lo_image_hw": list(p.lo_image_hw) if lo is not None else None,
                     "records": [],
                 },
             )

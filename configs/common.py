@@ -1,0 +1,119 @@
+"""Sections shared by the stage configs (``configs/stage{1,2,3}.py``).
+
+A config is an ``ml_collections.ConfigDict`` with the sections
+
+- ``model``: fields of ``mars_jax.model.config.ModelConfig``;
+- ``data``: ``mars_jax.data.config.default_data_config(stage)`` plus preset overrides;
+- ``optim``: AdamW + warm-up/cosine (paper §4.1: β1 0.9, β2 0.95, wd 0.1, peak 1e-4, 1 %);
+- ``train``: global batch, steps, gradient accumulation, logging, non-finite policy, seed;
+- ``mesh``: ``shape`` over ``('data', 'fsdp', 'tensor')`` (one ``-1`` = the rest of the
+  devices), ``dcn_shape`` for multi-slice/multi-node (data parallel across the slow network),
+  ``rules`` mapping logical parameter axes to mesh axes;
+- ``checkpoint``: ``every_steps``, ``keep``, ``async_save``;
+- ``base``: converted base checkpoint dir (empty = random init from ``seed``), and
+  ``init_from``: a previous stage's workdir whose final trainable params start this stage;
+- ``sample``: reserved for in-training sampling (``every_steps``, ``prompts``).
+
+Presets: ``qwen7b`` mirrors the paper, ``tiny`` is for tests, ``demo`` trains on CPU in
+minutes on the synthetic shapes data.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mars_jax.data.config import default_data_config
+from mars_jax.model.config import ModelConfig
+
+PRESETS = ("qwen7b", "tiny", "demo")
+
+# FSDP (ZeRO-3-like) by default: every weight split along its `embed` axis over the `fsdp`
+# mesh axis; `tensor` (size 1 by default) splits heads / MLP / vocab for tensor parallelism.
+FSDP_RULES = (
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+
+def check_preset(arg: str | None) -> str:
+    preset = arg or "tiny"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown config preset {preset!r}; choose one of {PRESETS}")
+    return preset
+
+
+def optim_config(peak_lr: float = 1e-4, warmup_ratio: float = 0.01) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            peak_lr=peak_lr,
+            warmup_ratio=warmup_ratio,
+            end_lr_ratio=0.0,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            no_decay=("bias", "ln", "norm"),
+        )
+    )
+
+
+def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
+    """Everything but the preset-specific sizes; stage files fill in the rest."""
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.preset = preset
+    model = {"qwen7b": ModelConfig.qwen7b, "tiny": ModelConfig.tiny, "demo": ModelConfig.demo}
+    c.model = ml_collections.ConfigDict(model[preset]().to_dict())
+    c.data = default_data_config(stage)
+    c.optim = optim_config()
+    c.train = ml_collections.ConfigDict(
+        dict(
+            global_batch=16,
+            num_steps=0,  # <= 0: data.num_epochs passes over data.num_examples
+            grad_accum=1,
+            log_every=1,
+            nonfinite="skip",  # "skip": drop the update and go on; "stop": end the run
+            seed=0,
+            peak_flops_per_device=0.0,  # 0: look up by device kind (metrics.py)
+        )
+    )
+    c.data.num_examples = 0  # data set size, for epoch-based step counts (0: unknown)
+    c.mesh = ml_collections.ConfigDict(
+        dict(shape=(1, -1, 1), dcn_shape=(1, 1, 1), rules=[list(r) for r in FSDP_RULES])
+    )
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.base = ml_collections.ConfigDict(dict(checkpoint="", seed=0, init_from=""))
+    c.sample = ml_collections.ConfigDict(dict(every_steps=0, prompts=[]))
+    return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Sizes shared by all stages for the ``tiny`` and ``demo`` presets."""
+    if preset == "tiny":
+        c.data.synthetic = True
+        c.data.text_len = 8
+        c.data.grids = ((4, 4),)
+        c.data.hires_scale = 2
+        c.train.global_batch = 16
+        c.train.num_steps = 6
+        c.optim.peak_lr = 1e-3
+        c.optim.warmup_ratio = 0.2
+        c.checkpoint.every_steps = 2
+        c.checkpoint.keep = 2
+    elif preset == "demo":
+        c.model.image_logits = "vision_only"
+        c.data.text_len = 32
+        c.train.global_batch = 32
+        c.train.num_steps = 600
+        c.train.log_every = 10
+        c.optim.peak_lr = 1e-3
+        c.optim.warmup_ratio = 0.05
+        c.checkpoint.every_steps = 100
+        c.checkpoint.keep = 2
+    return c

@@ -1,0 +1,124 @@
+"""Trainer CLI: ``python -m mars_jax.train --config=configs/stage1.py:<preset> --workdir=<dir>``.
+
+Overrides: ``--config.optim.peak_lr=3e-4 --config.train.num_steps=100`` (ml_collections).
+Running the same command again resumes from the latest complete checkpoint in ``workdir``.
+
+Compile-only memory check (nothing allocated, emulated CPU devices)::
+
+    python -m mars_jax.train --config=configs/stage1.py:qwen7b --compile_only --num_devices=64
+
+lowers and compiles the real step against abstract arrays and prints the per-device memory;
+the last line is ``per_device_gib=<x>``. ``--num_devices`` must be known before JAX starts,
+so this module reads it from ``sys.argv`` before importing JAX.
+
+Multi-process (one process per host; see ``mars_jax/train_lib/distributed.py``)::
+
+    python -m mars_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+    python -m mars_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=1
+
+or the standard variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``, or ``--distributed`` for JAX's cluster auto-detection (SLURM, Cloud TPU,
+GKE). Every process runs the same command with the same config (checked by hash) and the same
+shared ``workdir``; each loads its own slice of the global batch, Orbax writes checkpoints
+cooperatively, and only process 0 writes logs, metrics and TensorBoard events.
+"""
+
+import os
+import sys
+
+
+def _early_num_devices(argv: list[str]) -> int | None:
+    """``--num_devices`` from the command line, read before JAX is imported."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--num_devices="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--num_devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    return None
+
+
+def _set_host_device_count(n: int) -> None:
+    flags = [
+        f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f
+    ]
+    flags.append(f"--xla_force_host_platform_device_count={n}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+if __name__ == "__main__" and "jax" not in sys.modules:
+    _n = _early_num_devices(sys.argv)
+    if _n:
+        _set_host_device_count(_n)
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mars_jax.train_lib import distributed  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "configs/stageN.py:<preset>", lock_config=False)
+flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, tensorboard/")
+flags.DEFINE_bool("compile_only", False, "lower + compile the step on abstract arrays and exit")
+flags.DEFINE_integer("num_devices", None, "emulated CPU devices (compile_only; read pre-import)")
+flags.DEFINE_string("coordinator_address", None, "multi-process: coordinator host:port")
+flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-process: this process's id")
+flags.DEFINE_bool("distributed", False, "multi-process: auto-detect the cluster (SLURM, TPU)")
+
+
+def compile_only(config) -> float:
+    """Compile the configured step on the current devices; print memory; return GiB/device."""
+    from mars_jax.train_lib import loop  # noqa: PLC0415
+
+    setup = loop.prepare(config)
+    print(
+        f"mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
+    )
+    compiled, layouts = loop.compile_step(setup)
+    print(f"layouts {layouts}")
+    mem = compiled.memory_analysis()
+    gib = 1024**3
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
+    for name in fields:
+        print(f"{name}: {getattr(mem, name, 0) / gib:.3f} GiB")
+    per_device = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+    ) / gib
+    print(f"per_device_gib={per_device:.3f}")
+    return per_device
+
+
+def main(argv):
+    del argv
+    if FLAGS.config is None:
+        raise app.UsageError("--config=configs/stageN.py:<preset> is required")
+    distributed.initialize(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
+    )
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)
+    if FLAGS.compile_only:
+        compile_only(FLAGS.config)
+        return
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    from mars_jax.train_lib import loop  # noqa: PLC0415
+
+    summary = loop.run(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0:
+        print(f"finished at step {summary['step']} ({summary['reason']})")
+
+
+if __name__ == "__main__":
+    app.run(main)

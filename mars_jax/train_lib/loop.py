@@ -1,0 +1,453 @@
+"""The training run: checks, placement on the mesh, resume, the step loop, checkpoints, logs.
+
+``prepare(config, workdir)`` does everything that can fail cheaply (mesh vs devices, batch
+divisibility, base and init_from paths, config agreement between processes) before any
+compilation, and builds the mesh, shardings and optimizer. ``run(config, workdir)`` then
+trains: it resumes from the latest complete checkpoint of ``workdir`` when there is one, so
+restarting the same command continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from mars_jax.model import loss as loss_lib
+from mars_jax.model import params as params_lib
+from mars_jax.model.config import ModelConfig
+from mars_jax.train_lib import base as base_lib
+from mars_jax.train_lib import checkpoint as ckpt_lib
+from mars_jax.train_lib import distributed, metrics, schedule, sharding
+from mars_jax.train_lib import state as state_lib
+from mars_jax.train_lib import step as step_lib
+
+log = logging.getLogger(__name__)
+
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised with ``train.nonfinite="stop"`` when a step's loss or gradients are not finite."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """What ``prepare`` resolved: the pieces a run (or a compile-only check) needs."""
+
+    config: ml_collections.ConfigDict
+    model_cfg: ModelConfig
+    mesh: Mesh
+    num_steps: int
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    abstract_frozen: Any
+    abstract_state: dict
+    frozen_shardings: Any
+    state_shardings: dict
+    config_json: str
+    # Hashable identity of everything the compiled functions depend on (caches below).
+    key: tuple
+
+
+def resolved_config_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _num_examples(config: ml_collections.ConfigDict) -> int | None:
+    if config.data.get("num_examples", 0):
+        return int(config.data.num_examples)
+    if config.data.get("synthetic", False) or not config.data.get("shards", ""):
+        return None
+    from mars_jax.data.pipeline import load_manifest  # noqa: PLC0415
+
+    manifest = load_manifest(config.data.shards)
+    return sum(sum(int(c) for c in b["file_counts"]) for b in manifest["buckets"].values())
+
+
+def prepare(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
+    """Validate the config against the devices and data, build mesh, shardings, optimizer."""
+    config = ml_collections.ConfigDict(config.to_dict())  # private copy
+    model_cfg = ModelConfig.from_dict(config.model)
+    train = config.train
+    if train.nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.nonfinite={train.nonfinite!r} not in {NONFINITE_POLICIES}")
+    if int(train.grad_accum) < 1:
+        raise ValueError(f"train.grad_accum must be >= 1, got {train.grad_accum}")
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.get("dcn_shape"), devices)
+    sharding.check_batch_fits(
+        int(train.global_batch), int(train.grad_accum), mesh, jax.process_count()
+    )
+    # Every task sub-batch (of every micro-batch) must split over this process's batch shards.
+    local_shards = max(1, sharding.batch_shards(mesh) // jax.process_count())
+    config.data.task_batch_multiple = local_shards * int(train.grad_accum)
+    base_lib.check_base_exists(config.base.checkpoint)
+    if config.base.init_from:
+        ckpt_dir = os.path.join(config.base.init_from, ckpt_lib.CHECKPOINT_DIR)
+        if not os.path.isdir(ckpt_dir):
+            raise FileNotFoundError(
+                f"base.init_from={config.base.init_from!r}: no {ckpt_lib.CHECKPOINT_DIR}/ "
+                "there (train the previous stage first, or fix the path)"
+            )
+    num_steps = schedule.total_steps(
+        int(train.num_steps),
+        float(config.data.num_epochs),
+        _num_examples(config),
+        int(train.global_batch),
+    )
+    config.train.num_steps = num_steps
+    config_json = distributed.canonical_json(resolved_config_dict(config))
+    distributed.assert_same_across_processes("config", distributed.config_hash(config_json))
+
+    tx, lr = state_lib.make_optimizer(config.optim, num_steps)
+    abstract = params_lib.abstract_params(model_cfg)
+    logical = params_lib.logical_axes(model_cfg)
+    rules = [tuple(r) for r in config.mesh.rules]
+    frozen_shardings = sharding.tree_shardings(abstract["frozen"], logical["frozen"], mesh, rules)
+    trainable_shardings = sharding.tree_shardings(
+        abstract["trainable"], logical["trainable"], mesh, rules
+    )
+    abstract_state = state_lib.abstract_state(abstract["trainable"], tx)
+    state_shardings = state_lib.state_shardings(abstract_state, trainable_shardings, tx, mesh)
+    return Setup(
+        config=config,
+        model_cfg=model_cfg,
+        mesh=mesh,
+        num_steps=num_steps,
+        tx=tx,
+        lr_schedule=lr,
+        abstract_frozen=abstract["frozen"],
+        abstract_state=abstract_state,
+        frozen_shardings=frozen_shardings,
+        state_shardings=state_shardings,
+        config_json=config_json,
+        key=(
+            model_cfg,
+            json.dumps(config.optim.to_dict(), sort_keys=True, default=str),
+            num_steps,
+            int(train.grad_accum),
+            mesh,
+            tuple((str(n), _hashable(a)) for n, a in rules),
+        ),
+    )
+
+
+def _hashable(axes: Any) -> Any:
+    return tuple(axes) if isinstance(axes, (list, tuple)) else axes
+
+
+# ------------------------------------------------------------------------------ step factory
+
+
+# Compiled functions are cached per ``Setup.key`` (and layouts), so runs in one process (tests,
+# a restart after preemption) reuse them instead of compiling again.
+_STEPS: dict[tuple, Any] = {}
+_INITS: dict[tuple, Any] = {}
+
+
+def _layouts_key(layouts: dict) -> tuple:
+    return tuple(sorted((k, tuple(tuple(s) for s in v)) for k, v in layouts.items()))
+
+
+def get_step(setup: Setup, layouts: dict):
+    """The jitted step for these layouts (layouts are static: stage II has a few)."""
+    layouts_key = _layouts_key(layouts)
+    key = (setup.key, layouts_key)
+    if key not in _STEPS:
+        s = setup
+        loss_fn = lambda frozen, trainable, batch: loss_lib.total_loss(
+            frozen, trainable, batch, layouts_key, s.model_cfg
+        )
+        fn = step_lib.make_train_step(
+            loss_fn, s.tx, s.lr_schedule, int(s.config.train.grad_accum), s.mesh
+        )
+        _STEPS[key] = step_lib.compile_train_step(fn, s.mesh, s.state_shardings, s.frozen_shardings)
+    return _STEPS[key]
+
+
+def _cached_init(setup: Setup, name: str, build):
+    key = (setup.key, name)
+    if key not in _INITS:
+        _INITS[key] = build()
+    return _INITS[key]
+
+
+def split_layouts(batch: dict) -> tuple[dict, dict]:
+    """``{task: {arrays..., "layout"}}`` → (arrays per task, layout per task)."""
+    arrays = {t: {k: v for k, v in b.items() if k != "layout"} for t, b in batch.items()}
+    layouts = {t: tuple(tuple(s) for s in b["layout"]) for t, b in batch.items()}
+    return arrays, layouts
+
+
+# ------------------------------------------------------------------------------ params
+
+
+def load_frozen(setup: Setup) -> tuple[Any, dict]:
+    """Frozen LLM on the mesh (bf16) and its identity."""
+    path = setup.config.base.checkpoint
+    if path:
+        from mars_jax import convert  # noqa: PLC0415
+
+        frozen = convert.load_base(path, shardings=setup.frozen_shardings)
+        frozen = jax.jit(base_lib.to_bf16, out_shardings=setup.frozen_shardings)(frozen)
+        source = os.path.abspath(path)
+    else:
+        seed = int(setup.config.base.seed)
+        init = _cached_init(
+            setup,
+            "frozen",
+            lambda: jax.jit(
+                lambda key: base_lib.to_bf16(params_lib.init_frozen(setup.model_cfg, key)),
+                out_shardings=setup.frozen_shardings,
+            ),
+        )
+        frozen = init(jax.random.key(seed))
+        source = f"random:{seed}"
+    return frozen, base_lib.identity(source, frozen)
+
+
+def initial_trainable(setup: Setup, frozen: Any) -> Any:
+    """Vision parts from the frozen text parts, then overwritten by ``base.init_from``."""
+    shardings = setup.state_shardings["trainable"]
+    seed = int(setup.config.train.seed)
+    init = _cached_init(
+        setup,
+        "trainable",
+        lambda: jax.jit(
+            lambda f, key: params_lib.init_trainable_from_frozen(setup.model_cfg, f, key),
+            out_shardings=shardings,
+        ),
+    )
+    trainable = init(frozen, jax.random.fold_in(jax.random.key(seed), 1))
+    if setup.config.base.init_from:
+        loaded, missing = ckpt_lib.load_trainable_from(
+            setup.config.base.init_from, setup.abstract_state["trainable"], shardings
+        )
+        if missing:
+            log.warning("init_from: freshly initialised (not in previous stage): %s", missing)
+
+        def merge(fresh, old):
+            if isinstance(fresh, dict):
+                return {k: merge(v, old[k]) if k in old else v for k, v in fresh.items()}
+            return old
+
+        trainable = merge(trainable, loaded)
+    return trainable
+
+
+# ------------------------------------------------------------------------------ run
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True on every process once any process has been asked to stop."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+        return bool(np.any(flags))
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _make_iterator(config: ml_collections.ConfigDict):
+    from mars_jax.data import pipeline  # noqa: PLC0415
+
+    return pipeline.make_train_iterator(
+        config.data,
+        int(config.train.global_batch),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def _tokens_in(arrays: dict) -> int:
+    return int(sum(np.prod(b["tokens"].shape) for b in arrays.values()))
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: list[jax.Device] | None = None,
+    iterator: Any = None,
+) -> dict:
+    """Train (or resume) in ``workdir``; returns a summary (last step, final metrics, state).
+
+    ``iterator`` replaces the configured data pipeline (tests inject faulty batches); it must
+    yield per-process batches and may offer ``get_state``/``set_state`` for exact resume.
+    """
+    setup = prepare(config, devices)
+    config = setup.config
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(json.dumps(json.loads(setup.config_json), indent=2))
+    iterator = _make_iterator(config) if iterator is None else iterator
+
+    with jax.set_mesh(setup.mesh):
+        frozen, base_identity = load_frozen(setup)
+        manager = ckpt_lib.make_manager(
+            workdir,
+            config.checkpoint.every_steps,
+            config.checkpoint.keep,
+            config.checkpoint.async_save,
+        )
+        latest = manager.latest_step()
+        if latest is not None:
+            saved = ckpt_lib.read_base_identity(manager, latest)
+            ckpt_lib.check_base(saved, base_identity, f"{workdir} step {latest}")
+            state = ckpt_lib.restore(
+                manager, latest, setup.abstract_state, setup.state_shardings, iterator
+            )
+        else:
+            trainable = initial_trainable(setup, frozen)
+            init = _cached_init(
+                setup, "state", lambda: state_lib.jit_init_state(setup.tx, setup.state_shardings)
+            )
+            state = init(trainable, state_lib.rng_from_seed(int(config.train.seed)))
+        start = int(jax.device_get(state["step"]))
+        summary = _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start)
+        manager.wait_until_finished()
+        manager.close()
+    return summary
+
+
+def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start) -> dict:
+    config = setup.config
+    is_main = jax.process_index() == 0
+    writer = metrics.MetricsWriter(workdir, setup.num_steps, start, enabled=is_main)
+    preemption = _Preemption()
+    config_dict = json.loads(setup.config_json)
+    device = jax.devices()[0]
+    peak = float(config.train.get("peak_flops_per_device", 0.0)) or (
+        metrics.peak_flops_per_device(device.device_kind, device.platform, jax.local_device_count())
+    )
+    log_every = max(1, int(config.train.log_every))
+    last = {}
+    finished_reason = "num_steps"
+    step = start
+    last_saved = manager.latest_step()
+
+    state_finite = True  # the state restored or initialised is finite (checked by the step)
+
+    def save(step_now: int, force: bool) -> None:
+        nonlocal last_saved
+        if last_saved == step_now:
+            return
+        if not state_finite:
+            writer.print(f"step {step_now}: state is not finite; checkpoint NOT written")
+            return
+        if ckpt_lib.save(manager, step_now, state, iterator, config_dict, base_identity, force):
+            last_saved = step_now
+
+    try:
+        while step < setup.num_steps:
+            try:
+                local = next(iterator)
+            except StopIteration:
+                finished_reason = "data exhausted"
+                break
+            arrays, layouts = split_layouts(local)
+            global_arrays = sharding.global_batch_from_local(
+                arrays, setup.mesh, jax.process_count()
+            )
+            t0 = time.perf_counter()
+            state, out = get_step(setup, layouts)(state, frozen, global_arrays)
+            out = jax.device_get(out)
+            dt = time.perf_counter() - t0
+            step += 1
+            state_finite = bool(out["state_finite"])
+            tokens = _tokens_in(arrays) * jax.process_count()
+            if not bool(out["finite"]):
+                message = (
+                    f"step {step}: non-finite loss ({float(out['loss'])}) or gradient norm "
+                    f"({float(out['grad_norm'])}); "
+                )
+                if config.train.nonfinite == "stop":
+                    writer.print(message + "stopping (train.nonfinite='stop')")
+                    _write(writer, step, out, dt, tokens, None)
+                    raise NonFiniteError(message + "stopped (train.nonfinite='stop')")
+                writer.print(message + "update skipped (train.nonfinite='skip')")
+            if step % log_every == 0 or step == setup.num_steps or not bool(out["finite"]):
+                flops = metrics.flops_per_step(
+                    setup.model_cfg,
+                    layouts,
+                    {t: a["tokens"].shape[0] * jax.process_count() for t, a in arrays.items()},
+                )
+                mfu = flops / (dt * jax.device_count() * peak) if peak else None
+                last = _write(writer, step, out, dt, tokens, mfu)
+            writer.advance()
+            save(step, force=False)
+            if preemption.agreed():
+                writer.print(f"step {step}: SIGTERM received; saving a checkpoint and exiting")
+                finished_reason = "preempted"
+                break
+        save(step, force=True)
+    finally:
+        preemption.restore()
+        writer.close()
+    return {"step": step, "metrics": last, "reason": finished_reason, "state": state}
+
+
+def _write(writer, step, out, dt, tokens, mfu) -> dict:
+    record = {k: float(np.asarray(v)) for k, v in out.items() if np.ndim(v) == 0}
+    record.update(step_time_s=dt, tokens_per_s=tokens / dt if dt > 0 else 0.0)
+    if mfu is not None:
+        record["mfu"] = mfu
+    writer.write(step, record)
+    return record
+
+
+def abstract_batch(setup: Setup) -> tuple[dict, dict]:
+    """One synthetic batch's shapes as sharded ``ShapeDtypeStruct``s, and its layouts."""
+    from mars_jax.data import pipeline  # noqa: PLC0415
+
+    data = ml_collections.ConfigDict(setup.config.data.to_dict())
+    data.synthetic = True
+    it = pipeline.make_synthetic_iterator(data, int(setup.config.train.global_batch))
+    arrays, layouts = split_layouts(next(it))
+    batch_sharding = sharding.batch_sharding(setup.mesh)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.asarray(x).dtype, sharding=batch_sharding),
+        arrays,
+    )
+    return abstract, layouts
+
+
+def compile_step(setup: Setup):
+    """Lower and compile the real step against abstract inputs (nothing is allocated)."""
+    batch, layouts = abstract_batch(setup)
+    with jax.set_mesh(setup.mesh):
+        state = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+        frozen = ckpt_lib.abstract_with_shardings(setup.abstract_frozen, setup.frozen_shardings)
+        step = get_step(setup, layouts)
+        return step.lower(state, frozen, batch).compile(), layouts

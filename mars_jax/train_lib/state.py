@@ -1,0 +1,118 @@
+"""Train state: the trainable subtree, its optimizer state, step counters and RNG.
+
+The state is a plain dict pytree (what Orbax saves and what the jitted step donates):
+
+    {"step": int32[], "skipped": int32[], "rng": uint32[2],
+     "trainable": {...fp32...}, "opt_state": optax state over trainable leaves only}
+
+The frozen LLM is never part of it: it is an argument of the step, kept in bf16, not
+differentiated, not donated and not checkpointed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from mars_jax.train_lib import schedule
+from mars_jax.train_lib.sharding import replicated
+
+NO_DECAY_DEFAULT = ("bias", "ln", "norm")
+
+
+def decay_mask(trainable: Any, no_decay: tuple[str, ...] = NO_DECAY_DEFAULT) -> Any:
+    """True for leaves that get weight decay: all except biases and norm scales (by path)."""
+
+    def keep(path, _):
+        text = jax.tree_util.keystr(path).lower()
+        return not any(word in text for word in no_decay)
+
+    return jax.tree_util.tree_map_with_path(keep, trainable)
+
+
+def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransformation, Any]:
+    """AdamW with warm-up + cosine and global-norm clipping, from the ``optim`` config section."""
+    lr = schedule.warmup_cosine(
+        optim.peak_lr, num_steps, optim.warmup_ratio, optim.get("end_lr_ratio", 0.0)
+    )
+    no_decay = tuple(optim.get("no_decay", NO_DECAY_DEFAULT))
+    parts = []
+    if optim.get("grad_clip", 0.0) and optim.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip))
+    parts.append(
+        optax.adamw(
+            lr,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=lambda tree: decay_mask(tree, no_decay),
+        )
+    )
+    return optax.chain(*parts), lr
+
+
+def _init_state(trainable: Any, rng: jax.Array, tx: optax.GradientTransformation) -> dict:
+    trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "skipped": jnp.zeros((), jnp.int32),
+        "rng": rng,
+        "trainable": trainable,
+        "opt_state": tx.init(trainable),
+    }
+
+
+def abstract_state(abstract_trainable: Any, tx: optax.GradientTransformation) -> dict:
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.eval_shape(lambda t, r: _init_state(t, r, tx), abstract_trainable, rng)
+
+
+def state_shardings(
+    abstract: dict, trainable_shardings: Any, tx: optax.GradientTransformation, mesh: Mesh
+) -> dict:
+    """Shardings of the whole state: optimizer moments follow their parameter, rest replicated."""
+    rep = replicated(mesh)
+    opt = optax.tree_map_params(
+        tx,
+        lambda _, s: s,
+        abstract["opt_state"],
+        trainable_shardings,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
+    return {
+        "step": rep,
+        "skipped": rep,
+        "rng": rep,
+        "trainable": trainable_shardings,
+        "opt_state": opt,
+    }
+
+
+def rng_from_seed(seed: int) -> jax.Array:
+    return jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
+
+
+def jit_init_state(tx: optax.GradientTransformation, shardings: dict):
+    """``(trainable, rng) -> state`` under jit, explicit ``out_shardings`` (incl. ``tx.init``)."""
+    return jax.jit(
+        lambda t, r: _init_state(t, r, tx),
+        in_shardings=(shardings["trainable"], shardings["rng"]),
+        out_shardings=shardings,
+    )
+
+
+def init_state(
+    trainable: Any, seed: int, tx: optax.GradientTransformation, shardings: dict
+) -> dict:
+    """Fresh state on the mesh."""
+    return jit_init_state(tx, shardings)(trainable, rng_from_seed(seed))
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(tree)))

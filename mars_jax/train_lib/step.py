@@ -1,0 +1,129 @@
+"""The jitted train step: grad of the trainable subtree only, accumulation, non-finite guard.
+
+``make_train_step`` returns a pure function ``(state, frozen, batch) -> (state, metrics)``.
+Layouts and the model config are closed over (static); ``compile_train_step`` wraps it in
+``jax.jit`` with explicit in/out shardings and the state donated.
+
+Gradient accumulation splits the global batch into ``grad_accum`` micro-batches and runs them
+under ``lax.scan``. Micro-batch ``a`` takes rows ``a, a + A, a + 2A, ...`` so every device
+keeps its own rows (no resharding): ``[B, ...] -> [B/A, A, ...] -> [A, B/A, ...]``.
+
+Non-finite loss or gradient norm: the update is dropped (trainable params and optimizer state
+stay as they were), ``step`` still advances and ``skipped`` counts it; the host decides
+whether to stop (``train.nonfinite``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mars_jax.train_lib.sharding import BATCH_AXES, batch_sharding
+
+LossFn = Callable[[Any, Any, Mapping[str, Any], Mapping[str, Any]], tuple[jax.Array, dict]]
+
+
+def _split_micro(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict:
+    def split(x):
+        b = x.shape[0]
+        y = x.reshape(b // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 1)))
+            y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+        return y
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+    grad_accum: int = 1,
+    mesh: Mesh | None = None,
+) -> Callable[[dict, Any, dict], tuple[dict, dict]]:
+    """Build ``train_step(state, frozen, batch_arrays) -> (state, metrics)``.
+
+    ``loss_fn(frozen, trainable, batch_arrays) -> (loss, metrics)`` is the model's total loss
+    with layouts and config bound; ``metrics`` are scalars averaged over micro-batches.
+    """
+
+    def grads_of(trainable, frozen, batch):
+        def f(t):
+            return loss_fn(frozen, t, batch)
+
+        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(trainable)
+        return loss, metrics, grads
+
+    def train_step(state: dict, frozen: Any, batch: dict) -> tuple[dict, dict]:
+        trainable = state["trainable"]
+        if grad_accum == 1:
+            loss, metrics, grads = grads_of(trainable, frozen, batch)
+        else:
+            micro = _split_micro(batch, grad_accum, mesh)
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda b: grads_of(trainable, frozen, b), first)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+            def body(acc, mb):
+                out = grads_of(trainable, frozen, mb)
+                return jax.tree.map(lambda a, o: a + o.astype(jnp.float32), acc, out), None
+
+            (loss, metrics, grads), _ = jax.lax.scan(body, zeros, micro)
+            scale = 1.0 / grad_accum
+            loss, metrics, grads = jax.tree.map(lambda x: x * scale, (loss, metrics, grads))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, new_opt = tx.update(grads, state["opt_state"], trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = {
+            "step": state["step"] + 1,
+            "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+            "rng": state["rng"],
+            "trainable": keep(new_trainable, trainable),
+            "opt_state": keep(new_opt, state["opt_state"]),
+        }
+        out = {
+            "state_finite": tree_is_finite((new_state["trainable"], new_state["opt_state"])),
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr_schedule(state["step"]),
+            "finite": finite,
+            **{k: v for k, v in metrics.items() if k != "loss"},
+        }
+        return new_state, out
+
+    return train_step
+
+
+def compile_train_step(
+    train_step: Callable,
+    mesh: Mesh,
+    state_shardings: dict,
+    frozen_shardings: Any,
+) -> Callable:
+    """``jax.jit`` with explicit shardings; the state (argument 0) is donated."""
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, frozen_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
+def tree_is_finite(tree: Any) -> jax.Array:
+    """True when every float leaf of ``tree`` is finite (checked before a checkpoint is written)."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

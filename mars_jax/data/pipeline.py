@@ -274,7 +274,9 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     ds = grain.MapDataset.source(source).map_with_index(lambda i, x: (i, x))
     ds = ds[: per_process * process_count][process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat(int(data_config.num_epochs))
-    ds = ds.random_map(to_example, seed=seed + 1)
+    # Caption choice / dropout: independent streams per process (the slices differ anyway).
+    element_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+    ds = ds.random_map(to_example, seed=element_seed)
     read = grain.ReadOptions(num_threads=int(data_config.read_threads), prefetch_buffer_size=64)
     ds = ds.to_iter_dataset(read)
     assemble = AssembleBatch(int(data_config.stage), sizes, int(data_config.text_len))

@@ -7,10 +7,11 @@ rows) and ``t2i`` (the rest); stage II ``t2i``; stage III ``sr``. Each batch hol
 
 Pipeline per bucket (``grain.MapDataset``): ArrayRecord source → equal-length per-process
 slice (``process_index::process_count``, disjoint and covering) → shuffle by seed (reshuffled
-every epoch) → repeat ``num_epochs`` → decode + caption choice/dropout (seeded per element) →
+every epoch) → repeat → decode + caption choice/dropout (seeded per element) →
 ``to_iter_dataset`` (undecodable records dropped, logged) → batch. Buckets are interleaved by
 ``grain.IterDataset.mix`` with weights ∝ their sizes; the interleaving depends on the weights
-only, so every process picks the same bucket (layout) at the same step.
+only, so every process picks the same bucket (layout) at the same step. The stream ends after
+exactly ``num_batches(...)`` batches (``num_epochs`` passes), the same count on every process.
 
 Both ``make_train_iterator`` and ``make_synthetic_iterator`` return a ``grain.DatasetIterator``:
 ``get_state()`` / ``set_state()`` give exact resume, and ``grain.checkpoint.CheckpointHandler``
@@ -213,13 +214,15 @@ def truncation_stats(manifest: dict, text_len: int) -> dict[str, int]:
 class _ToExample(grain.transforms.RandomMap):
     """``(source index, bytes)`` → example dict; an undecodable record → None (logged)."""
 
-    def __init__(self, files, offsets, grid, lo_grid, codebook_size, refined_prob, dropout):
-        self.files, self.offsets = list(files), list(offsets)
+    def __init__(self, files, counts, grid, lo_grid, codebook_size, refined_prob, dropout):
+        self.files, self.num_records = list(files), sum(counts)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
         self.grid, self.lo_grid = tuple(grid), (tuple(lo_grid) if lo_grid else None)
         self.codebook_size, self.refined_prob, self.dropout = codebook_size, refined_prob, dropout
         self.num_bad = 0
 
     def _where(self, index: int) -> str:
+        index %= self.num_records  # indices of later epochs run past the end
         f = bisect.bisect_right(self.offsets, index) - 1
         return f"{self.files[f]} record {index - self.offsets[f]}"
 
@@ -261,10 +264,9 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     local_batch = sum(sizes.values())
     if per_process < local_batch:
         return None, per_process
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     to_example = _ToExample(
         bucket["files"],
-        offsets,
+        counts,
         bucket["grid"],
         bucket.get("lo_grid"),
         int(bucket["codebook_size"]),
@@ -273,7 +275,7 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     )
     ds = grain.MapDataset.source(source).map_with_index(lambda i, x: (i, x))
     ds = ds[: per_process * process_count][process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat(int(data_config.num_epochs))
+    ds = ds.shuffle(seed=seed).repeat()  # endless, reshuffled every epoch; cut in the caller
     # Caption choice / dropout: independent streams per process (the slices differ anyway).
     element_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
     ds = ds.random_map(to_example, seed=element_seed)
@@ -281,6 +283,30 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     ds = ds.to_iter_dataset(read)
     assemble = AssembleBatch(int(data_config.stage), sizes, int(data_config.text_len))
     return ds.batch(local_batch, drop_remainder=True, batch_fn=assemble), per_process
+
+
+def _num_batches(per_process: dict[str, float], num_epochs: int, local_batch: int) -> int:
+    return sum(int(num_epochs * n) // local_batch for n in per_process.values())
+
+
+def num_batches(
+    data_config: ml_collections.ConfigDict, global_batch_size: int, process_count: int = 1
+) -> int:
+    """Exactly how many batches ``make_train_iterator`` yields (the same on every process):
+    ``num_epochs`` passes over each bucket that fills a batch, without partial batches.
+
+    Bucket streams repeat endlessly and are cut at this count, so a few skipped bad records
+    never end the stream early or make processes disagree on its length.
+    """
+    manifest = load_manifest(data_config.shards)
+    sizes = task_batch_sizes(data_config, local_batch_size(global_batch_size, process_count))
+    local_batch = sum(sizes.values())
+    per_process = {}
+    for name, b in manifest["buckets"].items():
+        n = sum(int(c) for c in b["file_counts"]) // process_count
+        if n >= local_batch:
+            per_process[name] = n
+    return _num_batches(per_process, int(data_config.num_epochs), local_batch)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -335,8 +361,9 @@ def make_train_iterator(
         raise ValueError(
             f"{shards_dir}: no bucket has a full per-process batch of {sum(sizes.values())} records"
         )
-    ds = next(iter(datasets.values())) if len(datasets) == 1 else None
-    if ds is None:
+    if len(datasets) == 1:
+        ds = next(iter(datasets.values()))
+    else:
         ds = grain.IterDataset.mix(datasets, weights)
     if int(data_config.worker_count) > 0:
         _ensure_absl_flags_parsed()
@@ -346,4 +373,6 @@ def make_train_iterator(
                 per_worker_buffer_size=int(data_config.worker_buffer_size),
             )
         )
+    total = _num_batches(weights, int(data_config.num_epochs), sum(sizes.values()))
+    ds = grain.experimental.LimitIterDataset(ds, count=total)
     return iter(ds)

@@ -379,7 +379,7 @@ def run(opts: PrepareOptions) -> dict | None:
     tok = load_tokenizer(opts.tokenizer)
     header = {
         "stage": opts.stage,
-        "source": opts.source,
+        "source": opts.source if opts.source.startswith("tfds:") else os.path.abspath(opts.source),
         "codebook_size": vq_cfg.codebook_size,
         "downsample_factor": f,
         "vq": {"dir": os.path.abspath(opts.vq), "identity": vq_identity(vq_cfg, vq_params)},

@@ -114,3 +114,37 @@ def test_synthetic_iterator_format_and_resume(stage):
     name = sorted(x)[0]
     assert x[name]["layout"] == y[name]["layout"]  # same bucket on every process
     assert not np.array_equal(x[name]["tokens"], y[name]["tokens"])
+
+
+def test_batch_builders_equal_stacked_rows():
+    """The loop-free batch builders against the row-by-row reference, incl. empty/full texts."""
+    rng = np.random.default_rng(0)
+    T, grid, lo_grid = 6, (2, 3), (1, 2)
+    texts = [rng.integers(0, 1000, n) for n in (0, 3, 6, 1)]
+    codes = [rng.integers(0, 8192, grid) for _ in texts]
+    lo = [rng.integers(0, 8192, lo_grid) for _ in texts]
+    cases = [
+        (
+            formats.t2i_batch(texts, codes, T),
+            [formats.t2i_row(t, c, T) for t, c in zip(texts, codes, strict=True)],
+            formats.t2i_layout(T, grid),
+        ),
+        (
+            formats.caption_batch(codes, [t[:5] for t in texts], T),
+            [formats.caption_row(c, t[:5], T) for t, c in zip(texts, codes, strict=True)],
+            formats.caption_layout(T, grid),
+        ),
+        (
+            formats.sr_batch(texts, lo, codes, T),
+            [formats.sr_row(t, x, c, T) for t, x, c in zip(texts, lo, codes, strict=True)],
+            formats.sr_layout(T, lo_grid, grid),
+        ),
+    ]
+    for got, rows, layout in cases:
+        want = formats.stack_rows(rows, layout)
+        assert got["layout"] == want["layout"] == layout
+        for k in formats.ROW_KEYS:
+            assert got[k].dtype == want[k].dtype
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    with pytest.raises(ValueError, match="exceed the slot of 5"):
+        formats.caption_batch(codes, texts, T)

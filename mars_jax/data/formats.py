@@ -139,6 +139,98 @@ def sr_row(
     return _finish(tokens, valid, loss)
 
 
+def _finish_batch(tokens: np.ndarray, valid: np.ndarray, is_loss: np.ndarray, layout) -> dict:
+    """``_finish`` for a whole ``[B, L]`` batch at once."""
+    positions = np.where(valid, np.cumsum(valid, axis=1) - 1, 0)
+    targets = np.full_like(tokens, vocab.PAD)
+    targets[:, :-1] = tokens[:, 1:]
+    loss_mask = np.zeros(tokens.shape, np.float32)
+    loss_mask[:, :-1] = is_loss[:, 1:] & valid[:, 1:] & valid[:, :-1]
+    batch = {
+        "tokens": tokens.astype(np.int32),
+        "positions": positions.astype(np.int32),
+        "valid": valid,
+        "targets": np.where(valid, targets, vocab.PAD).astype(np.int32),
+        "loss_mask": loss_mask,
+        "layout": layout,
+    }
+    check_layout(batch)  # ARCHITECTURE.md: the pipeline guarantees each segment's modality
+    return batch
+
+
+def _text_lengths(texts: Sequence[np.ndarray], limit: int, what: str) -> np.ndarray:
+    n = np.array([len(t) for t in texts], np.int64)
+    if (n > limit).any():
+        raise ValueError(f"{what}: {int(n.max())} text ids exceed the slot of {limit}")
+    return n
+
+
+def _image_block(codes: Sequence[np.ndarray], start: int, end: int) -> np.ndarray:
+    """``[B, 1 + n + 1]``: start, the codes of each row (one grid for all), end."""
+    flat = np.stack([np.asarray(c).reshape(-1) for c in codes]).astype(np.int64)
+    b = flat.shape[0]
+    return np.concatenate(
+        [np.full((b, 1), start), vocab.code_to_token(flat), np.full((b, 1), end)], axis=1
+    )
+
+
+def _left_padded_text(texts: Sequence[np.ndarray], n_text: np.ndarray, text_len: int):
+    tokens = np.full((len(texts), text_len), vocab.PAD, np.int64)
+    for i, t in enumerate(texts):
+        if n_text[i]:
+            tokens[i, text_len - n_text[i] :] = t
+    valid = np.arange(text_len)[None] >= (text_len - n_text)[:, None]
+    return tokens, valid
+
+
+def t2i_batch(texts: Sequence[np.ndarray], codes: Sequence[np.ndarray], text_len: int) -> dict:
+    """A t2i task batch; equal to ``stack_rows`` of ``t2i_row``s, built without a row loop."""
+    n_text = _text_lengths(texts, text_len, "t2i_batch")
+    text, text_valid = _left_padded_text(texts, n_text, text_len)
+    image = _image_block(codes, vocab.IMAGE_START, vocab.IMAGE_END)
+    tokens = np.concatenate([text, image], axis=1)
+    valid = np.concatenate([text_valid, np.ones(image.shape, bool)], axis=1)
+    is_loss = np.zeros(tokens.shape, bool)
+    is_loss[:, text_len + 1 :] = True
+    grid = np.asarray(codes[0]).shape
+    return _finish_batch(tokens, valid, is_loss, t2i_layout(text_len, grid))
+
+
+def caption_batch(codes: Sequence[np.ndarray], texts: Sequence[np.ndarray], text_len: int) -> dict:
+    """A caption task batch (``<img> codes <end> text <eot> PAD…``), without a row loop."""
+    n_text = _text_lengths(texts, text_len - 1, "caption_batch") + 1  # with <eot>
+    image = _image_block(codes, vocab.IMAGE_START, vocab.IMAGE_END)
+    text = np.full((len(texts), text_len), vocab.PAD, np.int64)
+    for i, t in enumerate(texts):
+        text[i, : n_text[i] - 1] = t
+        text[i, n_text[i] - 1] = vocab.ENDOFTEXT
+    text_valid = np.arange(text_len)[None] < n_text[:, None]
+    tokens = np.concatenate([image, text], axis=1)
+    valid = np.concatenate([np.ones(image.shape, bool), text_valid], axis=1)
+    is_loss = np.concatenate([np.zeros(image.shape, bool), text_valid], axis=1)
+    grid = np.asarray(codes[0]).shape
+    return _finish_batch(tokens, valid, is_loss, caption_layout(text_len, grid))
+
+
+def sr_batch(
+    texts: Sequence[np.ndarray],
+    lo_codes: Sequence[np.ndarray],
+    hi_codes: Sequence[np.ndarray],
+    text_len: int,
+) -> dict:
+    """An sr task batch (loss on high-res codes and ``<end>``), without a row loop."""
+    n_text = _text_lengths(texts, text_len, "sr_batch")
+    text, text_valid = _left_padded_text(texts, n_text, text_len)
+    lo = _image_block(lo_codes, vocab.LOWRES_START, vocab.LOWRES_END)
+    hi = _image_block(hi_codes, vocab.IMAGE_START, vocab.IMAGE_END)
+    tokens = np.concatenate([text, lo, hi], axis=1)
+    valid = np.concatenate([text_valid, np.ones((len(texts), lo.shape[1] + hi.shape[1]), bool)], 1)
+    is_loss = np.zeros(tokens.shape, bool)
+    is_loss[:, text_len + lo.shape[1] + 1 :] = True
+    lo_grid, hi_grid = np.asarray(lo_codes[0]).shape, np.asarray(hi_codes[0]).shape
+    return _finish_batch(tokens, valid, is_loss, sr_layout(text_len, lo_grid, hi_grid))
+
+
 def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:
     """Rows of one task → the task batch ``{"tokens", …: [B, L], "layout": layout}``."""
     length = layout_length(layout)
@@ -146,7 +238,7 @@ def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:
     if batch["tokens"].shape[1] != length:
         raise ValueError(f"rows of length {batch['tokens'].shape[1]} do not fit layout {layout}")
     batch["layout"] = layout
-    check_layout(batch)  # ARCHITECTURE.md: the pipeline guarantees each segment's modality
+    check_layout(batch)
     return batch
 
 

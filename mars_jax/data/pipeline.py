@@ -94,32 +94,20 @@ class AssembleBatch:
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         n_caption = self.sizes.get("caption", 0)
-        grid = examples[0]["codes"].shape
         T = self.text_len
         batch: dict[str, Any] = {}
         if n_caption:
-            rows = [
-                formats.caption_row(ex["codes"], self._text(ex, T - 1), T)
-                for ex in examples[:n_caption]
-            ]
-            batch["caption"] = formats.stack_rows(rows, formats.caption_layout(T, grid))
+            head = examples[:n_caption]
+            texts = [self._text(ex, T - 1) for ex in head]
+            batch["caption"] = formats.caption_batch([ex["codes"] for ex in head], texts, T)
         rest = examples[n_caption:]
         empty = np.zeros(0, np.int32)
+        texts = [empty if ex["drop"] else self._text(ex, T) for ex in rest]
+        codes = [ex["codes"] for ex in rest]
         if self.stage in (1, 2):
-            rows = [
-                formats.t2i_row(empty if ex["drop"] else self._text(ex, T), ex["codes"], T)
-                for ex in rest
-            ]
-            batch["t2i"] = formats.stack_rows(rows, formats.t2i_layout(T, grid))
+            batch["t2i"] = formats.t2i_batch(texts, codes, T)
         else:
-            lo_grid = rest[0]["lo_codes"].shape
-            rows = [
-                formats.sr_row(
-                    empty if ex["drop"] else self._text(ex, T), ex["lo_codes"], ex["codes"], T
-                )
-                for ex in rest
-            ]
-            batch["sr"] = formats.stack_rows(rows, formats.sr_layout(T, lo_grid, grid))
+            batch["sr"] = formats.sr_batch(texts, [ex["lo_codes"] for ex in rest], codes, T)
         return batch
 
 

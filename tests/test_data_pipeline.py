@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mars_jax import vocab
-from mars_jax.data import formats, pipeline, precomputed, records
+from mars_jax.data import formats, pipeline, precomputed, records, verify
 from mars_jax.data.config import default_data_config
 
 N = 40
@@ -137,6 +137,11 @@ def test_bad_records_are_named_counted_and_skipped(tmp_path, caplog):
     assert f"{name} record 2: checksum mismatch" in caplog.text
     assert f"{name} record 3 (codes): image codes out of range [0, 16)" in caplog.text
     assert "(3 in this process so far)" in caplog.text
+    # The up-front scan lists exactly the three bad records, and exits non-zero.
+    report = verify.verify_shards(out)
+    assert report["records"] == 12
+    assert [(b["file"], b["record"]) for b in report["bad"]] == [(name, 1), (name, 2), (name, 3)]
+    assert verify.main([out]) == 1
 
 
 def test_decode_record_errors():

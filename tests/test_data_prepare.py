@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mars_jax import vocab
-from mars_jax.data import formats, image_ops, pipeline, prepare, records
+from mars_jax.data import formats, image_ops, pipeline, prepare, records, verify
 from mars_jax.data.config import default_data_config
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.vq import model as vq_model
@@ -118,6 +118,7 @@ def test_stage1_manifest_counts_and_skips(stage1, raw):
     corrupt = next(s for s in skipped if s["key"] == "corrupt")
     assert "corrupt.png" in corrupt["error"] and "unreadable" in corrupt["error"]
     assert m["vq"]["identity"] and m["tokenizer"]["sha256"] and m["codebook_size"] == 64
+    assert verify.verify_shards(str(out)) == {"records": 8, "files": 2, "bad": []}
 
 
 def test_stage1_records_match_direct_encoding(stage1, raw):

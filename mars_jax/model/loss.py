@@ -10,6 +10,7 @@ two heads' logits are never concatenated either.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -72,23 +73,25 @@ def chunked_loss_sum(
         ce = token_cross_entropy(frozen, trainable, h, t, mode, cfg)
         return jnp.sum(jnp.where(w > 0, w * ce, 0.0))
 
+    def weighted_if_any(h, t, w):
+        zero = lambda *_: jnp.zeros((), jnp.float32)
+        return jax.lax.cond(jnp.any(w > 0), weighted, zero, h, t, w)
+
     n = h_NxD.shape[0]
     chunk = cfg.loss_chunk_size
     if chunk == 0 or chunk >= n:
-        return weighted(h_NxD, targets_N, weights_N)
+        return weighted_if_any(h_NxD, targets_N, weights_N)
     num_chunks = -(-n // chunk)
     pad = num_chunks * chunk - n
     h = jnp.pad(h_NxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)
     t = jnp.pad(targets_N, (0, pad)).reshape(num_chunks, chunk)
     w = jnp.pad(weights_N, (0, pad)).reshape(num_chunks, chunk)
-    weighted_remat = jax.checkpoint(weighted, prevent_cse=False)
 
+    # Remat the whole step (not just the branch inside `cond`): residuals of a checkpointed
+    # branch would include the closed-over heads, stacked once per chunk.
+    @functools.partial(jax.checkpoint, prevent_cse=False)
     def step(total, htw):
-        hc, tc, wc = htw
-        s = jax.lax.cond(
-            jnp.any(wc > 0), weighted_remat, lambda *_: jnp.zeros((), jnp.float32), hc, tc, wc
-        )
-        return total + s, None
+        return total + weighted_if_any(*htw), None
 
     total, _ = jax.lax.scan(step, jnp.zeros((), jnp.float32), (h, t, w))
     return total

@@ -1,0 +1,1 @@
+"""Evaluation metrics: FID and CLIP score over pluggable features (``fid``, ``features``)."""

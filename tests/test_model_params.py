@@ -1,0 +1,84 @@
+"""Model config, parameter tree (shapes, logical axes, vision init) and layouts."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mars_jax import vocab
+from mars_jax.model import layout as L
+from mars_jax.model import params
+from mars_jax.model.config import ModelConfig
+
+
+def test_config_roundtrip_presets_and_errors():
+    for cfg in (ModelConfig.qwen7b(), ModelConfig.tiny(), ModelConfig.demo()):
+        assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+        assert ModelConfig.from_dict(ml_collections.ConfigDict(cfg.to_dict())) == cfg
+        hash(cfg)
+    q = ModelConfig.qwen7b()
+    assert (q.num_layers, q.width, q.num_heads, q.num_kv_heads, q.head_dim, q.mlp_dim) == (
+        32,
+        4096,
+        32,
+        32,
+        128,
+        11008,
+    )
+    with pytest.raises(ValueError, match="unknown keys.*'widht'"):
+        ModelConfig.from_dict({"widht": 3})
+    with pytest.raises(ValueError, match="ModelConfig.num_kv_heads"):
+        ModelConfig.tiny(num_kv_heads=3)
+    with pytest.raises(ValueError, match="ModelConfig.remat_policy"):
+        ModelConfig.tiny(remat_policy="some")
+
+
+def test_abstract_params_and_logical_axes_agree():
+    cfg = ModelConfig.qwen7b()
+    abstract = params.abstract_params(cfg)
+    axes = params.logical_axes(cfg)
+    flat_axes = jax.tree.leaves(axes, is_leaf=params.is_axes_leaf)
+    assert jax.tree.structure(abstract) == jax.tree.structure(
+        jax.tree.map(lambda _: 0, axes, is_leaf=params.is_axes_leaf)
+    )
+    for a, names in zip(jax.tree.leaves(abstract), flat_axes, strict=True):
+        assert len(names) == a.ndim
+    frozen = sum(np.prod(a.shape) for a in jax.tree.leaves(abstract["frozen"]))
+    assert 7.6e9 < frozen < 7.8e9  # Qwen-7B
+    assert abstract["frozen"]["embed"].dtype == jnp.bfloat16
+    assert abstract["trainable"]["vision_head"].dtype == jnp.float32
+    assert abstract["trainable"]["vision_embed"].shape == (vocab.VISION_VOCAB_SIZE, 4096)
+
+
+def test_vision_init_from_text():
+    cfg = ModelConfig.tiny(frozen_dtype="float32")
+    p = jax.jit(params.init_params, static_argnums=0)(cfg, jax.random.key(0))
+    fr, tr = p["frozen"], p["trainable"]
+    np.testing.assert_allclose(tr["vision_embed"][0], jnp.mean(fr["embed"], 0), atol=1e-6)
+    np.testing.assert_array_equal(tr["vision_embed"][0], tr["vision_embed"][-1])
+    jax.tree.map(
+        np.testing.assert_array_equal, tr["layers"]["vision_attn"], fr["layers"]["text_attn"]
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal, tr["layers"]["vision_mlp"], fr["layers"]["text_mlp"]
+    )
+    head_mean = jnp.mean(fr["text_head"], 1, keepdims=True)
+    deviation = np.abs(np.asarray(tr["vision_head"] - head_mean))
+    assert 0 < deviation.max() < 0.2 * float(jnp.std(fr["text_head"]))
+    assert tr["vision_head"].dtype == jnp.float32
+
+
+def test_layouts():
+    assert L.t2i(4, 9) == (("text", 4), ("vision", 11))
+    assert L.caption(4, 9) == (("vision", 11), ("text", 4))
+    assert L.super_resolution(3, 4, 16) == (("text", 3), ("vision", 24))
+    assert L.target_layout(L.t2i(4, 9)) == (("text", 3), ("vision", 12))
+    assert L.target_layout(L.caption(4, 9)) == (("vision", 10), ("text", 5))
+    assert L.target_layout((("vision", 1), ("text", 3))) == (("text", 4),)
+    tokens = np.array([[1, 2, vocab.IMAGE_START, vocab.FIRST_IMAGE_CODE, 7]])
+    valid = np.ones(tokens.shape, bool)
+    with pytest.raises(ValueError, match=r"batch 7: token 7 .* vision segment \[2, 5\)"):
+        L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")
+    valid[0, 4] = False  # padding may hold any id
+    L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")

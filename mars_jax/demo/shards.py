@@ -1,0 +1,72 @@
+"""Demo training data, built on first use: shapes scenes → PNG + jsonl → prepared shards.
+
+The demo presets (`configs/stage*.py:demo`) leave `data.shards` empty and set `data.demo`;
+the trainer then calls `ensure_demo_shards`, which writes the scenes with
+`mars_jax.demo.build` and runs `mars_jax.data.prepare` with the VQ tokenizer shipped in
+`mars_jax/assets/demo_vq`. Both steps resume and are no-ops when already complete, so
+rerunning the demo command costs nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mars_jax.data import prepare
+from mars_jax.demo import build, shapes
+
+DEMO_VQ_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "demo_vq")
+
+
+def demo_vq_dir() -> str:
+    if not os.path.exists(os.path.join(DEMO_VQ_DIR, "vq_config.json")):
+        raise FileNotFoundError(
+            f"the demo VQ tokenizer is missing at {DEMO_VQ_DIR}; rebuild it with "
+            "`python -m mars_jax.demo.train_vq --out=mars_jax/assets/demo_vq`"
+        )
+    return DEMO_VQ_DIR
+
+
+def prepare_options(stage: int, source: str, out: str, vq_dir: str) -> prepare.PrepareOptions:
+    """Sizes of the 64-px scenes: stage I/II 64 px (8×8 codes at f8); stage III 32 → 64 px."""
+    side = shapes.IMAGE_SIZE
+    low = side // 2 if stage == 3 else side
+    return prepare.PrepareOptions(
+        stage=stage,
+        source=source,
+        out=out,
+        vq=vq_dir,
+        min_side=low,
+        image_size=side,
+        short_side=low,
+        hires_long_side=side,
+        min_long_side=side,
+        progress=True,
+    )
+
+
+def ensure_demo_shards(root: str, stage: int, num_train: int, seed: int = 0) -> str:
+    """Shards of `num_train` demo scenes under `root`; returns the shards directory."""
+    data_dir = os.path.join(root, f"scenes-{num_train}-{seed}")
+    shards_dir = os.path.join(root, f"shards-stage{stage}-{num_train}-{seed}")
+    if os.path.exists(os.path.join(shards_dir, "manifest.json")):
+        return shards_dir
+    train_file = os.path.join(data_dir, build.TRAIN_FILE)
+    if not os.path.exists(train_file):
+        build.build(data_dir, num_train, seed=seed)
+    manifest = prepare.run(
+        prepare_options(stage, train_file, shards_dir, demo_vq_dir()),
+    )
+    if manifest is None:
+        raise RuntimeError(f"demo data: {shards_dir} is incomplete after prepare")
+    return shards_dir
+
+
+def eval_prompts_file(root: str, num_train: int, seed: int = 0) -> str:
+    """The held-out prompts written beside the demo scenes."""
+    return os.path.join(root, f"scenes-{num_train}-{seed}", build.EVAL_FILE)
+
+
+def load_eval_prompts(root: str, num_train: int, seed: int = 0) -> list[dict]:
+    with open(eval_prompts_file(root, num_train, seed), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -16,7 +16,8 @@ pluggable extractor (``mars_jax.eval.features``). The default ``palette`` extrac
 weight-free demo stand-in; published FID / CLIP numbers need Inception / CLIP features.
 
 Generation is a seam: the library functions take an ``ImageProducer`` (captions, seed →
-uint8 images); the CLI's default one calls the sampler on ``--checkpoint``.
+uint8 images); the CLI's one is ``mars_jax.generate.generate_images`` on ``--checkpoint``
+with the sampling flags (same names and defaults as ``mars_jax.generate``).
 """
 
 from __future__ import annotations
@@ -158,18 +159,20 @@ def evaluate_fid(
     return scores
 
 
-def sampler_producer(checkpoint: str, **sample_kwargs) -> ImageProducer:
-    """The default seam: ``generate_images`` of the sampler, imported only when used."""
-    try:
-        from mars_jax.generate import generate_images  # noqa: PLC0415
-    except ImportError as e:
-        raise RuntimeError(
-            "mars_jax.generate.generate_images(checkpoint, prompts, seed, ...) is not "
-            f"available ({e}); pass an image producer to evaluate_shapes instead"
-        ) from e
+def sampler_producer(
+    checkpoint: str,
+    scfg_kwargs: dict[str, Any] | None = None,
+    vq_dir: str | None = None,
+    batch_size: int = 16,
+) -> ImageProducer:
+    """The default seam: ``mars_jax.generate`` on a training workdir, imported when used."""
+    from mars_jax import generate, sampling  # noqa: PLC0415  (heavy; only the CLI needs it)
+
+    run = generate.load_run(checkpoint, vq_dir)
+    scfg = sampling.SamplingConfig(**(scfg_kwargs or {}))
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
-        return generate_images(checkpoint, list(captions), seed=seed, **sample_kwargs)
+        return generate.generate_images(run, list(captions), scfg, seed, batch_size=batch_size)
 
     return produce
 
@@ -195,10 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="where the contact sheet and verdicts go")
     p.add_argument("--extractor", default="palette", help="palette | module:attribute")
+    p.add_argument("--cfg_scale", "--cfg-scale", dest="cfg_scale", type=float, default=1.5)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=0)
+    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=1.0)
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
     args = p.parse_args(argv)
 
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
-    produce = sampler_producer(args.checkpoint)
+    scfg_kwargs = {
+        "cfg_scale": args.cfg_scale,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+    }
+    produce = sampler_producer(args.checkpoint, scfg_kwargs, args.vq, args.batch_size)
     if args.bench == "shapes":
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")
         evaluate_shapes(prompts, produce, args.num_per_prompt, args.seed, out)

@@ -172,8 +172,13 @@ def forward_segments(
     valid_BxL: jax.Array,
     layout: layout_lib.Layout | None,
     cfg: ModelConfig,
-) -> list[jax.Array]:
-    """Final-normed hidden states `[B, S_i, D]` of each segment of `layout`."""
+    return_kv: bool = False,
+):
+    """Final-normed hidden states `[B, S_i, D]` of each segment of `layout`.
+
+    With `return_kv`, also the rotated keys and the values of every layer,
+    `([Ly, B, L, KV, Dh], [Ly, B, L, KV, Dh])` (to fill a decoding cache).
+    """
     dtype = jnp.dtype(cfg.compute_dtype)
     tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
     valid_BxL = jnp.asarray(valid_BxL, bool)
@@ -204,11 +209,15 @@ def forward_segments(
             kv_blocks = [(k, v) for _, k, v in qkv[: i + 1]]
             a = attend_blocks(qkv[i][0], kv_blocks, masks[i])
             out.append(segment_finish(x, a, m, frozen_layer, trainable_layer, isv, cfg))
-        return tuple(out), None
+        kv = None
+        if return_kv:
+            kv = tuple(jnp.concatenate([t[j] for t in qkv], axis=1) for j in (1, 2))
+        return tuple(out), kv
 
     layer = _maybe_remat(layer, cfg)
-    xs, _ = jax.lax.scan(layer, xs0, (frozen["layers"], trainable["layers"]))
-    return [layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps) for x in xs]
+    xs, kv = jax.lax.scan(layer, xs0, (frozen["layers"], trainable["layers"]))
+    hidden = [layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps) for x in xs]
+    return (hidden, kv) if return_kv else hidden
 
 
 def forward_hidden(

@@ -21,12 +21,18 @@ CFG = VQConfig(
     codebook_size=32,
     resolution=16,
 )
+# The adversarial term joins for the last window only; the CLI test uses the same settings, so
+# both tests share one compilation of each step.
 OPTS = train.TrainOptions(
     batch_size=8,
     learning_rate=1e-3,
     log_every=8,
     checkpoint_every=8,
     restart_every=8,
+    adversarial_weight=0.05,
+    adversarial_start=16,
+    disc_layers=2,
+    disc_channels=32,
     progress=False,
 )
 
@@ -49,6 +55,7 @@ def test_train_vq_reduces_loss_and_checkpoints(tmp_path):
     assert last["loss"] < 0.7 * first["loss"], result.history
     assert 0 < last["codebook_usage"] <= 1
     assert first["codes_restarted"] > 0  # random init leaves codes unused; they are restarted
+    assert "d_loss" not in result.history[1] and 0.0 < last["d_loss"] < 2.0
 
     cfg, params = checkpoint.load_vq(str(tmp_path))
     assert cfg == CFG and checkpoint.vq_identity(cfg, params) == result.identity
@@ -60,7 +67,7 @@ def test_train_vq_reduces_loss_and_checkpoints(tmp_path):
     assert grid.size[1] > 2 * 16 and grid.mode == "RGB"  # originals above reconstructions
 
 
-def test_cli_on_folder_skips_corrupt_image(tmp_path, capsys):
+def test_cli_on_folder_with_adversarial_loss_skips_corrupt_image(tmp_path, capsys):
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)
     for i, im in enumerate(_blobs(9, seed=1)):
@@ -74,12 +81,16 @@ def test_cli_on_folder_skips_corrupt_image(tmp_path, capsys):
             f"--images={folder}",
             f"--out={out}",
             f"--config={tmp_path / 'cfg.json'}",
-            "--steps=2",
+            "--steps=3",
             "--batch_size=8",
             "--lr=1e-3",
-            "--log_every=8",
+            "--log_every=3",
             "--checkpoint_every=8",
             "--restart_every=8",
+            "--adversarial_weight=0.1",
+            "--adversarial_start=1",
+            "--disc_layers=2",
+            "--disc_channels=32",
             "--no_progress",
         ]
     )
@@ -88,4 +99,7 @@ def test_cli_on_folder_skips_corrupt_image(tmp_path, capsys):
     assert "9 images loaded" in captured.out and "1 skipped" in captured.out
     assert "broken.png" in captured.err
     assert checkpoint.load_vq(str(out))[0] == CFG
+    (row,) = [json.loads(line) for line in open(out / train.LOG_FILE)]
+    # The discriminator trains from step 2 on, and its hinge loss starts near 1.
+    assert 0.0 < row["d_loss"] < 2.0 and np.isfinite(row["g_adv"])
     assert os.path.exists(out / train.GRID_FILE)

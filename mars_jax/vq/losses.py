@@ -2,8 +2,9 @@
 
 ``loss = |x - x̂|₁ + l2_weight·|x - x̂|² + |sg(z) - z_q|² + beta·|z - sg(z_q)|²`` as in VQ-VAE /
 taming (beta 0.25). The decoder sees ``z + sg(z_q - z)``, so reconstruction gradients pass to the
-encoder unchanged while the codebook term alone moves the code vectors. Perceptual (LPIPS) and
-adversarial terms are not part of this objective.
+encoder unchanged while the codebook term alone moves the code vectors. A perceptual (LPIPS)
+term is not implemented (it needs pretrained VGG weights); the optional adversarial term is
+added by ``mars_jax.vq.train`` with ``mars_jax.vq.discriminator``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def vq_loss(
     beta: float = 0.25,
     l2_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Scalar loss and its parts; ``aux["codes"]`` ([N, h, w]) feeds codebook statistics."""
+    """Scalar loss and its parts; ``aux`` also holds ``codes`` [N, h, w] and ``recon`` images."""
     z = model.encode_latents(params, cfg, images_NxHxWx3)
     codes, z_q = model.quantize(params, cfg, z)
     z_st = z + jax.lax.stop_gradient(z_q - z)
@@ -40,5 +41,6 @@ def vq_loss(
         "codebook": codebook,
         "commitment": commitment,
         "codes": codes,
+        "recon": recon,
     }
     return loss, aux

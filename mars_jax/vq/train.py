@@ -4,9 +4,10 @@
         --steps=2000 [--batch_size=32 --lr=2e-4 --restart_every=200 --init=<vq dir>]
 
 The objective is ``mars_jax.vq.losses.vq_loss`` (L1 [+ L2] reconstruction, codebook and
-commitment terms, straight-through estimator); perceptual (LPIPS) and adversarial (PatchGAN)
-losses are not implemented, so reconstructions are blurrier than a full VQ-GAN's. Adam with
-taming's betas (0.5, 0.9). Codebook usage (fraction of codes hit in each logging window) is
+commitment terms, straight-through estimator). ``--adversarial_weight`` > 0 adds taming's
+hinge PatchGAN loss from ``--adversarial_start`` on, with a fixed weight (taming's adaptive
+weight is not implemented); a perceptual (LPIPS) loss is not implemented. Adam with taming's
+betas (0.5, 0.9) for both networks. Codebook usage (fraction of codes hit in each logging window) is
 logged; codes unused for ``restart_every`` steps are re-initialised from encoder outputs of the
 current batch (dead-code restart), which keeps small codebooks alive. ``train_vq`` is the same
 loop as a library function over an in-memory uint8 array (used by the demo). Training runs on
@@ -22,7 +23,6 @@ import json
 import math
 import os
 import sys
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from mars_jax.vq import checkpoint, images, losses, model
+from mars_jax.vq import checkpoint, discriminator, images, losses, model
 from mars_jax.vq.config import VQConfig
 
 LOG_FILE = "train_log.jsonl"
@@ -49,6 +49,10 @@ class TrainOptions:
     log_every: int = 50
     checkpoint_every: int = 1000  # 0: only the final checkpoint
     restart_every: int = 200  # 0: no dead-code restart
+    adversarial_weight: float = 0.0  # 0: no discriminator
+    adversarial_start: int = 0  # first step with the adversarial term
+    disc_layers: int = 3
+    disc_channels: int = 64
     progress: bool = True
 
 
@@ -68,19 +72,59 @@ def make_optimizer(learning_rate: float, b1: float, b2: float) -> optax.Gradient
     return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
-_STEP_STATIC = ("cfg", "tx", "beta", "l2_weight")
+_STEP_STATIC = ("cfg", "tx", "beta", "l2_weight", "disc_cfg")
 
 
 @functools.partial(jax.jit, static_argnames=_STEP_STATIC, donate_argnums=(0, 1))
-def train_step(params, opt_state, images_NxHxWx3, *, cfg: VQConfig, tx, beta, l2_weight):
-    """One Adam step; returns new params, optimizer state, scalar metrics and code counts."""
-    grad_fn = jax.value_and_grad(losses.vq_loss, has_aux=True)
-    (_, aux), grads = grad_fn(params, cfg, images_NxHxWx3, beta, l2_weight)
+def train_step(
+    params,
+    opt_state,
+    images_NxHxWx3,
+    disc_params,
+    adv_weight,
+    *,
+    cfg: VQConfig,
+    tx,
+    beta: float,
+    l2_weight: float,
+    disc_cfg: discriminator.DiscConfig | None,
+):
+    """One Adam step of the tokenizer.
+
+    Returns new params and optimizer state, scalar metrics, code counts ``[K]`` and the
+    reconstructions (for the discriminator step). ``adv_weight`` is traced, so switching the
+    adversarial term on at ``adversarial_start`` does not recompile.
+    """
+
+    def loss_fn(p):
+        loss, aux = losses.vq_loss(p, cfg, images_NxHxWx3, beta, l2_weight)
+        if disc_cfg is not None:
+            g_adv = -jnp.mean(discriminator.apply(disc_params, disc_cfg, aux["recon"]))
+            loss = loss + adv_weight * g_adv
+            aux.update(loss=loss, g_adv=g_adv)
+        return loss, aux
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     counts_K = jnp.bincount(aux.pop("codes").ravel(), length=cfg.codebook_size)
+    recon = aux.pop("recon")
     aux["grad_norm"] = optax.tree.norm(grads)
-    return params, opt_state, aux, counts_K
+    return params, opt_state, aux, counts_K, recon
+
+
+@functools.partial(jax.jit, static_argnames=("disc_cfg", "tx"), donate_argnums=(0, 1))
+def disc_step(disc_params, disc_opt_state, real_NxHxWx3, fake_NxHxWx3, *, disc_cfg, tx):
+    """One hinge-loss step of the discriminator on real images and (fixed) reconstructions."""
+
+    def loss_fn(dp):
+        logits_real = discriminator.apply(dp, disc_cfg, real_NxHxWx3)
+        logits_fake = discriminator.apply(dp, disc_cfg, jax.lax.stop_gradient(fake_NxHxWx3))
+        return discriminator.hinge_loss(logits_real, logits_fake)
+
+    loss, grads = jax.value_and_grad(loss_fn)(disc_params)
+    updates, disc_opt_state = tx.update(grads, disc_opt_state, disc_params)
+    return optax.apply_updates(disc_params, updates), disc_opt_state, loss
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -118,8 +162,9 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
             yield order[i : i + batch_size]
 
 
-def _summarise(sums: dict[str, float], n_steps: int, counts_K: np.ndarray) -> dict[str, float]:
-    out = {k: v / n_steps for k, v in sums.items()}
+def _summarise(sums: dict[str, list], counts_K: np.ndarray) -> dict[str, float]:
+    """Window means of each metric (over the steps that reported it) and codebook statistics."""
+    out = {k: float(sum(values)) / len(values) for k, values in sums.items()}
     total = counts_K.sum()
     p = counts_K / max(total, 1)
     out["codebook_usage"] = float((counts_K > 0).mean())
@@ -152,8 +197,24 @@ def train_vq(
     params = model.init(cfg, init_rng) if params is None else params
     tx = make_optimizer(options.learning_rate, options.b1, options.b2)
     opt_state = tx.init(params)
+    adversarial = options.adversarial_weight > 0
+    disc_cfg = disc_params = disc_opt_state = None
+    if adversarial:
+        disc_cfg = discriminator.DiscConfig(
+            in_channels=cfg.in_channels,
+            base_channels=options.disc_channels,
+            num_layers=options.disc_layers,
+        )
+        rng, disc_rng = jax.random.split(rng)
+        disc_params = discriminator.init(disc_cfg, disc_rng)
+        disc_opt_state = tx.init(disc_params)
     step_fn = functools.partial(
-        train_step, cfg=cfg, tx=tx, beta=options.beta, l2_weight=options.l2_weight
+        train_step,
+        cfg=cfg,
+        tx=tx,
+        beta=options.beta,
+        l2_weight=options.l2_weight,
+        disc_cfg=disc_cfg,
     )
     np_rng = np.random.default_rng(options.seed)
     batches = _batches(len(data), options.batch_size, np_rng)
@@ -162,21 +223,28 @@ def train_vq(
         os.makedirs(out_dir, exist_ok=True)
         log_file = open(os.path.join(out_dir, LOG_FILE), "a")  # noqa: SIM115
     history: list[dict[str, float]] = []
-    sums: dict[str, Any] = {}
+    sums: dict[str, list] = {}
     window_counts = jnp.zeros(cfg.codebook_size, jnp.int32)
     restart_counts = jnp.zeros(cfg.codebook_size, jnp.int32)
-    window_steps, restarted = 0, 0
+    restarted = 0
     identity = None
     bar = tqdm(range(1, steps + 1), desc="vq train", disable=not options.progress)
     try:
         for step in bar:
             batch = jnp.asarray(images.to_unit_range(data[next(batches)]))
-            params, opt_state, metrics, counts = step_fn(params, opt_state, batch)
+            adv_on = adversarial and step > options.adversarial_start
+            adv_weight = jnp.float32(options.adversarial_weight if adv_on else 0.0)
+            params, opt_state, metrics, counts, recon = step_fn(
+                params, opt_state, batch, disc_params, adv_weight
+            )
+            if adversarial and step > options.adversarial_start:
+                disc_params, disc_opt_state, metrics["d_loss"] = disc_step(
+                    disc_params, disc_opt_state, batch, recon, disc_cfg=disc_cfg, tx=tx
+                )
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums.setdefault(k, []).append(v)
             window_counts += counts
             restart_counts += counts
-            window_steps += 1
 
             if options.restart_every and step % options.restart_every == 0 and step < steps:
                 rng, restart_rng = jax.random.split(rng)
@@ -185,9 +253,7 @@ def train_vq(
                 restart_counts = jnp.zeros_like(restart_counts)
 
             if step % options.log_every == 0 or step == steps:
-                row = _summarise(
-                    {k: float(v) for k, v in sums.items()}, window_steps, np.asarray(window_counts)
-                )
+                row = _summarise(sums, np.asarray(window_counts))
                 row["step"] = step
                 row["codes_restarted"] = int(restarted)
                 if not math.isfinite(row["loss"]):
@@ -204,7 +270,7 @@ def train_vq(
                 if out_dir:
                     log_file.write(json.dumps(row) + "\n")
                     log_file.flush()
-                sums, window_steps, restarted = {}, 0, 0
+                sums, restarted = {}, 0
                 window_counts = jnp.zeros_like(window_counts)
 
             save_now = options.checkpoint_every and step % options.checkpoint_every == 0
@@ -243,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log_every", type=int, default=d.log_every)
     p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
     p.add_argument("--restart_every", type=int, default=d.restart_every)
+    p.add_argument("--adversarial_weight", type=float, default=d.adversarial_weight)
+    p.add_argument("--adversarial_start", type=int, default=d.adversarial_start)
+    p.add_argument("--disc_layers", type=int, default=d.disc_layers)
+    p.add_argument("--disc_channels", type=int, default=d.disc_channels)
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -270,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
         restart_every=args.restart_every,
+        adversarial_weight=args.adversarial_weight,
+        adversarial_start=args.adversarial_start,
+        disc_layers=args.disc_layers,
+        disc_channels=args.disc_channels,
         progress=not args.no_progress,
     )
     result = train_vq(data, cfg, args.steps, options, out_dir=args.out, params=params)

@@ -1,0 +1,130 @@
+"""Sampler: KV-cache decoding vs full recompute, CFG, seeds, code-only image positions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mars_jax import sampling, vocab
+from mars_jax.model import mars, params
+from mars_jax.model.config import ModelConfig
+
+CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
+TEXT_LEN = 6
+GRID = (2, 3)
+CODEBOOK = 64
+
+
+@pytest.fixture(scope="module")
+def weights():
+    p = params.init_params(CFG, jax.random.key(0))
+    # Sharpen the vision head so greedy choices are well separated (no float ties).
+    p["trainable"]["vision_head"] = p["trainable"]["vision_head"] * 8.0
+    return p["frozen"], p["trainable"]
+
+
+PROMPTS = [[9707, 1879, 11], [104169, 9370], []]  # English-ish, Chinese-ish, empty
+
+
+def greedy_by_recompute(frozen, trainable, rows, num_codes, scale):
+    """Reference: rerun the whole sequence for every code (no cache), same guidance."""
+    tokens, positions, valid = (np.asarray(rows[k]) for k in ("tokens", "positions", "valid"))
+    batch = len(PROMPTS)
+    out = []
+    for _ in range(num_codes):
+        logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)[:, -1]
+        code = sampling.code_logits(logits, CODEBOOK)
+        if scale != 1.0:
+            code = sampling.guide(code, batch, scale)
+        pick = np.asarray(jnp.argmax(code, axis=-1))
+        out.append(pick[:batch])
+        pick = np.concatenate([pick, pick]) if scale != 1.0 else pick
+        tokens = np.concatenate([tokens, vocab.code_to_token(pick)[:, None]], axis=1)
+        positions = np.concatenate([positions, positions[:, -1:] + 1], axis=1)
+        valid = np.concatenate([valid, np.ones((valid.shape[0], 1), bool)], axis=1)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_kv_cache_greedy_equals_full_recompute(weights, scale):
+    frozen, trainable = weights
+    scfg = sampling.SamplingConfig(cfg_scale=scale, temperature=0.0, codebook_size=CODEBOOK)
+    got = sampling.generate_codes(frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed=0)
+    rows = sampling.prompt_rows(PROMPTS, TEXT_LEN)
+    if scale != 1.0:
+        rows = sampling.with_unconditional(rows)
+    want = greedy_by_recompute(frozen, trainable, rows, GRID[0] * GRID[1], scale)
+    np.testing.assert_array_equal(got.reshape(len(PROMPTS), -1), want)
+
+
+def test_cfg_scale_one_equals_conditional_sampling(weights):
+    frozen, trainable = weights
+    rows = sampling.prompt_rows(PROMPTS, TEXT_LEN)
+    both = sampling.with_unconditional(rows)
+    scfg = sampling.SamplingConfig(cfg_scale=1.0, temperature=1.0, codebook_size=CODEBOOK)
+    common = dict(cfg=CFG, scfg=scfg, num_codes=6)
+    key = jax.random.key(3)
+    cond_only = sampling.sample_codes(
+        frozen, trainable, rows["tokens"], rows["positions"], rows["valid"], key,
+        use_cfg=False, **common,
+    )  # fmt: skip
+    with_uncond = sampling.sample_codes(
+        frozen, trainable, both["tokens"], both["positions"], both["valid"], key,
+        use_cfg=True, **common,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(cond_only), np.asarray(with_uncond))
+
+
+def test_same_seed_same_codes_other_seed_differs(weights):
+    frozen, trainable = weights
+    scfg = sampling.SamplingConfig(cfg_scale=1.5, temperature=1.0, codebook_size=CODEBOOK)
+    run = lambda seed: sampling.generate_codes(
+        frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed
+    )
+    a, b, c = run(7), run(7), run(8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_no_text_token_inside_an_image(weights):
+    """Even when the text head dominates every logit, only image codes come out."""
+    frozen, trainable = weights
+    loud = dict(frozen, text_head=frozen["text_head"] * 1e4)
+    for temperature in (0.0, 1.0):
+        scfg = sampling.SamplingConfig(
+            cfg_scale=1.5, temperature=temperature, top_k=5, codebook_size=CODEBOOK
+        )
+        codes = sampling.generate_codes(loud, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, 0)
+        assert codes.shape == (len(PROMPTS), *GRID)
+        assert codes.min() >= 0 and codes.max() < CODEBOOK
+    # The same logits, unrestricted, would have picked a text token.
+    rows = sampling.prompt_rows(PROMPTS, TEXT_LEN)
+    logits = mars.forward_logits(
+        loud, trainable, rows["tokens"], rows["positions"], rows["valid"], None, CFG
+    )[:, -1]
+    assert (np.asarray(jnp.argmax(logits, -1)) < vocab.TEXT_VOCAB_SIZE).all()
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept_k = np.isfinite(np.asarray(sampling.filter_logits(logits, 2, 1.0))) & (
+        np.asarray(sampling.filter_logits(logits, 2, 1.0)) > -1e30
+    )
+    np.testing.assert_array_equal(kept_k[0], [True, True, False, False])
+    kept_p = np.asarray(sampling.filter_logits(logits, 0, 0.7)) > -1e30
+    np.testing.assert_array_equal(kept_p[0], [True, True, False, False])
+    kept_p = np.asarray(sampling.filter_logits(logits, 0, 0.9)) > -1e30
+    np.testing.assert_array_equal(kept_p[0], [True, True, True, False])
+
+
+def test_prompt_rows_format_matches_training_t2i_rows():
+    """The sampler's prompt is the training row's prefix, up to and including <img>."""
+    from mars_jax.data import formats
+
+    ids = [101, 102, 103]
+    row = formats.t2i_row(ids, np.arange(6), TEXT_LEN)
+    got = sampling.prompt_rows([ids], TEXT_LEN)
+    for key in ("tokens", "positions", "valid"):
+        np.testing.assert_array_equal(got[key][0], row[key][: TEXT_LEN + 1])
+    uncond = sampling.prompt_rows([[]], TEXT_LEN)
+    assert uncond["valid"][0].sum() == 1 and uncond["positions"][0, -1] == 0

@@ -1,0 +1,358 @@
+"""Parallel decoding of stage-III high-res codes with the next-K heads (`model/nktp.py`).
+
+The prompt is the `sr` format up to `<img>`: `PAD… text <lo> lo-codes </lo> <img>`. Codes
+come out in the model's sequence order (region-interleaved, `nktp.hires_order`) and are
+returned as a raster grid. Two modes:
+
+- `fast`: every forward pass feeds the k codes drafted by the previous pass and reads heads
+  1..k at the last of them: k codes per pass, each head sampled independently.
+- `exact`: self-speculative verification (blockwise parallel decoding, Stern et al. 2018;
+  speculative sampling, Leviathan et al. 2023). A pass feeds k drafted codes; head 1 at each
+  fed position checks the next draft. Drafts are kept up to the first disagreement, then
+  head 1 supplies the next code and heads 2..k the next drafts. Greedy decoding gives exactly
+  the codes of plain next-token greedy decoding; with temperature > 0 a draft is accepted with
+  probability min(1, p/q) and a rejection is resampled from max(p - q, 0), which keeps the
+  distribution of plain sampling. Rows of a batch advance by the fewest accepted codes.
+
+k = 1 in either mode is plain next-token decoding. The KV cache has the layout of
+`mars_jax.model.decode` (`k`, `v`, `valid`); `extend` feeds several tokens per pass, which
+the one-token `decode.decode_step` cannot. Only vision-head logits are computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mars_jax import vocab
+from mars_jax.data import formats
+from mars_jax.model import layers, mars, nktp
+from mars_jax.model import layout as layout_lib
+from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import SamplingConfig, filter_logits, guide
+
+MODES = ("fast", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeInfo:
+    """What a decode cost: forward passes (the prompt's prefill counts as one)."""
+
+    passes: int
+    codes: int
+    k: int
+    mode: str
+
+
+# ------------------------------------------------------------------------------ cache
+
+
+def init_cache(cfg: ModelConfig, rows: int, max_len: int) -> dict:
+    """Empty cache `k`, `v` `[Ly, R, max_len, KV, Dh]`, `valid` `[R, max_len]`."""
+    shape = (cfg.num_layers, rows, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = jnp.dtype(cfg.compute_dtype)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "valid": jnp.zeros((rows, max_len), bool),
+    }
+
+
+def extend(
+    frozen: dict,
+    trainable: dict,
+    cache: dict,
+    tokens_RxT: jax.Array,
+    positions_RxT: jax.Array,
+    valid_RxT: jax.Array,
+    start: jax.Array | int,
+    cfg: ModelConfig,
+    modality: str = mars.MIXED,
+) -> tuple[jax.Array, dict]:
+    """Feed T tokens per row at cache slots `[start, start + T)`: final-normed `[R, T, D]`.
+
+    New tokens attend to valid cache slots before `start` and causally to each other; slots
+    at or after `start` (e.g. rejected drafts) are ignored and overwritten. `modality` is
+    `"vision"` when every token is a vision id (runs one expert), else `"mixed"`.
+    """
+    dtype = jnp.dtype(cfg.compute_dtype)
+    tokens_RxT = jnp.asarray(tokens_RxT, jnp.int32)
+    valid_RxT = jnp.asarray(valid_RxT, bool)
+    r, t = tokens_RxT.shape
+    slots = cache["valid"].shape[1]
+    start = jnp.asarray(start, jnp.int32)
+    is_vision_N = vocab.is_vision(tokens_RxT.reshape(-1))
+    cos_sin = layers.rotary_cos_sin(
+        jnp.asarray(positions_RxT).reshape(-1), cfg.head_dim, cfg.rope_base
+    )
+    old_keys = cache["valid"] & (jnp.arange(slots) < start)[None]
+    masks = [
+        jnp.broadcast_to(old_keys[:, None, :], (r, t, slots)),
+        jnp.tril(jnp.ones((t, t), bool))[None] & valid_RxT[:, None, :],
+    ]
+    x0 = mars.embed(frozen, trainable, tokens_RxT, modality, dtype)
+
+    def layer(x, per_layer):
+        frozen_layer, trainable_layer, k_cache, v_cache = per_layer
+        q, k, v = mars.segment_qkv(
+            x, modality, frozen_layer, trainable_layer, cos_sin, is_vision_N, cfg
+        )
+        k, v = k.astype(k_cache.dtype), v.astype(v_cache.dtype)
+        a = mars.attend_blocks(q, [(k_cache, v_cache), (k, v)], masks)
+        x = mars.segment_finish(x, a, modality, frozen_layer, trainable_layer, is_vision_N, cfg)
+        return x, (k, v)
+
+    xs = (frozen["layers"], trainable["layers"], cache["k"], cache["v"])
+    x, (k_new, v_new) = jax.lax.scan(layer, x0, xs)
+    zero = jnp.zeros((), jnp.int32)
+    slot5 = (zero, zero, start, zero, zero)
+    cache = {
+        "k": jax.lax.dynamic_update_slice(cache["k"], k_new, slot5),
+        "v": jax.lax.dynamic_update_slice(cache["v"], v_new, slot5),
+        "valid": jax.lax.dynamic_update_slice(cache["valid"], valid_RxT, (zero, start)),
+    }
+    return layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps), cache
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+def sr_prompt_rows(
+    text_ids: Sequence[Sequence[int]], lo_codes: np.ndarray, text_len: int
+) -> dict[str, np.ndarray]:
+    """`PAD… text <lo> lo-codes </lo> <img>` rows (the `sr` training format up to `<img>`)."""
+    lo_codes = np.asarray(lo_codes)
+    if lo_codes.ndim != 3 or lo_codes.shape[0] != len(text_ids):
+        raise ValueError(
+            f"lo_codes must be [B, h, w] with B = {len(text_ids)} prompts, got {lo_codes.shape}"
+        )
+    vocab.check_codes_in_range(lo_codes, vocab.NUM_IMAGE_CODES, "low-res codes")
+    cut = formats.sr_hires_start(text_len, lo_codes.shape[1:]) + 1
+    rows = [
+        formats.sr_row(np.asarray(ids)[:text_len], lo, np.zeros(1, np.int64), text_len)
+        for ids, lo in zip(text_ids, lo_codes, strict=True)
+    ]
+    return {
+        key: np.stack([row[key][:cut] for row in rows]) for key in ("tokens", "positions", "valid")
+    }
+
+
+def with_unconditional(rows: dict[str, np.ndarray], text_len: int) -> dict[str, np.ndarray]:
+    """Append caption-dropped rows (empty text slot, same low-res codes) for guidance."""
+    lo = rows["tokens"][:, text_len + 1 : rows["tokens"].shape[1] - 2]
+    lo_codes = vocab.token_to_code(lo)[:, None, :]
+    uncond = sr_prompt_rows([[] for _ in range(lo.shape[0])], lo_codes, text_len)
+    return {key: np.concatenate([rows[key], uncond[key]]) for key in rows}
+
+
+# ------------------------------------------------------------------------------ choosing
+
+
+def _head_code_logits(trainable, h_RxD, num, cfg, scfg, batch, use_cfg) -> jax.Array:
+    """Guided code logits of heads 1..num: `[B, num, codebook_size]`."""
+    logits = nktp.all_head_vision_logits(trainable, h_RxD, num, cfg)[..., : scfg.codebook_size]
+    if not use_cfg:
+        return logits
+    r = logits.shape[0]
+    flat = guide(logits.reshape(r, -1), batch, scfg.cfg_scale)
+    return flat.reshape(batch, num, -1)
+
+
+def _filtered(logits_BxNxC: jax.Array, scfg: SamplingConfig) -> jax.Array:
+    b, n, c = logits_BxNxC.shape
+    flat = filter_logits(logits_BxNxC.reshape(b * n, c) / scfg.temperature, scfg.top_k, scfg.top_p)
+    return flat.reshape(b, n, c)
+
+
+def _choose(logits_BxNxC: jax.Array, rng: jax.Array, scfg: SamplingConfig):
+    """Codes `[B, N]` (argmax, or a sample of the filtered softmax) and their probs `[B, N, C]`."""
+    if scfg.temperature == 0.0:
+        return jnp.argmax(logits_BxNxC, axis=-1).astype(jnp.int32), None
+    filtered = _filtered(logits_BxNxC, scfg)
+    codes = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+    return codes, jax.nn.softmax(filtered, axis=-1)
+
+
+def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
+    tokens = vocab.code_to_token(codes_BxN)
+    return jnp.concatenate([tokens, tokens]) if use_cfg else tokens
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "use_cfg"))
+def decode_codes(
+    frozen: dict,
+    trainable: dict,
+    tokens_RxP: jax.Array,
+    positions_RxP: jax.Array,
+    valid_RxP: jax.Array,
+    rng: jax.Array,
+    *,
+    cfg: ModelConfig,
+    scfg: SamplingConfig,
+    num_codes: int,
+    k: int,
+    mode: str,
+    use_cfg: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """Codes `[B, num_codes]` in sequence order and the number of forward passes."""
+    rows, prompt_len = tokens_RxP.shape
+    batch = rows // 2 if use_cfg else rows
+    cache = init_cache(cfg, rows, prompt_len + num_codes + k)
+    h, cache = extend(
+        frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
+    )
+    img_position_R = jnp.asarray(positions_RxP)[:, -1]
+    heads = lambda h_RxD: _head_code_logits(trainable, h_RxD, k, cfg, scfg, batch, use_cfg)
+    rng, key = jax.random.split(rng)
+    drafts_BxK, q_BxKxC = _choose(heads(h[:, -1]), key, scfg)
+    steps = jnp.arange(k)
+
+    def feed(cache, drafts_BxK, done):
+        positions = img_position_R[:, None] + 1 + done + steps[None]
+        return extend(
+            frozen,
+            trainable,
+            cache,
+            _rows(drafts_BxK, use_cfg),
+            positions,
+            jnp.ones((rows, k), bool),
+            prompt_len + done,
+            cfg,
+            layout_lib.VISION,
+        )
+
+    if mode == "fast":
+        num_passes = -(-num_codes // k)
+
+        def step(carry, key):
+            cache, drafts_BxK, done = carry
+            h, cache = feed(cache, drafts_BxK, done)
+            new_BxK, _ = _choose(heads(h[:, -1]), key, scfg)
+            return (cache, new_BxK, done + k), drafts_BxK
+
+        keys = jax.random.split(rng, num_passes - 1)
+        (_, last_BxK, _), emitted = jax.lax.scan(step, (cache, drafts_BxK, 0), keys)
+        codes = jnp.concatenate([emitted.transpose(1, 0, 2).reshape(batch, -1), last_BxK], 1)
+        return codes[:, :num_codes], jnp.asarray(num_passes, jnp.int32)
+
+    greedy = scfg.temperature == 0.0
+    if q_BxKxC is None:
+        q_BxKxC = jnp.zeros((batch, k, 1), jnp.float32)
+    out = jnp.zeros((batch, num_codes + k), jnp.int32)
+
+    def body(state):
+        cache, drafts_BxK, q_BxKxC, out, done, passes, rng = state
+        rng, k_accept, k_fix, k_draft = jax.random.split(rng, 4)
+        h, cache = feed(cache, drafts_BxK, done)
+        logits = _all_positions(trainable, h, k, cfg, scfg, batch, use_cfg)  # [B, T, K, C]
+        head1 = logits[:, :, 0]  # position j predicts sequence index done + j + 1
+        if greedy:
+            verified = jnp.argmax(head1, axis=-1).astype(jnp.int32)
+            match = drafts_BxK[:, 1:] == verified[:, :-1]
+            p_BxTxC = None
+        else:
+            p_BxTxC = jax.nn.softmax(_filtered(head1, scfg), axis=-1)
+            p_d = jnp.take_along_axis(p_BxTxC[:, :-1], drafts_BxK[:, 1:, None], -1)[..., 0]
+            q_d = jnp.take_along_axis(q_BxKxC[:, 1:], drafts_BxK[:, 1:, None], -1)[..., 0]
+            u = jax.random.uniform(k_accept, p_d.shape)
+            match = u * q_d < p_d
+        row_accepted = 1 + jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
+        accepted = jnp.minimum(jnp.min(row_accepted), num_codes - done)
+        out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
+        last = accepted - 1
+        next_logits = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
+        new_BxK, new_q = _choose(next_logits, k_draft, scfg)
+        if not greedy:
+            # Code `accepted`: kept draft where this row accepted it, else a residual sample.
+            p_last = jax.lax.dynamic_index_in_dim(p_BxTxC, last, axis=1, keepdims=False)
+            idx = jnp.minimum(accepted, k - 1)
+            q_next = jax.lax.dynamic_index_in_dim(q_BxKxC, idx, axis=1, keepdims=False)
+            q_next = jnp.where(accepted < k, q_next, 0.0)
+            residual = jnp.maximum(p_last - q_next, 0.0)
+            residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_last)
+            fixed = jax.random.categorical(k_fix, jnp.log(residual), axis=-1).astype(jnp.int32)
+            kept = jax.lax.dynamic_index_in_dim(drafts_BxK, idx, axis=1, keepdims=False)
+            first = jnp.where(row_accepted > accepted, kept, fixed)
+            new_BxK = new_BxK.at[:, 0].set(first)
+        else:
+            new_q = q_BxKxC
+        return cache, new_BxK, new_q, out, done + accepted, passes + 1, rng
+
+    # Each pass commits its accepted drafts and head 1's next code (the new first draft), so
+    # the loop stops once only that code is missing: it needs no pass of its own.
+    state = (cache, drafts_BxK, q_BxKxC, out, jnp.int32(0), jnp.int32(1), rng)
+    state = jax.lax.while_loop(lambda s: s[4] + 1 < num_codes, body, state)
+    _, drafts_BxK, _, out, done, passes, _ = state
+    out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
+    return out[:, :num_codes], passes
+
+
+def _all_positions(trainable, h_RxTxD, k, cfg, scfg, batch, use_cfg) -> jax.Array:
+    """Guided code logits of heads 1..k at each of the T fed positions: `[B, T, k, C]`."""
+    r, t, d = h_RxTxD.shape
+    logits = nktp.all_head_vision_logits(trainable, h_RxTxD.reshape(r * t, d), k, cfg)
+    logits = logits[..., : scfg.codebook_size].reshape(r, t, k, -1)
+    if use_cfg:
+        cond, uncond = logits[:batch], logits[batch:]
+        logits = cond + (scfg.cfg_scale - 1.0) * (cond - uncond)
+    return logits
+
+
+def sample_hires_codes(
+    frozen: dict,
+    trainable: dict,
+    cfg: ModelConfig,
+    text_ids: Sequence[Sequence[int]],
+    lo_codes: np.ndarray,
+    hi_grid: tuple[int, int],
+    k: int,
+    mode: str = "fast",
+    *,
+    text_len: int,
+    scfg: SamplingConfig | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, DecodeInfo]:
+    """High-res codes `[B, h, w]` (raster order) for captions and low-res codes `[B, hl, wl]`.
+
+    `k` (1 … `cfg.nktp_k`) codes are drafted per pass; `mode` is `"fast"` or `"exact"`.
+    The code order is the one the model was trained with (`nktp.hires_order(hi_grid,
+    cfg.nktp_k)`), whatever `k` is.
+    """
+    scfg = scfg or SamplingConfig(cfg_scale=1.0, temperature=0.0)
+    if mode not in MODES:
+        raise ValueError(f"nktp mode {mode!r} not in {MODES}")
+    if not 1 <= k <= nktp.num_heads(cfg):
+        raise ValueError(f"--nktp={k}: must be in [1, model.nktp_k={cfg.nktp_k}]")
+    if k > 1:
+        nktp.check_heads(cfg, trainable)
+    hi_grid = (int(hi_grid[0]), int(hi_grid[1]))
+    nktp.hires_order(hi_grid, nktp.num_heads(cfg))  # raises if the grid does not fit K regions
+    rows = sr_prompt_rows(text_ids, lo_codes, text_len)
+    use_cfg = scfg.cfg_scale != 1.0
+    if use_cfg:
+        rows = with_unconditional(rows, text_len)
+    num_codes = hi_grid[0] * hi_grid[1]
+    codes, passes = decode_codes(
+        frozen,
+        trainable,
+        jnp.asarray(rows["tokens"]),
+        jnp.asarray(rows["positions"]),
+        jnp.asarray(rows["valid"]),
+        jax.random.key(seed),
+        cfg=cfg,
+        scfg=scfg,
+        num_codes=num_codes,
+        k=int(k),
+        mode=mode,
+        use_cfg=use_cfg,
+    )
+    raster = nktp.to_raster(np.asarray(codes), hi_grid, nktp.num_heads(cfg))
+    return raster, DecodeInfo(passes=int(passes), codes=num_codes, k=int(k), mode=mode)

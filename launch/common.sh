@@ -60,10 +60,12 @@ run() {
 
 # trainer_command CONFIG WORKDIR [TRAINER_ARG...]: the trainer's command line as one quoted
 # string, for remote shells (gcloud ssh, containers) that take a single command argument.
+# TRAINER_PYTHON picks the interpreter (default: python3 on PATH).
 trainer_command() {
   local config=$1 workdir=$2
   shift 2
-  shell_quote python3 -m mars_jax.train "--config=${config}" "--workdir=${workdir}" "$@"
+  shell_quote "${TRAINER_PYTHON:-python3}" -m mars_jax.train "--config=${config}" \
+    "--workdir=${workdir}" "$@"
 }
 
 # XLA flags for NVIDIA GPUs (A100/H100), after NVIDIA's JAX-Toolbox guide "Tips for

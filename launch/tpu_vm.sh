@@ -92,6 +92,9 @@ fi
 GCLOUD_SCOPE=(--project="$PROJECT" --zone="$ZONE")
 REMOTE_DIR=mars_jax
 SOURCE_TARBALL=mars_jax_src.tar.gz
+# TPU VM images ship Python 3.10; jax 0.10 needs >= 3.11: uv installs one into a venv.
+REMOTE_VENV=mars_venv
+TRAINER_PYTHON=../${REMOTE_VENV}/bin/python
 
 queued_resource_state() {
   gcloud compute tpus queued-resources describe "$NAME" "${GCLOUD_SCOPE[@]}" \
@@ -153,7 +156,10 @@ setup_workers() {
     "${GCLOUD_SCOPE[@]}" --worker=all
   tpu_ssh_all "set -e; rm -rf ${REMOTE_DIR}; mkdir -p ${REMOTE_DIR}; \
 tar -xzf ${SOURCE_TARBALL} -C ${REMOTE_DIR}; \
-python3 -m pip install -q -U 'jax[tpu]==${JAX_VERSION}' -e ./${REMOTE_DIR}"
+python3 -m pip install -q --user -U uv; \
+~/.local/bin/uv venv -q --allow-existing --python 3.11 ${REMOTE_VENV}; \
+~/.local/bin/uv pip install -q --python ${REMOTE_VENV}/bin/python \
+'jax[tpu]==${JAX_VERSION}' -e ./${REMOTE_DIR}"
 }
 
 train_on_workers() {

@@ -107,9 +107,9 @@ def _flag(argv: list[str], name: str) -> str:
 
 def _check_trainer(argv: list[str], workdir: str, extra: list[str], distributed: bool) -> None:
     """argv runs the trainer with CONFIG, workdir, the multi-process switch and then `extra`."""
-    i = argv.index("python3")
-    assert argv[i : i + 3] == ["python3", "-m", "mars_jax.train"], argv
-    train = argv[i + 3 :]
+    i = next(i for i, a in enumerate(argv) if a == "-m" and argv[i + 1] == "mars_jax.train")
+    assert Path(argv[i - 1]).name.startswith("python"), argv
+    train = argv[i + 2 :]
     assert _flag(train, "--config") == CONFIG
     assert _flag(train, "--workdir") == workdir
     assert ("--distributed" in train) == distributed, train
@@ -192,9 +192,14 @@ def test_tpu_vm_dry_run(guard_bin):
     for ssh in (setup, train):
         assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mars-s1"]
         assert _flag(ssh, "--worker") == "all"
-    assert "jax[tpu]==0.10.2" in shlex.split(_flag(setup, "--command").replace(";", " "))
+    setup_words = shlex.split(_flag(setup, "--command").replace(";", " "))
+    assert "jax[tpu]==0.10.2" in setup_words
+    venv_python = "mars_venv/bin/python"
+    pythons = [setup_words[i + 1] for i, w in enumerate(setup_words) if w == "--python"]
+    assert pythons == ["3.11", venv_python]  # uv makes the venv, then installs into it
     remote = shlex.split(_flag(train, "--command"))
     assert remote[:3] == ["cd", "mars_jax", "&&"]
+    assert remote[3] == "../" + venv_python  # Python >= 3.11 from uv, not the image's 3.10
     _check_trainer(remote, opts["--workdir"], TRAINER_EXTRA, distributed=True)
 
 

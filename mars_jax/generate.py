@@ -125,7 +125,6 @@ def generate_images(
 
     from mars_jax.data import formats
     from mars_jax.text.tokenizer import load_tokenizer
-    from mars_jax.vq import model as vq_model
 
     tok = load_tokenizer()
     factor = run.vq_cfg.downsample_factor
@@ -144,9 +143,16 @@ def generate_images(
         codes = sampling.generate_codes(
             run.frozen, run.trainable, run.model_cfg, ids, run.text_len, grid, scfg, seed + start
         )
-        images = vq_model.decode(run.vq_params, run.vq_cfg, jnp.asarray(codes))
-        out.append(np.asarray((np.asarray(images) + 1.0) * 127.5).round().clip(0, 255))
-    return np.concatenate(out).astype(np.uint8)
+        out.append(vq_decode_uint8(run.vq_params, run.vq_cfg, jnp.asarray(codes)))
+    return np.concatenate(out)
+
+
+def vq_decode_uint8(vq_params: dict, vq_cfg, codes_Nxhxw) -> np.ndarray:
+    """VQ-GAN decode to uint8 RGB `[N, H, W, 3]`."""
+    from mars_jax.vq import model as vq_model
+
+    images = np.asarray(vq_model.decode(vq_params, vq_cfg, codes_Nxhxw))
+    return ((images + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
 def contact_sheet(images_NxHxWx3: np.ndarray, columns: int = 8, scale: int = 1) -> np.ndarray:

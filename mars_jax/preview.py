@@ -1,0 +1,90 @@
+"""Images for a few fixed prompts, sampled during training (`config.sample`).
+
+Every `sample.every_steps` steps (and at the end of the run) the trainer calls
+`Previewer.__call__`, which samples one image per prompt with the current trainable params,
+writes `samples/step_<N>/` (PNGs, prompts.txt, contact_sheet.png) into the workdir and adds
+the contact sheet to TensorBoard. Only process 0 writes; every process runs the sampler
+because the params are sharded across all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mars_jax import generate, sampling
+from mars_jax.model.config import ModelConfig
+
+
+def _vq_and_grid(config: ml_collections.ConfigDict):
+    """The run's VQ tokenizer and first code grid, from the shards' manifest."""
+    from mars_jax.data.pipeline import load_manifest
+    from mars_jax.vq.checkpoint import load_vq
+
+    vq_dir = config.sample.get("vq", "")
+    grid = None
+    if config.data.get("shards"):
+        manifest = load_manifest(config.data.shards)
+        vq_dir = vq_dir or manifest["vq"]["dir"]
+        grids = sorted(tuple(int(x) for x in b["grid"]) for b in manifest["buckets"].values())
+        grid = grids[0]
+    if not vq_dir:
+        return None, None, None
+    vq_cfg, vq_params = load_vq(vq_dir)
+    if grid is None:
+        side = vq_cfg.resolution // vq_cfg.downsample_factor
+        grid = (side, side)
+    return vq_cfg, vq_params, grid
+
+
+class Previewer:
+    """Samples `config.sample.prompts` with the live params; a no-op without prompts or VQ."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model_cfg: ModelConfig, workdir: str):
+        self.prompts = [str(p) for p in config.sample.get("prompts", [])]
+        self.every = int(config.sample.get("every_steps", 0))
+        self.workdir = workdir
+        self.model_cfg = model_cfg
+        self.text_len = int(config.data.text_len)
+        self.scfg = sampling.SamplingConfig(
+            cfg_scale=float(config.sample.get("cfg_scale", 1.5)),
+            temperature=float(config.sample.get("temperature", 1.0)),
+            top_k=int(config.sample.get("top_k", 0)),
+        )
+        self.seed = int(config.sample.get("seed", 0))
+        self.enabled = bool(self.prompts) and self.every > 0
+        if self.enabled:
+            self.vq_cfg, self.vq_params, self.grid = _vq_and_grid(config)
+            self.enabled = self.vq_cfg is not None
+        if self.enabled:
+            from mars_jax.text.tokenizer import load_tokenizer
+
+            self.ids = [load_tokenizer().encode(p) for p in self.prompts]
+            self.scfg = dataclasses.replace(self.scfg, codebook_size=self.vq_cfg.codebook_size)
+
+    def due(self, step: int, last_step: int) -> bool:
+        return self.enabled and (step % self.every == 0 or step == last_step)
+
+    def __call__(self, step: int, frozen: dict, trainable: dict, tb_writer=None) -> str | None:
+        codes = sampling.generate_codes(
+            frozen, trainable, self.model_cfg, self.ids, self.text_len, self.grid, self.scfg,
+            self.seed,
+        )  # fmt: skip
+        images = generate.vq_decode_uint8(self.vq_params, self.vq_cfg, jnp.asarray(codes))
+        if jax.process_index() != 0:
+            return None
+        out_dir = os.path.join(self.workdir, "samples", f"step_{step:07d}")
+        sheet = generate.save_samples(out_dir, self.prompts, images)
+        if tb_writer is not None:
+            scale = max(1, 128 // images.shape[1])
+            tb_writer.add_image(
+                "samples",
+                generate.contact_sheet(images, scale=scale),
+                global_step=step,
+                dataformats="HWC",
+            )
+        return sheet

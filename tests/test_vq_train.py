@@ -6,9 +6,10 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
-from mars_jax.vq import checkpoint, model, train
+from mars_jax.vq import checkpoint, images, model, train
 from mars_jax.vq.config import VQConfig
 
 CFG = VQConfig(
@@ -103,3 +104,15 @@ def test_cli_on_folder_with_adversarial_loss_skips_corrupt_image(tmp_path, capsy
     # The discriminator trains from step 2 on, and its hinge loss starts near 1.
     assert 0.0 < row["d_loss"] < 2.0 and np.isfinite(row["g_adv"])
     assert os.path.exists(out / train.GRID_FILE)
+
+
+def test_jsonl_image_list_resolves_paths_and_names_bad_lines(tmp_path):
+    Image.fromarray(_blobs(1)[0]).save(tmp_path / "a.png")
+    listing = tmp_path / "list.jsonl"
+    listing.write_text('{"path": "a.png", "caption": "x"}\n\n{"image": "/abs/b.png"}\n')
+    assert images.list_image_files(str(listing)) == [str(tmp_path / "a.png"), "/abs/b.png"]
+    data, skipped = images.load_images(images.list_image_files(str(listing)), 8)
+    assert data.shape == (1, 8, 8, 3) and skipped[0][0] == "/abs/b.png"
+    listing.write_text('{"path": "a.png"}\n{"caption": "no path"}\n')
+    with pytest.raises(ValueError, match=r"list\.jsonl line 2"):
+        images.list_image_files(str(listing))

@@ -29,8 +29,11 @@ REPORT_FILE = "checker_on_recon.json"
 
 # ``VQConfig.demo()`` slimmed for a 2-core CPU: 8 channels at full resolution (where the conv
 # FLOPs are), no attention; ~3× faster a step than ``demo()``. Flat-colored scenes need little.
+# One normalisation group: with one channel per group, GroupNorm normalises every channel on
+# its own and erases the ratios between channels that carry the color (reconstructions came
+# out gray).
 DEMO_VQ_CONFIG = dataclasses.replace(
-    VQConfig.demo(), base_channels=8, ch_mult=(1, 2, 4, 8), norm_groups=8, mid_attention=False
+    VQConfig.demo(), base_channels=8, ch_mult=(1, 2, 4, 8), norm_groups=1, mid_attention=False
 )
 
 

@@ -148,7 +148,8 @@ def all_head_vision_logits(
 
 
 def region_grid(hi_grid_hw: tuple[int, int], k: int) -> tuple[int, int]:
-    """`(rows, cols)` of regions, rows * cols = k, as square as the grid allows.
+    """`(rows, cols)` of regions, rows * cols = k: the cut whose regions are largest in
+    their shorter side (so the k codes of one step are far apart), then the squarest.
 
     Each region must be a whole block of codes: rows divides h and cols divides w.
     """
@@ -159,7 +160,12 @@ def region_grid(hi_grid_hw: tuple[int, int], k: int) -> tuple[int, int]:
             f"model.nktp_k={k}: the high-res grid {h}x{w} cannot be cut into {k} equal "
             "rectangular regions (choose K whose factors divide the grid sides)"
         )
-    return min(fits, key=lambda rc: (abs(math.log(rc[0] * w / (rc[1] * h))), rc[0]))
+
+    def badness(rc):
+        rh, rw = h // rc[0], w // rc[1]
+        return (-min(rh, rw), abs(math.log(rh / rw)), rc[0])
+
+    return min(fits, key=badness)
 
 
 def hires_order(hi_grid_hw: tuple[int, int], k: int) -> np.ndarray:

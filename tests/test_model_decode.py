@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -15,12 +16,11 @@ TEXT_T, STEPS = 5, 7
 PROMPT_LAYOUT = (("text", TEXT_T), ("vision", 1))  # left-padded text ▸ <img>
 
 
+@jax.jit
 def _params():
-    p = jax.jit(params.init_params, static_argnums=0)(CFG, jax.random.key(0))
-    leaves, treedef = jax.tree.flatten(p["trainable"])
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    noisy = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return p["frozen"], jax.tree.unflatten(treedef, noisy)
+    p = params.init_params(CFG, jax.random.key(0))
+    flat, unravel = jax.flatten_util.ravel_pytree(p["trainable"])
+    return p["frozen"], unravel(flat + 0.05 * jax.random.normal(jax.random.key(1), flat.shape))
 
 
 def _greedy(logits_BxV, step):

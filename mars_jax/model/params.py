@@ -7,6 +7,8 @@ shapes and dtypes without allocating (for checkpoint restore and sharding plans)
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -116,20 +118,24 @@ def abstract_params(cfg: ModelConfig) -> dict:
 
 
 def init_frozen(cfg: ModelConfig, rng: jax.Array) -> dict:
-    """A random stand-in for a pretrained LLM (tests, demo): normal(0.02), unit norms."""
-    shapes = frozen_shapes(cfg)
+    """A random stand-in for a pretrained LLM (tests, demo): normal(0.02), unit norms.
+
+    One normal draw is cut into all leaves (one random-bits kernel to compile, not one per
+    leaf shape).
+    """
     is_shape = lambda x: isinstance(x, tuple)
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=is_shape)
-    paths = [jax.tree_util.keystr(p) for p, _ in with_paths]
-    leaves = [s for _, s in with_paths]
-    keys = jax.random.split(rng, len(leaves))
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(frozen_shapes(cfg), is_leaf=is_shape)
+    sizes = [math.prod(shape) for _, shape in with_paths]
+    flat = INIT_STD * jax.random.normal(rng, (sum(sizes),), jnp.float32)
     dtype = jnp.dtype(cfg.frozen_dtype)
-    out = []
-    for path, shape, key in zip(paths, leaves, keys, strict=True):
-        if "ln" in path or "final_norm" in path:
+    out, start = [], 0
+    for (path, shape), size in zip(with_paths, sizes, strict=True):
+        name = jax.tree_util.keystr(path)
+        if "ln" in name or "final_norm" in name:
             out.append(jnp.ones(shape, dtype))
         else:
-            out.append((INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
+            out.append(flat[start : start + size].reshape(shape).astype(dtype))
+        start += size
     return jax.tree.unflatten(treedef, out)
 
 

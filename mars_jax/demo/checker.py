@@ -26,8 +26,8 @@ from mars_jax.demo import shapes
 # A pixel belongs to a palette color if it lies within this RGB distance of it (the closest
 # pair of palette colors is ~100 apart; blurred edges between color and background stay out).
 MAX_COLOR_DISTANCE = 70.0
-MIN_BLOB_AREA = 40  # pixels; the smallest demo object (18-px triangle) covers ~160
-LARGE_MIN_SIDE = 23  # bbox side separating "small" (18 px) from "large" (28 px)
+MIN_BLOB_AREA = 40  # pixels; the smallest demo object (16-px triangle) covers ~128
+LARGE_MIN_SIDE = 20  # bbox side separating "small" (16 px) from "large" (24 px)
 RELATION_MIN_OFFSET = 4.0  # pixels between centers for left/right/above/below to hold
 
 _PALETTE_NAMES = ("background", *shapes.COLORS)

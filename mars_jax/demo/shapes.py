@@ -3,7 +3,7 @@
 The built-in demo needs data that costs nothing to download, that a small VQ tokenizer with
 an 8×8 latent grid can represent exactly, and whose content a pixel checker can verify.
 Scenes are 64×64 RGB: one to three flat-colored shapes (no anti-aliasing) on a plain dark
-background. Three kinds of scene:
+background, with boxes of 16 or 24 px aligned to the 8-px latent grid. Three kinds of scene:
 
 - ``single``: one object with a size word (sometimes) and a cell of a 3×3 grid;
 - ``count``: two or three identical small objects;
@@ -54,8 +54,11 @@ SHAPES = ("circle", "square", "triangle")
 SHAPES_ZH = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
 SHAPES_PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles"}
 
-# Side length in pixels of each size (≥ 2 latent cells of an f8 tokenizer).
-SIZES = {"small": 18, "large": 28}
+# Objects are squares of 2 or 3 latent cells of an f8 tokenizer, placed on the latent grid:
+# an 8×8 patch then holds one of few boundary shapes, which a 512-code VQ can represent in
+# every color (free placement blurred colors together at this codebook size).
+GRID = 8
+SIZES = {"small": 16, "large": 24}
 SIZES_ZH = {"small": "小", "large": "大"}
 
 # 3×3 grid cells, (row, col) → English phrase / Chinese phrase.
@@ -220,16 +223,19 @@ def render(spec: SceneSpec) -> np.ndarray:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _bbox(cx: int, cy: int, side: int) -> tuple[int, int, int, int]:
-    x0, y0 = cx - side // 2, cy - side // 2
+def _box(x0: int, y0: int, side: int) -> tuple[int, int, int, int]:
     return (x0, y0, x0 + side, y0 + side)
 
 
-def _cell_center(rng: np.random.Generator, cell: int, side: int, jitter: int = 3) -> int:
-    """A coordinate whose box of ``side`` lies in the canvas, centered in third ``cell``."""
-    lo, hi = side // 2 + 1, IMAGE_SIZE - (side - side // 2) - 1
-    center = lo + cell * (hi - lo) // 2
-    return int(np.clip(center + rng.integers(-jitter, jitter + 1), lo, hi))
+def _grid_origins(side: int) -> list[int]:
+    """Box origins on the latent grid that keep a box of ``side`` inside the canvas."""
+    return list(range(0, IMAGE_SIZE - side + 1, GRID))
+
+
+def _origin_in_third(rng: np.random.Generator, third: int, side: int) -> int:
+    """A grid origin whose box of ``side`` has its center in third ``third`` of the canvas."""
+    options = [o for o in _grid_origins(side) if int((o + side / 2) // (IMAGE_SIZE / 3)) == third]
+    return options[rng.integers(len(options))]
 
 
 def _sample_single(rng, pairs) -> SceneSpec:
@@ -238,7 +244,7 @@ def _sample_single(rng, pairs) -> SceneSpec:
     position = list(POSITIONS)[rng.integers(len(POSITIONS))]
     row, col = POSITIONS[position]
     side = SIZES[size]
-    bbox = _bbox(_cell_center(rng, col, side), _cell_center(rng, row, side), side)
+    bbox = _box(_origin_in_third(rng, col, side), _origin_in_third(rng, row, side), side)
     said_size = size if rng.random() < 0.5 else None
     return SceneSpec("single", (ObjectSpec(color, shape, bbox),), said_size, position)
 
@@ -251,15 +257,16 @@ def _sample_count(rng, pairs) -> SceneSpec:
     color, shape = pairs[rng.integers(len(pairs))]
     n = int(rng.integers(2, 4))
     side = SIZES["small"]
+    origins = _grid_origins(side)
     boxes: list[tuple[int, int, int, int]] = []
     tries = 0
     while len(boxes) < n:  # rejection sampling, restarted when early boxes block the rest
         tries += 1
         if tries % 50 == 0:
             boxes = []
-        c = rng.integers(side // 2 + 1, IMAGE_SIZE - side // 2, size=2)
-        box = _bbox(int(c[0]), int(c[1]), side)
-        if all(_disjoint(box, b, gap=6) for b in boxes):
+        x0, y0 = (origins[i] for i in rng.integers(len(origins), size=2))
+        box = _box(x0, y0, side)
+        if all(_disjoint(box, b, gap=GRID) for b in boxes):
             boxes.append(box)
     return SceneSpec("count", tuple(ObjectSpec(color, shape, b) for b in boxes))
 
@@ -269,23 +276,28 @@ def _sample_relation(rng, first_pairs, second_pairs) -> SceneSpec:
     others = [p for p in second_pairs if p[0] != color_a]
     color_b, shape_b = others[rng.integers(len(others))]
     relation = RELATIONS[rng.integers(len(RELATIONS))]
-    sides = [SIZES[("small", "large")[rng.integers(2)]] for _ in range(2)]
+    side_a, side_b = (SIZES[("small", "large")[rng.integers(2)]] for _ in range(2))
+    # Along the relation axis: the low object in the first half of the canvas, the high one
+    # in the second, at least one latent cell apart.
     half = IMAGE_SIZE // 2
-    # Along the relation axis the low-coordinate object lies in the first half of the canvas.
     first_is_low = relation in ("left of", "above")
-    along = []
-    for k, side in enumerate(sides):
-        slot = k if first_is_low else 1 - k
-        lo = slot * half + side // 2 + 1
-        hi = slot * half + half - (side - side // 2) - 1
-        along.append(int(rng.integers(lo, hi + 1)))
-    across = [int(rng.integers(s // 2 + 4, IMAGE_SIZE - s // 2 - 3)) for s in sides]
-    horizontal = relation in ("left of", "right of")
-    boxes = [
-        _bbox(along[k], across[k], sides[k]) if horizontal else _bbox(across[k], along[k], sides[k])
-        for k in range(2)
+    side_lo, side_hi = (side_a, side_b) if first_is_low else (side_b, side_a)
+    pairs = [
+        (lo, hi)
+        for lo in _grid_origins(side_lo)
+        if lo + side_lo <= half
+        for hi in _grid_origins(side_hi)
+        if hi >= half and lo + side_lo + GRID <= hi
     ]
-    objects = (ObjectSpec(color_a, shape_a, boxes[0]), ObjectSpec(color_b, shape_b, boxes[1]))
+    lo, hi = pairs[rng.integers(len(pairs))]
+    along_a, along_b = (lo, hi) if first_is_low else (hi, lo)
+    across_a = _grid_origins(side_a)[rng.integers(len(_grid_origins(side_a)))]
+    across_b = _grid_origins(side_b)[rng.integers(len(_grid_origins(side_b)))]
+    if relation in ("left of", "right of"):
+        box_a, box_b = _box(along_a, across_a, side_a), _box(along_b, across_b, side_b)
+    else:
+        box_a, box_b = _box(across_a, along_a, side_a), _box(across_b, along_b, side_b)
+    objects = (ObjectSpec(color_a, shape_a, box_a), ObjectSpec(color_b, shape_b, box_b))
     return SceneSpec("relation", objects, relation=relation)
 
 

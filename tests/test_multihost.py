@@ -233,3 +233,26 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
     before = [r for r in killed_records if r["step"] > resume_from]
     _assert_close(before, resumed, "before kill vs resumed", RESUME_RTOL, RESUME_RTOL)
     assert _committed_steps(multi_dir)[-1] == NUM_STEPS
+
+
+def test_processes_with_different_configs_fail_clearly(tmp_path):
+    """A process launched with another config stops the run before compiling, on every process."""
+    port = portpicker.pick_unused_port()
+    cache, workdir = tmp_path / "jax_cache", tmp_path / "run"
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    procs = [
+        _start(
+            workdir, logs[i], 4, cache,
+            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+            f"--config.train.seed={i}",
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        for proc, log in zip(procs, logs, strict=True):
+            rc = proc.wait(timeout=RUN_TIMEOUT_S)
+            assert rc != 0, f"{log.name}: a run with disagreeing configs exited 0"
+            assert "processes disagree on the config" in log.read_text(errors="replace"), _tail(log)
+    finally:
+        _kill(procs)
+    assert not (workdir / "checkpoints").exists() or not _committed_steps(workdir)

@@ -14,8 +14,10 @@ def get_config(arg: str | None = None):
         c.base.init_from = "runs/stage1_qwen7b"
         c.train.global_batch = 4096  # 256 px (short side), 64 per GPU × 64 GPUs
         c.train.log_every = 10
+        c.data.num_examples = 50_000_000  # paper §3.4: 50 M curated pairs
         c.checkpoint.every_steps = 500
         c.model.remat_policy = "full"
+        c.train.grad_accum = 4  # 4 micro-batches of 16 per device: fits 80 GiB
     elif preset == "demo":
         c.data.shards = "data/demo/stage2"
         c.base.init_from = "runs/demo_stage1"

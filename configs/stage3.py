@@ -14,6 +14,7 @@ def get_config(arg: str | None = None):
         c.base.init_from = "runs/stage2_qwen7b"
         c.train.global_batch = 1536  # 512 px: 24 per GPU × 64 GPUs (paper §4.1)
         c.train.log_every = 10
+        c.data.num_examples = 10_000_000  # paper §3.4: 10 M triplets
         c.checkpoint.every_steps = 500
         c.model.remat_policy = "full"
     elif preset == "demo":

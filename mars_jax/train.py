@@ -72,7 +72,7 @@ def compile_only(config) -> float:
     """Compile the configured step on the current devices; print memory; return GiB/device."""
     from mars_jax.train_lib import loop  # noqa: PLC0415
 
-    setup = loop.prepare(config)
+    setup = loop.prepare(config, check_paths=False)
     print(
         f"mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
     )

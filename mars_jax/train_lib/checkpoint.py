@@ -119,15 +119,16 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
             f"base.init_from={workdir!r}: no checkpoints at {directory} (train the previous "
             "stage first, or fix the path)"
         )
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    if step is None:
+    steps = ocp.utils.checkpoint_steps(directory)
+    if not steps:
         raise FileNotFoundError(f"base.init_from={workdir!r}: {directory} holds no checkpoint")
-    meta = manager.item_metadata(step)
-    saved_tree = meta["state"]["trainable"] if "state" in meta else None
-    if saved_tree is None:
-        manager.close()
+    step = max(steps)
+    state_dir = os.path.join(directory, str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(state_dir).item_metadata
+    if "trainable" not in meta:
         raise FileNotFoundError(f"base.init_from={workdir!r}: step {step} has no trainable params")
+    saved_tree = meta["trainable"]
 
     def intersect(target, saved, path=""):
         if isinstance(target, dict):
@@ -160,18 +161,15 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
         target,
         pick(shardings, target),
     )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item={"trainable": sharded_target},
-                restore_args=jax.tree.map(
-                    lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype),
-                    {"trainable": sharded_target},
-                ),
-                partial_restore=True,
-            )
+    item = {"trainable": sharded_target}
+    restored = checkpointer.restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=jax.tree.map(
+                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), item
+            ),
+            partial_restore=True,
         ),
     )
-    manager.close()
-    return restored.state["trainable"], missing
+    return restored["trainable"], missing

@@ -67,18 +67,26 @@ def resolved_config_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def _num_examples(config: ml_collections.ConfigDict) -> int | None:
-    if config.data.get("num_examples", 0):
-        return int(config.data.num_examples)
-    if config.data.get("synthetic", False) or not config.data.get("shards", ""):
-        return None
-    from mars_jax.data.pipeline import load_manifest  # noqa: PLC0415
+    """Data set size for epoch-based step counts: the shards' manifest, else ``data.num_examples``."""
+    if config.data.get("shards", "") and not config.data.get("synthetic", False):
+        from mars_jax.data.pipeline import load_manifest  # noqa: PLC0415
 
-    manifest = load_manifest(config.data.shards)
-    return sum(sum(int(c) for c in b["file_counts"]) for b in manifest["buckets"].values())
+        if os.path.exists(os.path.join(config.data.shards, "manifest.json")):
+            manifest = load_manifest(config.data.shards)
+            return sum(sum(int(c) for c in b["file_counts"]) for b in manifest["buckets"].values())
+    return int(config.data.get("num_examples", 0)) or None
 
 
-def prepare(config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None) -> Setup:
-    """Validate the config against the devices and data, build mesh, shardings, optimizer."""
+def prepare(
+    config: ml_collections.ConfigDict,
+    devices: list[jax.Device] | None = None,
+    check_paths: bool = True,
+) -> Setup:
+    """Validate the config against the devices and data, build mesh, shardings, optimizer.
+
+    ``check_paths=False`` (compile-only) skips the checks of the base and ``init_from`` paths,
+    which an abstract compile does not read.
+    """
     config = ml_collections.ConfigDict(config.to_dict())  # private copy
     model_cfg = ModelConfig.from_dict(config.model)
     train = config.train
@@ -94,8 +102,9 @@ def prepare(config: ml_collections.ConfigDict, devices: list[jax.Device] | None 
     # Every task sub-batch (of every micro-batch) must split over this process's batch shards.
     local_shards = max(1, sharding.batch_shards(mesh) // jax.process_count())
     config.data.task_batch_multiple = local_shards * int(train.grad_accum)
-    base_lib.check_base_exists(config.base.checkpoint)
-    if config.base.init_from:
+    if check_paths:
+        base_lib.check_base_exists(config.base.checkpoint)
+    if check_paths and config.base.init_from:
         ckpt_dir = os.path.join(config.base.init_from, ckpt_lib.CHECKPOINT_DIR)
         if not os.path.isdir(ckpt_dir):
             raise FileNotFoundError(
@@ -278,7 +287,7 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _make_iterator(config: ml_collections.ConfigDict):
+def make_iterator(config: ml_collections.ConfigDict):
     from mars_jax.data import pipeline  # noqa: PLC0415
 
     return pipeline.make_train_iterator(
@@ -299,7 +308,7 @@ def run(
     devices: list[jax.Device] | None = None,
     iterator: Any = None,
 ) -> dict:
-    """Train (or resume) in ``workdir``; returns a summary (last step, final metrics, state).
+    """Train (or resume) in ``workdir``; returns last step, final metrics, state and frozen.
 
     ``iterator`` replaces the configured data pipeline (tests inject faulty batches); it must
     yield per-process batches and may offer ``get_state``/``set_state`` for exact resume.
@@ -311,7 +320,7 @@ def run(
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(json.dumps(json.loads(setup.config_json), indent=2))
-    iterator = _make_iterator(config) if iterator is None else iterator
+    iterator = make_iterator(config) if iterator is None else iterator
 
     with jax.set_mesh(setup.mesh):
         frozen, base_identity = load_frozen(setup)
@@ -321,23 +330,29 @@ def run(
             config.checkpoint.keep,
             config.checkpoint.async_save,
         )
-        latest = manager.latest_step()
-        if latest is not None:
-            saved = ckpt_lib.read_base_identity(manager, latest)
-            ckpt_lib.check_base(saved, base_identity, f"{workdir} step {latest}")
-            state = ckpt_lib.restore(
-                manager, latest, setup.abstract_state, setup.state_shardings, iterator
-            )
-        else:
-            trainable = initial_trainable(setup, frozen)
-            init = _cached_init(
-                setup, "state", lambda: state_lib.jit_init_state(setup.tx, setup.state_shardings)
-            )
-            state = init(trainable, state_lib.rng_from_seed(int(config.train.seed)))
-        start = int(jax.device_get(state["step"]))
-        summary = _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start)
-        manager.wait_until_finished()
-        manager.close()
+        try:
+            latest = manager.latest_step()
+            if latest is not None:
+                saved = ckpt_lib.read_base_identity(manager, latest)
+                ckpt_lib.check_base(saved, base_identity, f"{workdir} step {latest}")
+                state = ckpt_lib.restore(
+                    manager, latest, setup.abstract_state, setup.state_shardings, iterator
+                )
+            else:
+                trainable = initial_trainable(setup, frozen)
+                init = _cached_init(
+                    setup,
+                    "state",
+                    lambda: state_lib.jit_init_state(setup.tx, setup.state_shardings),
+                )
+                state = init(trainable, state_lib.rng_from_seed(int(config.train.seed)))
+            start = int(jax.device_get(state["step"]))
+            summary = _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start)
+            summary["frozen"] = frozen
+        finally:
+            # In-flight saves are of finite states: let them land even when the run fails.
+            manager.wait_until_finished()
+            manager.close()
     return summary
 
 

@@ -78,7 +78,7 @@ def make_train_step(
             scale = 1.0 / grad_accum
             loss, metrics, grads = jax.tree.map(lambda x: x * scale, (loss, metrics, grads))
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, new_opt = tx.update(grads, state["opt_state"], trainable)

@@ -1,0 +1,315 @@
+"""The sharded trainer end to end on 8 emulated CPU devices (tiny preset, synthetic batches).
+
+One reference run (mesh (8,1,1), 4 steps) is shared by the tests; the other runs reuse its
+compiled functions where the mesh allows. Losses on other meshes agree within rtol 2e-3
+(bf16 compute, different reduction orders); resumed runs on the same mesh agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import stage2
+from mars_jax import vocab
+from mars_jax.train_lib import base as base_lib
+from mars_jax.train_lib import checkpoint as ckpt_lib
+from mars_jax.train_lib import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 4
+MESH_RTOL = 2e-3
+# Same as `tiny_config()` below, as command-line overrides for the subprocess runs.
+CLI_OVERRIDES = [
+    "--config.model.image_logits=vision_only",
+    "--config.train.global_batch=8",
+    f"--config.train.num_steps={NUM_STEPS}",
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.keep=10",
+]
+
+
+def tiny_config(**mesh):
+    c = stage2.get_config("tiny")
+    c.model.image_logits = "vision_only"  # no 151,936-way text head: keeps the tests fast
+    c.train.global_batch = 8
+    c.train.num_steps = NUM_STEPS
+    c.checkpoint.every_steps = 1
+    c.checkpoint.keep = 10
+    if "shape" in mesh:
+        c.mesh.shape = mesh["shape"]
+    return c
+
+
+def read_losses(workdir) -> dict[int, float]:
+    """Per-step loss from metrics.jsonl; a step written twice (resumed run) keeps the last."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def restore_raw(workdir, step) -> dict:
+    manager = ocp.CheckpointManager(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR))
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    manager.close()
+    return state
+
+
+def saved_steps(workdir) -> list[int]:
+    manager = ocp.CheckpointManager(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR))
+    steps = sorted(manager.all_steps())
+    manager.close()
+    return steps
+
+
+def assert_trees_equal(a, b):
+    flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for x, y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+class FaultyIterator:
+    """Wraps the real pipeline; at chosen (1-based) steps poisons ``loss_mask`` or sends SIGTERM."""
+
+    def __init__(self, config, nan_at=(), sigterm_at=()):
+        self.inner = loop.make_iterator(loop.prepare(config).config)
+        self.nan_at, self.sigterm_at = set(nan_at), set(sigterm_at)
+        self.count = 0
+
+    def __next__(self):
+        batch = next(self.inner)
+        self.count += 1
+        if self.count in self.nan_at:
+            for task in batch.values():
+                task["loss_mask"] = np.full_like(task["loss_mask"], np.nan)
+        if self.count in self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    # Grain's Orbax handler stores a non-Grain iterator's state as bytes and restarts it.
+    def get_state(self) -> bytes:
+        return json.dumps(self.inner.get_state()).encode()
+
+    def set_state(self, state: bytes):
+        self.inner.set_state(json.loads(state))
+
+    def start_prefetch(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("ref"))
+    summary = loop.run(tiny_config(), workdir)
+    return {"workdir": workdir, "summary": summary, "losses": read_losses(workdir)}
+
+
+def test_reference_run_trains_and_writes_logs(ref):
+    losses = ref["losses"]
+    assert sorted(losses) == list(range(1, NUM_STEPS + 1))
+    assert all(np.isfinite(v) for v in losses.values())
+    assert losses[NUM_STEPS] < losses[1]  # it learns something even in 4 steps
+    assert ref["summary"]["step"] == NUM_STEPS
+    assert saved_steps(ref["workdir"])[-1] == NUM_STEPS
+    records = [json.loads(line) for line in open(os.path.join(ref["workdir"], "metrics.jsonl"))]
+    for key in ("t2i/loss", "grad_norm", "lr", "tokens_per_s", "step_time_s", "mfu"):
+        assert key in records[-1], key
+    events = os.listdir(os.path.join(ref["workdir"], "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_frozen_params_bit_identical_after_training(ref):
+    setup = loop.prepare(tiny_config())
+    with jax.set_mesh(setup.mesh):
+        fresh, identity = loop.load_frozen(setup)  # what the run started from
+    assert_trees_equal(ref["summary"]["frozen"], fresh)
+    assert identity["hash"] == base_lib.frozen_hash(ref["summary"]["frozen"])
+    base = ckpt_lib.read_base_identity(
+        ocp.CheckpointManager(os.path.join(ref["workdir"], ckpt_lib.CHECKPOINT_DIR)), NUM_STEPS
+    )
+    assert base["hash"] == base_lib.frozen_hash(fresh)
+
+
+def test_optimizer_state_holds_trainable_leaves_only(ref):
+    state = ref["summary"]["state"]
+    trainable = state["trainable"]
+    adam = [
+        s
+        for s in jax.tree.leaves(
+            state["opt_state"], is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+        )
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    assert len(adam) == 1
+    for moments in (adam[0].mu, adam[0].nu):
+        assert jax.tree.structure(moments) == jax.tree.structure(trainable)
+    arrays = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0]
+    assert len(arrays) == 2 * len(jax.tree.leaves(trainable))
+    text_shapes = {(vocab.TEXT_VOCAB_SIZE, 64), (64, vocab.TEXT_VOCAB_SIZE)}
+    assert not any(tuple(x.shape) in text_shapes for x in arrays)
+
+
+def test_other_mesh_gives_same_losses(ref, tmp_path):
+    summary = loop.run(tiny_config(shape=(2, 4, 1)), str(tmp_path))
+    losses = read_losses(tmp_path)
+    assert summary["step"] == NUM_STEPS
+    for step, value in ref["losses"].items():
+        np.testing.assert_allclose(losses[step], value, rtol=MESH_RTOL, err_msg=f"step {step}")
+
+
+def test_resume_on_different_mesh_with_accumulation(ref, tmp_path):
+    """Restart from the reference's step-2 checkpoint on mesh (2,2,2), 2 micro-batches."""
+    workdir = str(tmp_path)
+    shutil.copytree(
+        os.path.join(ref["workdir"], ckpt_lib.CHECKPOINT_DIR),
+        os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR),
+    )
+    for step in saved_steps(workdir):
+        if step > 2:
+            shutil.rmtree(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR, str(step)))
+    config = tiny_config(shape=(2, 2, 2))
+    config.train.grad_accum = 2
+    summary = loop.run(config, workdir)
+    losses = read_losses(workdir)
+    assert sorted(losses) == [3, 4] and summary["step"] == NUM_STEPS
+    for step in (3, 4):
+        np.testing.assert_allclose(losses[step], ref["losses"][step], rtol=MESH_RTOL)
+
+
+def test_sigterm_saves_and_resume_is_exact(ref, tmp_path):
+    workdir = str(tmp_path)
+    config = tiny_config()
+    summary = loop.run(config, workdir, iterator=FaultyIterator(config, sigterm_at={2}))
+    assert summary["reason"] == "preempted" and summary["step"] == 2
+    assert saved_steps(workdir)[-1] == 2
+    summary = loop.run(config, workdir)
+    assert summary["step"] == NUM_STEPS
+    assert read_losses(workdir) == ref["losses"]
+
+
+def test_nan_batch_is_skipped(tmp_path):
+    workdir = str(tmp_path)
+    config = tiny_config()
+    config.train.nonfinite = "skip"
+    summary = loop.run(config, workdir, iterator=FaultyIterator(config, nan_at={3}))
+    assert summary["step"] == NUM_STEPS
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["finite"] for r in records] == [1.0, 1.0, 0.0, 1.0]
+    assert np.isfinite(records[-1]["loss"])
+    # Step 3 changed nothing but the counters.
+    before, after = restore_raw(workdir, 2), restore_raw(workdir, 3)
+    assert_trees_equal(before["trainable"], after["trainable"])
+    assert_trees_equal(before["opt_state"], after["opt_state"])
+    assert int(after["step"]) == 3 and int(after["skipped"]) == 1
+    assert int(summary["state"]["skipped"]) == 1
+
+
+def test_nan_batch_stops_when_configured(tmp_path):
+    workdir = str(tmp_path)
+    config = tiny_config()
+    config.train.nonfinite = "stop"
+    with pytest.raises(loop.NonFiniteError, match="step 3"):
+        loop.run(config, workdir, iterator=FaultyIterator(config, nan_at={3}))
+    assert saved_steps(workdir)[-1] == 2
+
+
+def _no_compile(fn):
+    compiled_before = len(loop._STEPS)
+    fn()
+    assert len(loop._STEPS) == compiled_before
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"mesh.shape": (3, -1, 1)}, ValueError, "does not fit 8 devices"),
+        ({"mesh.shape": (2, 2, 1)}, ValueError, "needs 4 devices but 8 are available"),
+        ({"train.global_batch": 12}, ValueError, "global_batch=12"),
+        ({"train.grad_accum": 3}, ValueError, "grad_accum=3"),
+        ({"base.checkpoint": "/nonexistent/qwen"}, FileNotFoundError, "/nonexistent/qwen"),
+        ({"base.init_from": "/nonexistent/stage1"}, FileNotFoundError, "/nonexistent/stage1"),
+    ],
+)
+def test_bad_setup_fails_before_compiling(tmp_path, change, error, message):
+    config = tiny_config()
+    for key, value in change.items():
+        section, name = key.split(".")
+        config[section][name] = value
+
+    def attempt():
+        with pytest.raises(error, match=message):
+            loop.run(config, str(tmp_path))
+
+    _no_compile(attempt)
+    assert not os.path.exists(os.path.join(tmp_path, ckpt_lib.CHECKPOINT_DIR))
+
+
+def test_resume_with_other_base_is_refused(ref, tmp_path):
+    workdir = str(tmp_path)
+    shutil.copytree(
+        os.path.join(ref["workdir"], ckpt_lib.CHECKPOINT_DIR),
+        os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR),
+    )
+    config = tiny_config()
+    config.base.seed = 1  # a different frozen LLM
+    with pytest.raises(ckpt_lib.BaseMismatchError, match="random:0"):
+        loop.run(config, workdir)
+
+
+def test_init_from_previous_stage_loads_final_trainable(ref):
+    config = tiny_config()
+    config.base.init_from = ref["workdir"]
+    setup = loop.prepare(config)
+    with jax.set_mesh(setup.mesh):
+        frozen, _ = loop.load_frozen(setup)
+        trainable = loop.initial_trainable(setup, frozen)
+    assert_trees_equal(trainable, ref["summary"]["state"]["trainable"])
+
+
+def _train_cmd(workdir):
+    return [
+        sys.executable,
+        "-m",
+        "mars_jax.train",
+        "--config=configs/stage2.py:tiny",
+        f"--workdir={workdir}",
+        *CLI_OVERRIDES,
+    ]
+
+
+def test_sigkill_mid_training_then_restart_gives_same_losses(ref, tmp_path):
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(_train_cmd(workdir), cwd=REPO, env=env, stdout=log, stderr=log)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, open(tmp_path / "first.log").read()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = max(read_losses(workdir))
+    assert killed_at < NUM_STEPS
+    result = subprocess.run(
+        _train_cmd(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_losses(workdir) == ref["losses"]

@@ -157,20 +157,30 @@ def init_trainable_from_frozen(
     dtype = jnp.dtype(cfg.trainable_dtype)
     embed = jnp.asarray(frozen["embed"][:n], jnp.float32)
     head = jnp.asarray(frozen["text_head"][:, :n], jnp.float32)
-    head_mean = jnp.mean(head, axis=1, keepdims=True)
-    noise_scale = VISION_HEAD_NOISE * jnp.std(head)
-    noise = noise_scale * jax.random.normal(rng, (cfg.width, vocab.VISION_VOCAB_SIZE))
     copy = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
     return {
-        "vision_embed": jnp.broadcast_to(
-            jnp.mean(embed, axis=0), (vocab.VISION_VOCAB_SIZE, cfg.width)
-        ).astype(dtype),
+        "vision_embed": vision_embed_init(jnp.mean(embed, axis=0), cfg),
         "layers": {
             "vision_attn": copy(frozen["layers"]["text_attn"]),
             "vision_mlp": copy(frozen["layers"]["text_mlp"]),
         },
-        "vision_head": (head_mean + noise).astype(dtype),
+        "vision_head": vision_head_init(jnp.mean(head, axis=1), jnp.std(head), rng, cfg),
     }
+
+
+def vision_embed_init(text_embed_mean_D: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """`[VISION_VOCAB, D]`: every row the mean text embedding."""
+    mean = jnp.asarray(text_embed_mean_D, jnp.float32)
+    return jnp.broadcast_to(mean, (vocab.VISION_VOCAB_SIZE, cfg.width)).astype(cfg.trainable_dtype)
+
+
+def vision_head_init(
+    text_head_mean_D: jax.Array, text_head_std: jax.Array, rng: jax.Array, cfg: ModelConfig
+) -> jax.Array:
+    """`[D, VISION_VOCAB]`: the mean text-head column plus `VISION_HEAD_NOISE` x its std."""
+    noise = jax.random.normal(rng, (cfg.width, vocab.VISION_VOCAB_SIZE), jnp.float32)
+    head = jnp.asarray(text_head_mean_D, jnp.float32)[:, None]
+    return (head + VISION_HEAD_NOISE * text_head_std * noise).astype(cfg.trainable_dtype)
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:

@@ -332,6 +332,41 @@ def save_base(out_dir: str, cfg: ModelConfig, frozen: dict, trainable: dict, inf
     return digest
 
 
+def _stored_config(base_dir: str, cfg: ModelConfig | None) -> ModelConfig:
+    config_path = os.path.join(base_dir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: not a base checkpoint (written by convert)")
+    with open(config_path) as f:
+        stored = ModelConfig.from_dict(json.load(f))
+    if cfg is None:
+        return stored
+    if params_lib.frozen_shapes(cfg) != params_lib.frozen_shapes(stored):
+        raise ValueError(f"{config_path}: stored shapes {stored} differ from the requested {cfg}")
+    return cfg
+
+
+def _restore(path: str, abstract: dict, shardings: dict | None) -> dict:
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, target)
+
+
+def load_frozen(
+    base_dir: str, shardings: dict | None = None, cfg: ModelConfig | None = None
+) -> dict:
+    """The frozen tree of a base checkpoint, restored into `shardings` (a frozen-tree of
+    `jax.sharding.Sharding`) in `cfg.frozen_dtype` (default: the stored config)."""
+    base_dir = os.path.abspath(base_dir)
+    cfg = _stored_config(base_dir, cfg)
+    abstract = params_lib.abstract_params(cfg)["frozen"]
+    return _restore(os.path.join(base_dir, "frozen"), abstract, shardings)
+
+
 def load_base(
     base_dir: str, shardings: dict | None = None, cfg: ModelConfig | None = None
 ) -> tuple[ModelConfig, dict, dict, str]:
@@ -343,30 +378,25 @@ def load_base(
     the stored `model_config.json`. Default: the stored config.
     """
     base_dir = os.path.abspath(base_dir)
-    config_path = os.path.join(base_dir, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: not a base checkpoint (written by convert)")
-    with open(config_path) as f:
-        stored = ModelConfig.from_dict(json.load(f))
-    if cfg is None:
-        cfg = stored
-    elif params_lib.frozen_shapes(cfg) != params_lib.frozen_shapes(stored):
-        raise ValueError(f"{config_path}: stored shapes {stored} differ from the requested {cfg}")
+    cfg = _stored_config(base_dir, cfg)
+    if shardings is not None and set(shardings) != {"frozen", "trainable"}:
+        raise ValueError(
+            "load_base: shardings must be {'frozen': tree, 'trainable': tree}; "
+            "for the frozen tree alone use convert.load_frozen"
+        )
     with open(os.path.join(base_dir, INFO_FILE)) as f:
         digest = json.load(f)["frozen_sha256"]
     abstract = params_lib.abstract_params(cfg)
-    if shardings is not None:
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-        )
-    else:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-        )
-    with ocp.StandardCheckpointer() as ckptr:
-        frozen = ckptr.restore(os.path.join(base_dir, "frozen"), abstract["frozen"])
-        trainable = ckptr.restore(os.path.join(base_dir, "trainable"), abstract["trainable"])
+    frozen = _restore(
+        os.path.join(base_dir, "frozen"),
+        abstract["frozen"],
+        None if shardings is None else shardings["frozen"],
+    )
+    trainable = _restore(
+        os.path.join(base_dir, "trainable"),
+        abstract["trainable"],
+        None if shardings is None else shardings["trainable"],
+    )
     return cfg, frozen, trainable, digest
 
 

@@ -184,6 +184,11 @@ def test_load_base_restores_into_shardings_and_dtypes(tmp_path):
     assert frozen["embed"].sharding == shardings["frozen"]["embed"]
     assert len(frozen["embed"].addressable_shards) == 8
     assert frozen["embed"].addressable_shards[0].data.shape == (vocab.TEXT_VOCAB_SIZE // 8, 32)
+    alone = convert.load_frozen(str(tmp_path / "base"), shardings["frozen"])
+    jax.tree.map(np.testing.assert_array_equal, alone, frozen)
+    assert alone["text_head"].sharding == shardings["frozen"]["text_head"]
+    with pytest.raises(ValueError, match="load_frozen"):
+        convert.load_base(str(tmp_path / "base"), shardings["frozen"])
 
 
 @pytest.mark.parametrize(

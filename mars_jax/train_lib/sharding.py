@@ -73,7 +73,19 @@ def make_mesh(
     ici_shape = resolve_mesh_shape(shape, len(devices) // num_granules)
     from jax.experimental import mesh_utils  # noqa: PLC0415 (only needed for hybrid meshes)
 
-    process_is_granule = not hasattr(devices[0], "slice_index")
+    # TPU slices are the granules of multi-slice runs; elsewhere (GPU/CPU nodes) processes are.
+    process_is_granule = devices[0].platform != "tpu"
+    granules = (
+        len({d.process_index for d in devices})
+        if process_is_granule
+        else len({d.slice_index for d in devices})
+    )
+    if granules != num_granules:
+        kind = "processes" if process_is_granule else "TPU slices"
+        raise ValueError(
+            f"mesh.dcn_shape {dcn_shape} asks for {num_granules} {kind}, but the job has "
+            f"{granules}; set mesh.dcn_shape=(1, 1, 1) for a single host or slice"
+        )
     device_array = mesh_utils.create_hybrid_device_mesh(
         ici_shape, dcn_shape, devices=devices, process_is_granule=process_is_granule
     )

@@ -54,6 +54,7 @@ def test_cached_greedy_decoding_equals_full_recompute():
         token = _greedy(logits, i)
         cached_tokens.append(token)
         if i + 1 < STEPS:
+            prev_cache = cache
             logits, cache = step_fn(
                 frozen, trainable, cache, token, position + i, prompt.shape[1] + i
             )
@@ -74,5 +75,14 @@ def test_cached_greedy_decoding_equals_full_recompute():
         token = np.asarray(_greedy(ref, i))
         np.testing.assert_array_equal(cached_tokens[i], token)
         tokens[:, t], full_valid[:, t] = token, True
+    # vision_only: same vision logits, text range -inf.
+    last = cached_tokens[-2]
+    vis, _ = jax.jit(functools.partial(decode.decode_step, cfg=CFG, vision_only=True))(
+        frozen, trainable, prev_cache, last, position + STEPS - 2, prompt.shape[1] + STEPS - 2
+    )
+    assert np.all(np.isneginf(vis[:, : vocab.TEXT_VOCAB_SIZE]))
+    np.testing.assert_allclose(
+        vis[:, vocab.TEXT_VOCAB_SIZE :], cached_logits[-1][:, vocab.TEXT_VOCAB_SIZE :], atol=1e-5
+    )
     generated = np.stack(cached_tokens, 1)
     assert vocab.is_vision(generated).any() and (~vocab.is_vision(generated)).any()

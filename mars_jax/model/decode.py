@@ -5,7 +5,8 @@ which slots hold a real token. `prefill` runs the prompt (static layout or gener
 fills slots `[0, L)`; `decode_step` appends one token per row at slot `cache_index`, routing
 it to its expert by id (both experts run on the single token; `where` selects). Prompts of a
 batch are left-padded to one length, so every row writes the same slot; padded slots are
-never attended. Logits are always the full 160,136 ids: samplers apply their own masks.
+never attended. Logits span all 160,136 ids; `vision_only=True` skips the 151,936-way text
+head (its range is -inf), which is what image-code samplers need.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     }
 
 
-def _full_logits(frozen: dict, trainable: dict, h_BxD: jax.Array, cfg: ModelConfig) -> jax.Array:
-    return mars.logits_from_hidden(frozen, trainable, h_BxD[:, None], cfg)[:, 0]
+def _logits(frozen, trainable, h_BxD: jax.Array, cfg: ModelConfig, vision_only: bool):
+    return mars.logits_from_hidden(frozen, trainable, h_BxD[:, None], cfg, vision_only)[:, 0]
 
 
 def prefill(
@@ -43,8 +44,12 @@ def prefill(
     valid_BxL: jax.Array,
     layout: layout_lib.Layout | None,
     cfg: ModelConfig,
+    vision_only: bool = False,
 ) -> tuple[jax.Array, dict]:
-    """Run the prompt, write its keys/values to slots `[0, L)`; logits `[B, 160136]` of slot L-1."""
+    """Run the prompt, write its keys/values to slots `[0, L)`; logits `[B, 160136]` of slot L-1.
+
+    `vision_only` skips the text head (text range -inf), for samplers that draw image codes.
+    """
     length = tokens_BxL.shape[1]
     if length > cache["valid"].shape[1]:
         raise ValueError(f"prompt length {length} exceeds the cache's {cache['valid'].shape[1]}")
@@ -57,7 +62,7 @@ def prefill(
         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), zeros5),
         "valid": jax.lax.dynamic_update_slice(cache["valid"], jnp.asarray(valid_BxL, bool), (0, 0)),
     }
-    return _full_logits(frozen, trainable, hidden[-1][:, -1], cfg), cache
+    return _logits(frozen, trainable, hidden[-1][:, -1], cfg, vision_only), cache
 
 
 def decode_step(
@@ -68,10 +73,12 @@ def decode_step(
     position_B: jax.Array,
     cache_index: jax.Array | int,
     cfg: ModelConfig,
+    vision_only: bool = False,
 ) -> tuple[jax.Array, dict]:
     """Append one token per row at slot `cache_index`; returns its logits `[B, 160136]`.
 
-    `position_B` is each row's rotary position (its count of earlier valid tokens).
+    `position_B` is each row's rotary position (its count of earlier valid tokens);
+    `vision_only` skips the text head (text range -inf).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     token_B = jnp.asarray(token_B, jnp.int32)
@@ -105,4 +112,4 @@ def decode_step(
         ),
     }
     h = layers.rms_norm(x[:, 0], frozen["final_norm"], cfg.norm_eps)
-    return _full_logits(frozen, trainable, h, cfg), cache
+    return _logits(frozen, trainable, h, cfg, vision_only), cache

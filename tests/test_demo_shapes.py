@@ -20,14 +20,19 @@ def test_examples_are_deterministic_and_independent_of_count():
     assert c.captions != b.captions
 
 
-def test_held_out_pairs_never_in_training_and_always_in_eval():
+def test_held_out_combinations_only_in_eval_while_every_object_type_is_trained():
     data = shapes.make_dataset(400)
-    train_pairs = {(o.color, o.shape) for s in data.specs for o in s.objects}
-    assert not train_pairs & shapes.HELD_OUT_PAIRS
-    assert train_pairs == set(shapes.TRAIN_PAIRS)  # every other pair is seen
-    for p in shapes.eval_prompts(16):
-        o = p["spec"]["objects"][0]
-        assert (o["color"], o["shape"]) in shapes.HELD_OUT_PAIRS
+    assert not any(shapes.is_held_out(s) for s in data.specs)
+    assert {(o.color, o.shape) for s in data.specs for o in s.objects} == set(shapes.ALL_PAIRS)
+    prompts = shapes.eval_prompts(32)
+    specs = [shapes.SceneSpec.from_json(p["spec"]) for p in prompts]
+    assert all(shapes.is_held_out(s) for s in specs)
+    assert {s.kind for s in specs} == {"single", "count", "relation"}
+    # The rule for relations ignores order and relation: the pair itself is held out.
+    rel = next(s for s in specs if s.kind == "relation")
+    a, b = rel.objects
+    swapped = shapes.SceneSpec("relation", (b, a), relation="above")
+    assert shapes.is_held_out(swapped)
 
 
 def test_captions_are_bilingual_and_name_the_attributes():

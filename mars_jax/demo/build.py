@@ -5,7 +5,7 @@
 
 ``train.jsonl`` rows are ``{"image": "images/000123.png", "caption", "lang", "key"}`` (image
 paths relative to the file, as ``mars_jax.data.sources`` reads them). ``eval_prompts.jsonl``
-holds the held-out prompts (color × shape pairs in ``shapes.HELD_OUT_PAIRS``), each scene in
+holds the held-out prompts (combinations in ``shapes.is_held_out``), each scene in
 English and Chinese, with the spec the pixel checker scores against. The same examples come
 from ``shapes.make_dataset`` / ``shapes.eval_prompts`` without files.
 """

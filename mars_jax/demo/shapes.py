@@ -10,9 +10,16 @@ background, with boxes of 16 or 24 px aligned to the 8-px latent grid. Three kin
 - ``relation``: two objects of different colors, one left of / right of / above / below the
   other (tests attribute binding).
 
-Held-out split: the color × shape pairs in ``HELD_OUT_PAIRS`` never appear in any training
-scene; every evaluation scene contains at least one of them (as the first object), so the
-evaluation measures composition of attributes seen only separately in training.
+Held-out split (``is_held_out``): whole attribute combinations that no training scene has,
+while every object type (color × shape) and every attribute value is seen in training:
+- single: each color × shape pair is held out in one cell of the 3×3 grid,
+  cell index (row·3 + col) = (color index + 3·shape index) mod 9;
+- count: (color, shape, n) with (color index + shape index + n) mod 6 = 0;
+- relation: the two objects' pair, in either order and under any relation, when
+  (color_a + 3·shape_a + color_b + 3·shape_b) mod 7 = 0 (indices in ``COLORS``, ``SHAPES``).
+Evaluation prompts are drawn only from these. Holding out whole color × shape pairs instead
+would ask for VQ codes (say, a blue circle's edge) that no training sequence contains, which
+an autoregressive model over codes cannot produce.
 
 Each example ``i`` of a split is drawn from its own ``numpy`` generator seeded by
 ``(seed, split, i)``, so example ``i`` does not depend on how many examples are drawn.
@@ -106,20 +113,7 @@ RELATIONS_ZH = {"left of": "左边", "right of": "右边", "above": "上面", "b
 COUNTS_EN = {2: "two", 3: "three"}
 COUNTS_ZH = {2: "两", 3: "三"}
 
-# Never in training; every evaluation scene's first object is one of these.
-HELD_OUT_PAIRS = frozenset(
-    {
-        ("red", "triangle"),
-        ("blue", "circle"),
-        ("yellow", "square"),
-        ("purple", "triangle"),
-        ("cyan", "circle"),
-        ("orange", "square"),
-    }
-)
 ALL_PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
-TRAIN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS)
-EVAL_PAIRS = tuple(p for p in ALL_PAIRS if p in HELD_OUT_PAIRS)
 
 SCENE_KIND_PROBS = {"single": 0.4, "count": 0.2, "relation": 0.4}
 _SPLIT_IDS = {"train": 0, "eval": 1}
@@ -301,22 +295,34 @@ def _sample_relation(rng, first_pairs, second_pairs) -> SceneSpec:
     return SceneSpec("relation", objects, relation=relation)
 
 
+def is_held_out(spec: SceneSpec) -> bool:
+    """Whether the scene's attribute combination belongs to the held-out split (see top)."""
+    color = [list(COLORS).index(o.color) for o in spec.objects]
+    shape = [SHAPES.index(o.shape) for o in spec.objects]
+    if spec.kind == "single":
+        row, col = POSITIONS[spec.position]
+        return row * 3 + col == (color[0] + 3 * shape[0]) % 9
+    if spec.kind == "count":
+        return (color[0] + shape[0] + spec.count) % 6 == 0
+    return (color[0] + 3 * shape[0] + color[1] + 3 * shape[1]) % 7 == 0
+
+
 def sample_scene(rng: np.random.Generator, split: str = "train") -> SceneSpec:
-    """One random scene. ``split='eval'`` puts a held-out pair first in every scene."""
+    """One random scene of the split (rejection sampling on ``is_held_out``)."""
     if split not in _SPLIT_IDS:
         raise ValueError(f"split {split!r} not in {sorted(_SPLIT_IDS)}")
-    first = TRAIN_PAIRS if split == "train" else EVAL_PAIRS
-    second = TRAIN_PAIRS if split == "train" else ALL_PAIRS
     kinds = list(SCENE_KIND_PROBS)
-    kind = kinds[rng.choice(len(kinds), p=list(SCENE_KIND_PROBS.values()))]
-    if kind == "single":
-        spec = _sample_single(rng, first)
-    elif kind == "count":
-        spec = _sample_count(rng, first)
-    else:
-        spec = _sample_relation(rng, first, second)
-    validate_spec(spec)
-    return spec
+    while True:
+        kind = kinds[rng.choice(len(kinds), p=list(SCENE_KIND_PROBS.values()))]
+        if kind == "single":
+            spec = _sample_single(rng, ALL_PAIRS)
+        elif kind == "count":
+            spec = _sample_count(rng, ALL_PAIRS)
+        else:
+            spec = _sample_relation(rng, ALL_PAIRS, ALL_PAIRS)
+        if is_held_out(spec) == (split == "eval"):
+            validate_spec(spec)
+            return spec
 
 
 # ----------------------------------------------------------------------------- captions
@@ -328,7 +334,7 @@ def _object_en(color: str, shape: str, size: str | None = None) -> str:
 
 
 def _object_zh(color: str, shape: str, size: str | None = None) -> str:
-    return "一个" + (SIZES_ZH[size] if size else "") + COLORS_ZH[color] + "的" + SHAPES_ZH[shape]
+    return "一个" + COLORS_ZH[color] + "的" + (SIZES_ZH[size] if size else "") + SHAPES_ZH[shape]
 
 
 def caption(spec: SceneSpec, lang: str, rng: np.random.Generator | None = None) -> str:

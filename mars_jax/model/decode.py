@@ -78,7 +78,8 @@ def decode_step(
     """Append one token per row at slot `cache_index`; returns its logits `[B, 160136]`.
 
     `position_B` is each row's rotary position (its count of earlier valid tokens);
-    `vision_only` skips the text head (text range -inf).
+    `cache_index` must be a slot not yet filled (the new key is attended to once, from the
+    step itself, and only then written); `vision_only` skips the text head (text range -inf).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     token_B = jnp.asarray(token_B, jnp.int32)

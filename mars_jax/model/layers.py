@@ -1,4 +1,4 @@
-"""Qwen decoder pieces as pure functions: RMSNorm, rotary embeddings, attention, SwiGLU.
+"""Qwen decoder pieces as pure functions: RMSNorm, rotary embeddings, projections, SwiGLU.
 
 Numerics follow the Hugging Face Qwen / Qwen2 code, so converted checkpoints give the same
 logits: RMSNorm in fp32, rotate-half rotary embeddings, softmax in fp32. Projections take
@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Finite "minus infinity": a query row whose keys are all masked gets a uniform softmax
-# instead of NaN, and its output is then zeroed.
+# Finite "minus infinity" for masked attention scores (`mars.attend_blocks`): a query row
+# whose keys are all masked gets a uniform softmax instead of NaN, and is then zeroed.
 MASK_VALUE = -1e30
 
 
@@ -55,26 +55,6 @@ def qkv_projection(
     k = dense(h_NxD, attn["k"], dtype) + attn["k_bias"].astype(dtype)
     v = dense(h_NxD, attn["v"], dtype) + attn["v_bias"].astype(dtype)
     return apply_rotary(q, cos_NxDh, sin_NxDh), apply_rotary(k, cos_NxDh, sin_NxDh), v
-
-
-def attention(
-    q_BxQxHxDh: jax.Array, k_BxKxGxDh: jax.Array, v_BxKxGxDh: jax.Array, mask_BxQxK: jax.Array
-) -> jax.Array:
-    """Grouped-query softmax attention; `mask` True where a query may attend to a key.
-
-    Rows with no allowed key (padding queries) return zeros rather than NaN.
-    """
-    b, nq, h, dh = q_BxQxHxDh.shape
-    g = k_BxKxGxDh.shape[2]
-    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh)
-    scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BxKxGxDh, preferred_element_type=jnp.float32)
-    scores = scores * (dh**-0.5)
-    mask = mask_BxQxK[:, None, None, :, :]
-    scores = jnp.where(mask, scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
-    out = jnp.einsum("bgrqk,bkgd->bqgrd", probs.astype(v_BxKxGxDh.dtype), v_BxKxGxDh)
-    return out.reshape(b, nq, h, dh)
 
 
 def swiglu(h_NxD: jax.Array, mlp: dict, dtype) -> jax.Array:

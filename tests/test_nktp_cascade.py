@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mars_jax import cascade, generate, nktp_sampling
-from mars_jax.data import formats, image_ops
+from mars_jax import cascade, generate
+from mars_jax.data import image_ops
+from mars_jax.eval import sr
 from mars_jax.model import nktp, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
@@ -69,23 +70,15 @@ def test_super_resolve_and_save(tmp_path):
     assert high.shape == (2, 16, 16, 3) and high.dtype == np.uint8
     assert infos[0].passes <= 64 and infos[0].codes == 64
     # Reference composition: resize as data preparation does, VQ-encode, resolution-prefixed
-    # caption, plain next-token greedy decoding (exact mode must give the same codes).
+    # caption (`sr.model_producer`, the sr bench's producer), plain next-token greedy decoding:
+    # exact mode must give the same codes.
     lo = np.stack([image_ops.resize_cover_crop(Image.fromarray(x), (8, 8)) for x in low])
     lo_codes = vq_model.encode(run.vq_params, TINY_VQ, image_ops.to_model_input(lo))
     tok = load_tokenizer()
-    texts = [tok.encode(formats.resolution_prompt(16, 16, p)) for p in prompts]
-    scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=16)
-    codes, _ = nktp_sampling.sample_hires_codes(
-        run.frozen,
-        run.trainable,
-        CFG,
-        texts,
-        np.asarray(lo_codes),
-        (8, 8),
-        1,
-        text_len=8,
-        scfg=scfg,
+    greedy_k1 = sr.model_producer(
+        run.frozen, run.trainable, CFG, TINY_VQ, tok.encode, 8, k=1, scfg=greedy
     )
+    codes = greedy_k1(prompts, np.asarray(lo_codes), (8, 8), 0)
     np.testing.assert_array_equal(high, generate.vq_decode_uint8(run.vq_params, TINY_VQ, codes))
     sheet = cascade.save_cascade(str(tmp_path), prompts, low, high)
     assert os.path.exists(sheet)

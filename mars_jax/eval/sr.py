@@ -16,6 +16,7 @@ tests pass stand-ins.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -145,21 +146,36 @@ def model_producer(
     frozen: dict,
     trainable: dict,
     model_cfg,
+    vq_cfg,
     tokenize: Callable[[str], list[int]],
     text_len: int,
-    k: int = 1,
+    k: int | None = None,
     mode: str = "fast",
     scfg=None,
 ) -> SRProducer:
-    """An `SRProducer` from a stage-III model (`nktp_sampling.sample_hires_codes`)."""
+    """An `SRProducer` from a stage-III model (`nktp_sampling.sample_hires_codes`).
+
+    Captions get the high-res resolution in front, as in stage-III data; codes are limited to
+    the VQ codebook; the default is greedy, unguided, `k` = the model's K, fast mode.
+    """
     from mars_jax import nktp_sampling  # noqa: PLC0415
+    from mars_jax.data import formats  # noqa: PLC0415
+    from mars_jax.sampling import SamplingConfig  # noqa: PLC0415
+
+    f = vq_cfg.downsample_factor
+    scfg = scfg or SamplingConfig(cfg_scale=1.0, temperature=0.0)
+    scfg = dataclasses.replace(scfg, codebook_size=vq_cfg.codebook_size)
+    k = k or model_cfg.nktp_k
 
     def produce(captions: Sequence[str], lo_codes: np.ndarray, hi_grid, seed: int):
+        texts = [
+            tokenize(formats.resolution_prompt(hi_grid[1] * f, hi_grid[0] * f, c)) for c in captions
+        ]
         codes, _ = nktp_sampling.sample_hires_codes(
             frozen,
             trainable,
             model_cfg,
-            [tokenize(c) for c in captions],
+            texts,
             lo_codes,
             hi_grid,
             k,

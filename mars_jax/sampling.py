@@ -4,7 +4,8 @@ The prompt uses the training format of `t2i` (DESIGN.md): a left-padded text slo
 `<img>`; the unconditional stream is the caption-dropped form (a text slot with no valid
 token), so `<img>` sits at position 0. Both streams run in one batch (rows `[cond; uncond]`)
 and share every sampled code. Only image codes can be sampled inside an image, and the image
-ends after exactly `h*w` codes: the sampler never looks at other logits there.
+ends after exactly `h*w` codes: the sampler never looks at other logits there, so the
+decoder skips the 151,936-way text head.
 
 Guidance is `cond + (scale - 1) * (cond - uncond)` on the code logits, which is exactly the
 conditional logits at scale 1.
@@ -126,7 +127,7 @@ def sample_codes(
     batch = rows // 2 if use_cfg else rows
     cache = decode.init_cache(cfg, rows, prompt_len + num_codes)
     logits_RxV, cache = decode.prefill(
-        frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, None, cfg
+        frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, None, cfg, vision_only=True
     )
     next_position_R = positions_RxP[:, -1] + 1
 
@@ -142,7 +143,14 @@ def sample_codes(
         codes_R = pick(logits_RxV, key)
         token_R = vocab.code_to_token(codes_R)
         logits_RxV, cache = decode.decode_step(
-            frozen, trainable, cache, token_R, next_position_R + index, prompt_len + index, cfg
+            frozen,
+            trainable,
+            cache,
+            token_R,
+            next_position_R + index,
+            prompt_len + index,
+            cfg,
+            vision_only=True,
         )
         return (logits_RxV, cache, index + 1), codes_R[:batch]
 

@@ -114,6 +114,25 @@ def test_vision_only_logits_match_restricted_reference():
         got = _task_loss(p, batch, layout, cfg)
         ref_sum, _ = _reference(p, batch, layout, vision_only=True)
         np.testing.assert_allclose(got, ref_sum, rtol=1e-5, err_msg=task)
+    # forward_logits restricts the same positions: those whose next token is a vision id.
+    lg = np.asarray(
+        jax.jit(mars.forward_logits, static_argnums=(5, 6))(
+            p["frozen"],
+            p["trainable"],
+            batch["tokens"],
+            batch["positions"],
+            batch["valid"],
+            CAPTION,
+            cfg,
+        )
+    )
+    restricted = np.all(np.isneginf(lg[..., : vocab.TEXT_VOCAB_SIZE]), axis=-1)
+    next_is_vision = np.append(vocab.is_vision(batch["tokens"][0, 1:]), False)  # last: text
+    np.testing.assert_array_equal(restricted[0], next_is_vision)
+    full = np.asarray(_logits(p, CAPTION, batch))
+    np.testing.assert_allclose(
+        lg[..., vocab.TEXT_VOCAB_SIZE :], full[..., vocab.TEXT_VOCAB_SIZE :], atol=1e-5
+    )
     # The general path restricts by target id; it agrees with the static layout path.
     np.testing.assert_allclose(_task_loss(p, batch, None, cfg), got, rtol=1e-5)
 

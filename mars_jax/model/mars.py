@@ -280,14 +280,16 @@ def forward_logits(
 ) -> jax.Array:
     """Logits `[B, L, 160136]` fp32 over the joint vocabulary (for sampling and tests).
 
-    With `cfg.image_logits == "vision_only"`, vision segments of a static layout get -inf on
-    the text range. Training uses `loss.task_loss`, which never builds this array.
+    With `cfg.image_logits == "vision_only"` and a static layout, positions whose next token
+    lies in a vision segment (`layout.target_layout`; the last position keeps its own
+    segment's modality) get -inf on the text range, as in the loss. Training uses
+    `loss.task_loss`, which never builds this array.
     """
-    segs = forward_segments(frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg)
-    modalities = [m for m, _, _ in segments_of(layout, tokens_BxL.shape[1])]
-    restrict = cfg.image_logits == "vision_only"
+    h_BxLxD = forward_hidden(frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg)
+    if cfg.image_logits != "vision_only" or layout is None:
+        return logits_from_hidden(frozen, trainable, h_BxLxD, cfg)
     out = [
-        logits_from_hidden(frozen, trainable, h, cfg, restrict and m == layout_lib.VISION)
-        for h, m in zip(segs, modalities, strict=True)
+        logits_from_hidden(frozen, trainable, h_BxLxD[:, start:stop], cfg, m == layout_lib.VISION)
+        for m, start, stop in layout_lib.bounds(layout_lib.target_layout(layout))
     ]
     return jnp.concatenate(out, axis=1)

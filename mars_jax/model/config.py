@@ -20,9 +20,9 @@ class ModelConfig:
     """Shapes, numerics and memory policy of the model.
 
     image_logits: "full" gives every position the 160,136-way softmax (paper §3.3);
-      "vision_only" restricts positions whose target is a vision token (in the loss) and
-      vision segments (in `forward_logits`) to the vision head's 8,200 ids, skipping the
-      151,936-way text head there.
+      "vision_only" restricts positions whose target is a vision token (by the target's id
+      in the general path, by the layout's segments in the static one) to the vision head's
+      8,200 ids, skipping the 151,936-way text head there.
     loss_chunk_size: tokens per chunk of the cross-entropy; 0 computes it unchunked.
     nktp_k: next-K token prediction heads of stage III; the model core supports only 1.
     """

@@ -69,7 +69,11 @@ class VQConfig:
 
     @classmethod
     def demo(cls) -> VQConfig:
-        """f8, 512 codes, 32–64 channels: 64×64 images → 8×8 codes, trains in minutes on CPU."""
+        """f8, 512 codes, 32–64 channels: 64×64 images → 8×8 codes, small enough for a CPU.
+
+        One normalisation group: with 32 channels, 32 groups would normalise each channel on its
+        own and erase the ratios between channels that carry colour.
+        """
         return cls(
             base_channels=32,
             ch_mult=(1, 1, 2, 2),
@@ -80,6 +84,7 @@ class VQConfig:
             embed_dim=32,
             codebook_size=512,
             resolution=64,
+            norm_groups=1,
         )
 
     @classmethod

@@ -215,13 +215,65 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resolution", default=None, help="WIDTHxHEIGHT for stage-II models")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
+    p.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="joint text and image generation (paper §4.6): continue each prompt as text that "
+        "may open images; writes interleaved_<n>.md with the text and images in order",
+    )
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=512)
     return p.parse_args(argv)
+
+
+def write_interleaved(out_dir: str, index: int, prompt: str, segments, run: LoadedRun) -> str:
+    """Markdown with the text and the images of one continuation, in order."""
+    import jax.numpy as jnp
+    from PIL import Image
+
+    from mars_jax.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    os.makedirs(out_dir, exist_ok=True)
+    parts = [prompt]
+    for j, seg in enumerate(segments):
+        if seg.kind == "text":
+            parts.append(tok.decode(seg.ids.tolist()))
+            continue
+        image = vq_decode_uint8(run.vq_params, run.vq_cfg, jnp.asarray(seg.ids[None]))[0]
+        name = f"interleaved_{index:04d}_{j:02d}.png"
+        Image.fromarray(image).save(os.path.join(out_dir, name))
+        parts.append(f"\n\n![image {j}]({name})\n\n")
+    path = os.path.join(out_dir, f"interleaved_{index:04d}.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(parts) + "\n")
+    return path
+
+
+def run_interleaved(args: argparse.Namespace, prompts: list[str]) -> int:
+    from mars_jax import interleaved
+    from mars_jax.text.tokenizer import load_tokenizer
+
+    run = load_run(args.checkpoint, args.vq)
+    tok = load_tokenizer()
+    text_scfg = sampling.SamplingConfig(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
+    )
+    image_scfg = dataclasses.replace(text_scfg, codebook_size=run.vq_cfg.codebook_size)
+    for i, prompt in enumerate(prompts):
+        segments = interleaved.generate_interleaved(
+            run.frozen, run.trainable, run.model_cfg, tok.encode(prompt), run.grids[0],
+            text_scfg, image_scfg, args.max_tokens, args.seed + i,
+        )  # fmt: skip
+        print(write_interleaved(args.out, i, prompt, segments, run))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     prompts = read_prompts(args.prompt, args.prompt_file)
     prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
+    if args.interleaved:
+        return run_interleaved(args, prompts)
     scfg = sampling.SamplingConfig(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )

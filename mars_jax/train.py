@@ -115,7 +115,13 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     from mars_jax.train_lib import loop  # noqa: PLC0415
 
-    summary = loop.run(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    if config.data.get("demo_scenes", 0) and not config.data.get("synthetic", False):
+        from mars_jax.demo.shards import ensure_demo_shards  # noqa: PLC0415
+
+        if jax.process_index() == 0:  # the demo runs on one host
+            ensure_demo_shards(config.data.shards, int(config.stage), int(config.data.demo_scenes))
+    summary = loop.run(config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"finished at step {summary['step']} ({summary['reason']})")
 

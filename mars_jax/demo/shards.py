@@ -45,28 +45,27 @@ def prepare_options(stage: int, source: str, out: str, vq_dir: str) -> prepare.P
     )
 
 
-def ensure_demo_shards(root: str, stage: int, num_train: int, seed: int = 0) -> str:
-    """Shards of `num_train` demo scenes under `root`; returns the shards directory."""
-    data_dir = os.path.join(root, f"scenes-{num_train}-{seed}")
-    shards_dir = os.path.join(root, f"shards-stage{stage}-{num_train}-{seed}")
+def ensure_demo_shards(shards_dir: str, stage: int, num_train: int, seed: int = 0) -> str:
+    """Prepared shards of `num_train` demo scenes at `shards_dir` (scenes beside it)."""
     if os.path.exists(os.path.join(shards_dir, "manifest.json")):
         return shards_dir
+    data_dir = scenes_dir(shards_dir)
     train_file = os.path.join(data_dir, build.TRAIN_FILE)
     if not os.path.exists(train_file):
         build.build(data_dir, num_train, seed=seed)
-    manifest = prepare.run(
-        prepare_options(stage, train_file, shards_dir, demo_vq_dir()),
-    )
+    manifest = prepare.run(prepare_options(stage, train_file, shards_dir, demo_vq_dir()))
     if manifest is None:
         raise RuntimeError(f"demo data: {shards_dir} is incomplete after prepare")
     return shards_dir
 
 
-def eval_prompts_file(root: str, num_train: int, seed: int = 0) -> str:
+def scenes_dir(shards_dir: str) -> str:
+    """Where the PNG scenes, train.jsonl and eval_prompts.jsonl of a demo data set live."""
+    return shards_dir.rstrip("/") + "-scenes"
+
+
+def load_eval_prompts(shards_dir: str) -> list[dict]:
     """The held-out prompts written beside the demo scenes."""
-    return os.path.join(root, f"scenes-{num_train}-{seed}", build.EVAL_FILE)
-
-
-def load_eval_prompts(root: str, num_train: int, seed: int = 0) -> list[dict]:
-    with open(eval_prompts_file(root, num_train, seed), encoding="utf-8") as f:
+    path = os.path.join(scenes_dir(shards_dir), build.EVAL_FILE)
+    with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -210,7 +210,7 @@ def load_frozen(setup: Setup) -> tuple[Any, dict]:
     if path:
         from mars_jax import convert  # noqa: PLC0415
 
-        frozen = convert.load_base(path, shardings=setup.frozen_shardings)
+        frozen = convert.load_frozen(path, setup.frozen_shardings, cfg=setup.model_cfg)
         frozen = jax.jit(base_lib.to_bf16, out_shardings=setup.frozen_shardings)(frozen)
         source = os.path.abspath(path)
     else:

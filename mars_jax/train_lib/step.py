@@ -95,7 +95,8 @@ def make_train_step(
             "state_finite": tree_is_finite((new_state["trainable"], new_state["opt_state"])),
             "loss": loss,
             "grad_norm": grad_norm,
-            "lr": lr_schedule(state["step"]),
+            # optax counts applied updates only: skipped steps do not advance the schedule.
+            "lr": lr_schedule(state["step"] - state["skipped"]),
             "finite": finite,
             **{k: v for k, v in metrics.items() if k != "loss"},
         }

@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
         c.data.num_examples = 50_000_000  # paper §3.4: 50 M curated pairs
         c.checkpoint.every_steps = 500
         c.model.remat_policy = "full"
-        c.train.grad_accum = 8  # text slot 256 + 24x16 grids: 8 micro-batches of 8 fit 80 GiB
+        c.train.grad_accum = 8  # text 256 + 24x16 grids: 8 micro-batches of 8, 54 GiB/device
     elif preset == "demo":
         c.data.shards = "data/demo/stage2"
         c.base.init_from = "runs/demo_stage1"

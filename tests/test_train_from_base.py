@@ -1,0 +1,44 @@
+"""Training from a converted Qwen checkpoint: the path a real run takes (not a random base)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from test_convert import _qwen2_arrays, _write
+from test_train_loop import tiny_config
+
+from mars_jax import convert
+from mars_jax.train_lib import loop
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    arrays, config = _qwen2_arrays(np.random.default_rng(5), layers=2, d=64, heads=4, kv=2, f=128)
+    _write(root / "hf", arrays, config)
+    convert.convert(str(root / "hf"), str(root / "base"), "bfloat16")
+    return str(root / "base")
+
+
+def test_trains_on_converted_base_and_keeps_it_bit_identical(base_dir, tmp_path):
+    c = tiny_config()
+    c.base.checkpoint = base_dir
+    c.train.num_steps = 2
+    summary = loop.run(c, str(tmp_path / "run"))
+    assert summary["step"] == 2
+    loaded = convert.load_frozen(base_dir)
+    after = jax.device_get(summary["frozen"])
+    for (path, want), got in zip(
+        jax.tree_util.tree_flatten_with_path(loaded)[0], jax.tree.leaves(after), strict=True
+    ):
+        want = np.asarray(want).astype(np.asarray(got).dtype)
+        assert np.array_equal(np.asarray(got), want), jax.tree_util.keystr(path)
+
+
+def test_model_config_that_does_not_match_the_base_is_refused(base_dir, tmp_path):
+    c = tiny_config()
+    c.base.checkpoint = base_dir
+    c.model.mlp_dim = 96  # the converted base has 128
+    with pytest.raises(ValueError, match="mlp_dim|shape"):
+        loop.run(c, str(tmp_path / "run"))

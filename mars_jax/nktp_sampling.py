@@ -155,7 +155,7 @@ def with_unconditional(rows: dict[str, np.ndarray], text_len: int) -> dict[str, 
 
 def _head_code_logits(trainable, h_RxD, num, cfg, scfg, batch, use_cfg) -> jax.Array:
     """Guided code logits of heads 1..num: `[B, num, codebook_size]`."""
-    logits = nktp.all_head_vision_logits(trainable, h_RxD, num, cfg)[..., : scfg.codebook_size]
+    logits = nktp.all_head_vision_logits(trainable, h_RxD, num, cfg, scfg.codebook_size)
     if not use_cfg:
         return logits
     r = logits.shape[0]
@@ -205,6 +205,8 @@ def decode_codes(
     """Codes `[B, num_codes]` in sequence order and the number of forward passes."""
     rows, prompt_len = tokens_RxP.shape
     batch = rows // 2 if use_cfg else rows
+    # Cast weights to the compute dtype once, not in every pass (same values: every use casts).
+    frozen, trainable = _in_compute_dtype(frozen, cfg), _in_compute_dtype(trainable, cfg)
     cache = init_cache(cfg, rows, prompt_len + num_codes + k)
     h, cache = extend(
         frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
@@ -252,8 +254,8 @@ def decode_codes(
         cache, drafts_BxK, q_BxKxC, out, done, passes, rng = state
         rng, k_accept, k_fix, k_draft = jax.random.split(rng, 4)
         h, cache = feed(cache, drafts_BxK, done)
-        logits = _all_positions(trainable, h, k, cfg, scfg, batch, use_cfg)  # [B, T, K, C]
-        head1 = logits[:, :, 0]  # position j predicts sequence index done + j + 1
+        # Head 1 at every fed position: position j checks the draft of sequence index done+j+1.
+        head1 = _all_positions(trainable, h, 1, cfg, scfg, batch, use_cfg)[:, :, 0]
         if greedy:
             verified = jnp.argmax(head1, axis=-1).astype(jnp.int32)
             match = drafts_BxK[:, 1:] == verified[:, :-1]
@@ -268,8 +270,9 @@ def decode_codes(
         accepted = jnp.minimum(jnp.min(row_accepted), num_codes - done)
         out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
         last = accepted - 1
-        next_logits = jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False)
-        new_BxK, new_q = _choose(next_logits, k_draft, scfg)
+        # All heads only at the last kept position: the next code and the next drafts.
+        h_last = jax.lax.dynamic_index_in_dim(h, last, axis=1, keepdims=False)
+        new_BxK, new_q = _choose(heads(h_last), k_draft, scfg)
         if not greedy:
             # Code `accepted`: kept draft where this row accepted it, else a residual sample.
             p_last = jax.lax.dynamic_index_in_dim(p_BxTxC, last, axis=1, keepdims=False)
@@ -295,11 +298,20 @@ def decode_codes(
     return out[:, :num_codes], passes
 
 
+def _in_compute_dtype(tree: dict, cfg: ModelConfig) -> dict:
+    dtype = jnp.dtype(cfg.compute_dtype)
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
 def _all_positions(trainable, h_RxTxD, k, cfg, scfg, batch, use_cfg) -> jax.Array:
     """Guided code logits of heads 1..k at each of the T fed positions: `[B, T, k, C]`."""
     r, t, d = h_RxTxD.shape
-    logits = nktp.all_head_vision_logits(trainable, h_RxTxD.reshape(r * t, d), k, cfg)
-    logits = logits[..., : scfg.codebook_size].reshape(r, t, k, -1)
+    logits = nktp.all_head_vision_logits(
+        trainable, h_RxTxD.reshape(r * t, d), k, cfg, scfg.codebook_size
+    )
+    logits = logits.reshape(r, t, k, -1)
     if use_cfg:
         cond, uncond = logits[:batch], logits[batch:]
         logits = cond + (scfg.cfg_scale - 1.0) * (cond - uncond)

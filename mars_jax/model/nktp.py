@@ -132,12 +132,22 @@ def head_hidden(trainable: dict, h_NxD: jax.Array, k: int, cfg: ModelConfig) -> 
 
 
 def all_head_vision_logits(
-    trainable: dict, h_NxD: jax.Array, num: int, cfg: ModelConfig
+    trainable: dict, h_NxD: jax.Array, num: int, cfg: ModelConfig, num_ids: int | None = None
 ) -> jax.Array:
-    """fp32 vision-head logits of heads 1..num: `[N, num, 8200]`."""
+    """fp32 vision-head logits of heads 1..num: `[N, num, num_ids]` (default all 8,200).
+
+    `num_ids` keeps only the first vision ids (a sampler's codebook) and skips the rest of
+    the head's matmul.
+    """
+    dtype = jnp.dtype(cfg.compute_dtype)
+    head = trainable["vision_head"][:, : num_ids or vocab.VISION_VOCAB_SIZE].astype(dtype)
     return jnp.stack(
         [
-            mars.vision_logits(trainable, head_hidden(trainable, h_NxD, k, cfg), cfg)
+            jnp.dot(
+                head_hidden(trainable, h_NxD, k, cfg).astype(dtype),
+                head,
+                preferred_element_type=jnp.float32,
+            )
             for k in range(1, num + 1)
         ],
         axis=1,

@@ -115,6 +115,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
     elif preset == "demo":
         c.model.image_logits = "vision_only"
         c.data.demo_scenes = 2000  # shapes scenes built on first use (mars_jax/demo/shards.py)
+        # 64-px scenes, 8×8 codes (stage III: 32-px low-res, 4×4 codes, ×2); used by
+        # synthetic batches and the benchmark, the shards carry their own grids.
+        c.data.grids = ((4, 4),) if c.stage == 3 else ((8, 8),)
+        c.data.hires_scale = 2
         c.data.text_len = 32
         c.train.global_batch = 32
         c.train.num_steps = 600

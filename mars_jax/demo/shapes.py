@@ -66,6 +66,7 @@ SHAPES_PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangle
 # every color (free placement blurred colors together at this codebook size).
 GRID = 8
 SIZES = {"small": 16, "large": 24}
+THIRD_MARGIN = 2.5  # px between a single object's center and the 3×3 grid's borders
 SIZES_ZH = {"small": "小", "large": "大"}
 
 # 3×3 grid cells, (row, col) → English phrase / Chinese phrase.
@@ -227,8 +228,15 @@ def _grid_origins(side: int) -> list[int]:
 
 
 def _origin_in_third(rng: np.random.Generator, third: int, side: int) -> int:
-    """A grid origin whose box of ``side`` has its center in third ``third`` of the canvas."""
-    options = [o for o in _grid_origins(side) if int((o + side / 2) // (IMAGE_SIZE / 3)) == third]
+    """A grid origin whose box of ``side`` has its center in third ``third`` of the canvas,
+    at least ``THIRD_MARGIN`` px from the thirds' borders (a blurred triangle apex moves the
+    box center by ~1.5 px)."""
+    options = []
+    for o in _grid_origins(side):
+        center = o + side / 2
+        to_border = min(abs(center - k * IMAGE_SIZE / 3) for k in (1, 2))
+        if int(center // (IMAGE_SIZE / 3)) == third and to_border >= THIRD_MARGIN:
+            options.append(o)
     return options[rng.integers(len(options))]
 
 

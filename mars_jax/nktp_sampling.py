@@ -14,9 +14,9 @@ returned as a raster grid. Two modes:
   probability min(1, p/q) and a rejection is resampled from max(p - q, 0), which keeps the
   distribution of plain sampling. Rows of a batch advance by the fewest accepted codes.
 
-k = 1 in either mode is plain next-token decoding. The KV cache has the layout of
-`mars_jax.model.decode` (`k`, `v`, `valid`); `extend` feeds several tokens per pass, which
-the one-token `decode.decode_step` cannot. Only vision-head logits are computed.
+k = 1 in either mode is plain next-token decoding. The KV cache is `mars_jax.model.decode`'s
+(`k`, `v`, `valid`); `extend` feeds several tokens per pass, where `decode.decode_step` feeds
+one. Only the vision head's logits over the sampler's codebook are computed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from mars_jax import vocab
 from mars_jax.data import formats
-from mars_jax.model import layers, mars, nktp
+from mars_jax.model import decode, layers, mars, nktp
 from mars_jax.model import layout as layout_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig, filter_logits, guide
@@ -50,17 +50,6 @@ class DecodeInfo:
 
 
 # ------------------------------------------------------------------------------ cache
-
-
-def init_cache(cfg: ModelConfig, rows: int, max_len: int) -> dict:
-    """Empty cache `k`, `v` `[Ly, R, max_len, KV, Dh]`, `valid` `[R, max_len]`."""
-    shape = (cfg.num_layers, rows, max_len, cfg.num_kv_heads, cfg.head_dim)
-    dtype = jnp.dtype(cfg.compute_dtype)
-    return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
-        "valid": jnp.zeros((rows, max_len), bool),
-    }
 
 
 def extend(
@@ -207,7 +196,7 @@ def decode_codes(
     batch = rows // 2 if use_cfg else rows
     # Cast weights to the compute dtype once, not in every pass (same values: every use casts).
     frozen, trainable = _in_compute_dtype(frozen, cfg), _in_compute_dtype(trainable, cfg)
-    cache = init_cache(cfg, rows, prompt_len + num_codes + k)
+    cache = decode.init_cache(cfg, rows, prompt_len + num_codes + k)
     h, cache = extend(
         frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
     )

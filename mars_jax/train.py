@@ -120,7 +120,12 @@ def main(argv):
         from mars_jax.demo.shards import ensure_demo_shards  # noqa: PLC0415
 
         if jax.process_index() == 0:  # the demo runs on one host
-            ensure_demo_shards(config.data.shards, int(config.stage), int(config.data.demo_scenes))
+            ensure_demo_shards(
+                config.data.shards,
+                int(config.stage),
+                int(config.data.demo_scenes),
+                vq_dir=config.data.get("demo_vq", ""),
+            )
     summary = loop.run(config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"finished at step {summary['step']} ({summary['reason']})")

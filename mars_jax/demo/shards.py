@@ -45,15 +45,20 @@ def prepare_options(stage: int, source: str, out: str, vq_dir: str) -> prepare.P
     )
 
 
-def ensure_demo_shards(shards_dir: str, stage: int, num_train: int, seed: int = 0) -> str:
-    """Prepared shards of `num_train` demo scenes at `shards_dir` (scenes beside it)."""
+def ensure_demo_shards(
+    shards_dir: str, stage: int, num_train: int, seed: int = 0, vq_dir: str = ""
+) -> str:
+    """Prepared shards of `num_train` demo scenes at `shards_dir` (scenes beside it).
+
+    `vq_dir`: another VQ tokenizer than the shipped one (e.g. one retrained by the user).
+    """
     if os.path.exists(os.path.join(shards_dir, "manifest.json")):
         return shards_dir
     data_dir = scenes_dir(shards_dir)
     train_file = os.path.join(data_dir, build.TRAIN_FILE)
     if not os.path.exists(train_file):
         build.build(data_dir, num_train, seed=seed)
-    manifest = prepare.run(prepare_options(stage, train_file, shards_dir, demo_vq_dir()))
+    manifest = prepare.run(prepare_options(stage, train_file, shards_dir, vq_dir or demo_vq_dir()))
     if manifest is None:
         raise RuntimeError(f"demo data: {shards_dir} is incomplete after prepare")
     return shards_dir

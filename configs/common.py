@@ -115,6 +115,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
     elif preset == "demo":
         c.model.image_logits = "vision_only"
         c.data.demo_scenes = 2000  # shapes scenes built on first use (mars_jax/demo/shards.py)
+        c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets
         # 64-px scenes, 8×8 codes (stage III: 32-px low-res, 4×4 codes, ×2); used by
         # synthetic batches and the benchmark, the shards carry their own grids.
         c.data.grids = ((4, 4),) if c.stage == 3 else ((8, 8),)

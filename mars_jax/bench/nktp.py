@@ -98,7 +98,7 @@ def time_decode(run, repeats: int) -> tuple[float, float, object]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=4)
-    p.add_argument("--train_steps", type=int, default=200)
+    p.add_argument("--train_steps", type=int, default=300)
     p.add_argument("--train_batch", type=int, default=8)
     p.add_argument("--batch", type=int, default=1, help="prompts decoded together")
     p.add_argument("--repeats", type=int, default=10)
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: k={k} passes={info.passes} codes={info.codes} "
             f"codes_per_pass={info.codes / info.passes:.2f} time={seconds * 1e3:.1f}ms "
-            f"cpu_time={cpu_seconds * 1e3:.1f}ms code_accuracy={accuracy:.3f}"
+            f"cpu_time={cpu_seconds * 1e3:.1f}ms code_accuracy={accuracy:.3f} "
+            f"distinct_codes={len(np.unique(codes))}"
         )
     base_s, base_codes, base_info, base_cpu = results["ntp"]
     if not np.array_equal(results["exact"][1], base_codes):

@@ -2,6 +2,7 @@
 
 Overrides: ``--config.optim.peak_lr=3e-4 --config.train.num_steps=100`` (ml_collections).
 Running the same command again resumes from the latest complete checkpoint in ``workdir``.
+Logging is at WARNING (Orbax's per-save INFO lines hidden) unless ``--verbosity=0`` is given.
 
 Compile-only memory check (nothing allocated, emulated CPU devices)::
 
@@ -16,11 +17,12 @@ Multi-process (one process per host; see ``mars_jax/train_lib/distributed.py``):
     python -m mars_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
     python -m mars_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=1
 
-or the standard variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
-``JAX_PROCESS_ID``, or ``--distributed`` for JAX's cluster auto-detection (SLURM, Cloud TPU,
-GKE). Every process runs the same command with the same config (checked by hash) and the same
-shared ``workdir``; each loads its own slice of the global batch, Orbax writes checkpoints
-cooperatively, and only process 0 writes logs, metrics and TensorBoard events.
+or the variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``
+(all three; read by ``distributed.py``), or ``--distributed`` for JAX's cluster
+auto-detection (SLURM, Cloud TPU, GKE). Every process runs the same command with the same
+config (checked by hash) and the same shared ``workdir`` (a shared file system or ``gs://``,
+see ``train_lib/workdir.py``); each loads its own slice of the global batch, Orbax writes
+checkpoints cooperatively, and only process 0 writes logs, metrics and TensorBoard events.
 """
 
 import os
@@ -99,15 +101,25 @@ def compile_only(config) -> float:
     return per_device
 
 
+def quiet_logging_by_default() -> None:
+    """absl logs at WARNING unless ``--verbosity`` (``-v``) is given.
+
+    ``app.run`` sets absl's verbosity to INFO, and Orbax and Grain log each checkpoint save at
+    INFO (hundreds of lines between progress-bar updates). The trainer's own messages go
+    through the progress bar and stdout, so they stay.
+    """
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
     del argv
     if FLAGS.config is None:
         raise app.UsageError("--config=configs/stageN.py:<preset> is required")
+    quiet_logging_by_default()
     distributed.initialize(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
     )
-    if jax.process_index() != 0:
-        logging.set_verbosity(logging.WARNING)
     if FLAGS.compile_only:
         compile_only(FLAGS.config)
         return

@@ -10,24 +10,31 @@ One checkpoint step directory holds these items:
 
 Saves are asynchronous (``CheckpointManager`` with ``save_interval_steps`` and
 ``max_to_keep``); Orbax commits a step directory atomically, so ``latest_step`` is always a
-complete checkpoint. Restoring takes abstract arrays carrying the *current* mesh's
+complete checkpoint. The workdir may be a ``gs://`` URL (``workdir.resolve``). Restoring takes abstract arrays carrying the *current* mesh's
 shardings, so a run can resume on a different mesh shape.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mars_jax.train_lib import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 
 
 class BaseMismatchError(RuntimeError):
     """The frozen LLM of this run is not the one the checkpoint was trained on."""
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """``<workdir>/checkpoints``; a ``gs://`` workdir stays a URL, which Orbax accepts."""
+    return workdir_lib.resolve(workdir) / CHECKPOINT_DIR
 
 
 def make_manager(
@@ -39,8 +46,7 @@ def make_manager(
         enable_async_checkpointing=bool(async_save),
         create=True,
     )
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    return ocp.CheckpointManager(directory, options=options)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def _has_state(iterator: Any) -> bool:
@@ -113,8 +119,8 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
     where ``tree`` holds only the restored leaves (a nested dict) and ``missing`` the paths
     that the previous stage did not have (e.g. stage III's new next-K heads).
     """
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
         raise FileNotFoundError(
             f"base.init_from={workdir!r}: no checkpoints at {directory} (train the previous "
             "stage first, or fix the path)"
@@ -123,7 +129,7 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
     if not steps:
         raise FileNotFoundError(f"base.init_from={workdir!r}: {directory} holds no checkpoint")
     step = max(steps)
-    state_dir = os.path.join(directory, str(step), "state")
+    state_dir = directory / str(step) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(state_dir).item_metadata
     if "trainable" not in meta:

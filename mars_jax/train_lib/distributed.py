@@ -1,14 +1,16 @@
 """Multi-process start-up and agreement checks (one process per host).
 
 Start-up (``initialize``): ``jax.distributed.initialize`` is called when the run is
-multi-process, detected from, in order:
+multi-process. Each of the three values comes from its flag, else from its variable:
 
-1. explicit flags ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``;
-2. JAX's own variables ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` +
-   ``JAX_PROCESS_ID`` (read by ``jax.distributed.initialize()`` itself);
-3. ``--distributed``: let JAX auto-detect the cluster (SLURM, Cloud TPU, GKE/MPI, ...).
+- coordinator address: ``--coordinator_address`` or ``JAX_COORDINATOR_ADDRESS``;
+- number of processes: ``--num_processes`` or ``JAX_NUM_PROCESSES``;
+- this process's id: ``--process_id`` or ``JAX_PROCESS_ID``.
 
-Without any of these the run is single-process and nothing is initialised.
+JAX itself reads only ``JAX_COORDINATOR_ADDRESS``, so the other two are read here. Either all
+three are given, or none (single process), or ``--distributed`` lets JAX auto-detect the
+cluster (SLURM, Cloud TPU, GKE/MPI, ...) and fill in whatever is not given. Some but not all
+of them without ``--distributed`` is an error that names the missing ones.
 """
 
 from __future__ import annotations
@@ -16,18 +18,75 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
-def wants_distributed(
-    coordinator_address: str | None, num_processes: int | None, auto: bool
-) -> bool:
-    if coordinator_address or (num_processes and num_processes > 1) or auto:
-        return True
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def resolve_args(
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    auto: bool,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """Keyword arguments for ``jax.distributed.initialize``, or None for a single process.
+
+    Flags win over the environment; ``process_id < 0`` counts as not given.
+    """
+    environ = os.environ if environ is None else environ
+    if process_id is not None and process_id < 0:
+        process_id = None
+    sources = {
+        "coordinator_address": (coordinator_address or None, "--coordinator_address"),
+        "num_processes": (num_processes or None, "--num_processes"),
+        "process_id": (process_id, "--process_id"),
+    }
+    from_env = {
+        "coordinator_address": (environ.get(ENV_COORDINATOR, "").strip() or None, ENV_COORDINATOR),
+        "num_processes": (_env_int(environ, ENV_NUM_PROCESSES), ENV_NUM_PROCESSES),
+        "process_id": (_env_int(environ, ENV_PROCESS_ID), ENV_PROCESS_ID),
+    }
+    kwargs, given = {}, []
+    for key, (value, flag) in sources.items():
+        env_value, env_name = from_env[key]
+        if value is not None:
+            kwargs[key] = value
+            given.append(flag)
+        elif env_value is not None:
+            kwargs[key] = env_value
+            given.append(env_name)
+    if not kwargs and not auto:
+        return None
+    if not auto and len(kwargs) < len(sources):
+        missing = [f"{sources[k][1]} / {from_env[k][1]}" for k in sources if k not in kwargs]
+        raise ValueError(
+            f"multi-process start-up got {', '.join(given)} but not {', '.join(missing)}: give "
+            "all three (flags or environment), none (single process), or --distributed to "
+            "let JAX detect the cluster"
+        )
+    n, i = kwargs.get("num_processes"), kwargs.get("process_id")
+    if n is not None and n < 1:
+        raise ValueError(f"number of processes must be >= 1, got {n}")
+    if n is not None and i is not None and not 0 <= i < n:
+        raise ValueError(f"process id {i} is not in [0, {n}) (number of processes {n})")
+    return {k: (str(v) if k == "coordinator_address" else int(v)) for k, v in kwargs.items()}
 
 
 def initialize(
@@ -37,15 +96,9 @@ def initialize(
     auto: bool = False,
 ) -> bool:
     """Join the job when it is multi-process; returns whether ``jax.distributed`` was started."""
-    if not wants_distributed(coordinator_address, num_processes, auto):
+    kwargs = resolve_args(coordinator_address, num_processes, process_id, auto)
+    if kwargs is None:
         return False
-    kwargs = {}
-    if coordinator_address:
-        kwargs["coordinator_address"] = coordinator_address
-    if num_processes:
-        kwargs["num_processes"] = int(num_processes)
-    if process_id is not None and process_id >= 0:
-        kwargs["process_id"] = int(process_id)
     jax.distributed.initialize(**kwargs)
     return True
 

@@ -33,6 +33,7 @@ from mars_jax.train_lib import checkpoint as ckpt_lib
 from mars_jax.train_lib import distributed, metrics, schedule, sharding
 from mars_jax.train_lib import state as state_lib
 from mars_jax.train_lib import step as step_lib
+from mars_jax.train_lib import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,31 @@ def resolved_config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _num_examples(config: ml_collections.ConfigDict) -> int | None:
-    """Data set size for epoch-based step counts: the shards' manifest, else ``data.num_examples``."""
-    if config.data.get("shards", "") and not config.data.get("synthetic", False):
-        from mars_jax.data.pipeline import load_manifest  # noqa: PLC0415
+def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
+    """Steps of ``data.num_epochs`` passes: the batches the shards' iterator yields, else
+    ``data.num_examples / global_batch`` (presets whose shards are not on this machine).
 
-        if os.path.exists(os.path.join(config.data.shards, "manifest.json")):
-            manifest = load_manifest(config.data.shards)
-            return sum(sum(int(c) for c in b["file_counts"]) for b in manifest["buckets"].values())
-    return int(config.data.get("num_examples", 0)) or None
+    ``config.data.task_batch_multiple`` must already be set (``prepare`` does it): it shapes
+    the task sub-batches, hence which buckets fill a batch.
+    """
+    data = config.data
+    global_batch = int(config.train.global_batch)
+    shards = data.get("shards", "")
+    if shards and not data.get("synthetic", False):
+        from mars_jax.data import pipeline  # noqa: PLC0415
+
+        if (workdir_lib.resolve(shards) / "manifest.json").exists():
+            steps = pipeline.num_batches(data, global_batch, process_count)
+            if steps < 1:
+                raise ValueError(
+                    f"data.shards={shards!r} yields no full batch of train.global_batch="
+                    f"{global_batch} over {process_count} process(es) in data.num_epochs="
+                    f"{data.num_epochs}: every bucket is smaller than one process's batch"
+                )
+            return steps
+    return schedule.total_steps(
+        0, float(data.num_epochs), int(data.get("num_examples", 0)) or None, global_batch
+    )
 
 
 def prepare(
@@ -105,18 +122,14 @@ def prepare(
     if check_paths:
         base_lib.check_base_exists(config.base.checkpoint)
     if check_paths and config.base.init_from:
-        ckpt_dir = os.path.join(config.base.init_from, ckpt_lib.CHECKPOINT_DIR)
-        if not os.path.isdir(ckpt_dir):
+        if not ckpt_lib.checkpoint_dir(config.base.init_from).is_dir():
             raise FileNotFoundError(
                 f"base.init_from={config.base.init_from!r}: no {ckpt_lib.CHECKPOINT_DIR}/ "
                 "there (train the previous stage first, or fix the path)"
             )
-    num_steps = schedule.total_steps(
-        int(train.num_steps),
-        float(config.data.num_epochs),
-        _num_examples(config),
-        int(train.global_batch),
-    )
+    num_steps = int(train.num_steps)
+    if num_steps <= 0:
+        num_steps = epoch_steps(config, jax.process_count())
     config.train.num_steps = num_steps
     config_json = distributed.canonical_json(resolved_config_dict(config))
     distributed.assert_same_across_processes("config", distributed.config_hash(config_json))
@@ -212,7 +225,7 @@ def load_frozen(setup: Setup) -> tuple[Any, dict]:
 
         frozen = convert.load_frozen(path, setup.frozen_shardings, cfg=setup.model_cfg)
         frozen = jax.jit(base_lib.to_bf16, out_shardings=setup.frozen_shardings)(frozen)
-        source = os.path.abspath(path)
+        source = os.fspath(workdir_lib.resolve(path))
     else:
         seed = int(setup.config.base.seed)
         init = _cached_init(
@@ -317,9 +330,9 @@ def run(
     config = setup.config
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(json.dumps(json.loads(setup.config_json), indent=2))
+        root = workdir_lib.resolve(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.json").write_text(json.dumps(json.loads(setup.config_json), indent=2))
     iterator = make_iterator(config) if iterator is None else iterator
 
     with jax.set_mesh(setup.mesh):

@@ -1,6 +1,7 @@
 """Progress and metrics: tqdm bar, TensorBoard events, ``metrics.jsonl``, and MFU.
 
-Only process 0 writes (``MetricsWriter(enabled=jax.process_index() == 0)``).
+Only process 0 writes (``MetricsWriter(enabled=jax.process_index() == 0)``). With a remote
+workdir (``gs://``) the logs are written locally and uploaded (``workdir.py`` says why).
 
 MFU = model FLOPs per step / (step time × number of devices × peak FLOP/s per device).
 Model FLOPs are counted by ``flops_per_sequence`` from the layout, without remat recompute
@@ -11,10 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mars_jax import vocab
+from mars_jax.train_lib import workdir as workdir_lib
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
 PEAK_FLOPS_BY_KIND = {
@@ -132,22 +138,46 @@ def flops_per_step(cfg: Any, layouts: Mapping[str, Any], batch_sizes: Mapping[st
 
 
 class MetricsWriter:
-    """JSONL + TensorBoard + tqdm, written by one process only."""
+    """JSONL + TensorBoard + tqdm, written by one process only.
 
-    def __init__(self, workdir: str, total_steps: int, initial_step: int, enabled: bool):
+    With a remote workdir, both logs are written under ``dirs.local`` and uploaded to the
+    workdir every ``upload_every_s`` seconds and on ``close`` (see ``workdir.py``).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        total_steps: int,
+        initial_step: int,
+        enabled: bool,
+        dirs: workdir_lib.LogDirs | None = None,
+        upload_every_s: float = 300.0,
+    ):
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         self._bar = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
         from tensorboardX import SummaryWriter  # noqa: PLC0415
         from tqdm import tqdm  # noqa: PLC0415
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.dirs = workdir_lib.log_dirs(workdir) if dirs is None else dirs
+        self._upload_every_s = upload_every_s
+        self._last_upload = time.monotonic()
         self._bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, unit="step")
+        local = self.dirs.local
+        local.mkdir(parents=True, exist_ok=True)
+        if self.dirs.remote is not None:
+            if workdir_lib.fetch_file(self.dirs.remote / METRICS_FILE, local / METRICS_FILE):
+                self.print(f"resuming {self.dirs.remote / METRICS_FILE}")
+            self.print(
+                f"workdir {self.dirs.remote} is remote: metrics.jsonl and TensorBoard events "
+                f"are written to {local} and uploaded there every {upload_every_s:.0f} s and "
+                "at the end"
+            )
+        self._jsonl = open(local / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self._tb = SummaryWriter(os.fspath(local / TENSORBOARD_DIR))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -162,6 +192,20 @@ class MetricsWriter:
         if "tokens_per_s" in record:
             post["tok/s"] = f"{record['tokens_per_s']:.3g}"
         self._bar.set_postfix(post, refresh=False)
+        if (
+            self.dirs.remote is not None
+            and time.monotonic() - self._last_upload >= self._upload_every_s
+        ):
+            self.upload()
+
+    def upload(self) -> None:
+        """Copy the local logs to a remote workdir (nothing to do for a local one)."""
+        if not self.enabled or self.dirs.remote is None:
+            return
+        self._jsonl.flush()
+        self._tb.flush()
+        workdir_lib.upload_tree(self.dirs.local, self.dirs.remote)
+        self._last_upload = time.monotonic()
 
     def advance(self, steps: int = 1) -> None:
         if self.enabled:
@@ -177,6 +221,8 @@ class MetricsWriter:
         self._tb.flush()
         self._tb.close()
         self._jsonl.close()
+        if self.dirs.remote is not None:
+            workdir_lib.upload_tree(self.dirs.local, self.dirs.remote)
         self._bar.close()
 
 

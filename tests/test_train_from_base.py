@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -29,11 +30,8 @@ def test_trains_on_converted_base_and_keeps_it_bit_identical(base_dir, tmp_path)
     assert summary["step"] == 2
     loaded = convert.load_frozen(base_dir)
     after = jax.device_get(summary["frozen"])
-    for (path, want), got in zip(
-        jax.tree_util.tree_flatten_with_path(loaded)[0], jax.tree.leaves(after), strict=True
-    ):
-        want = np.asarray(want).astype(np.asarray(got).dtype)
-        assert np.array_equal(np.asarray(got), want), jax.tree_util.keystr(path)
+    want = jax.tree.map(lambda w, g: np.asarray(w).astype(np.asarray(g).dtype), loaded, after)
+    chex.assert_trees_all_equal(after, want)  # bit-identical, leaf by leaf
 
 
 def test_model_config_that_does_not_match_the_base_is_refused(base_dir, tmp_path):

@@ -21,7 +21,7 @@ from etils import epath
 from configs import stage2
 from mars_jax.data import pipeline, precomputed
 from mars_jax.train_lib import checkpoint as ckpt_lib
-from mars_jax.train_lib import distributed, metrics
+from mars_jax.train_lib import distributed, loop, metrics
 from mars_jax.train_lib import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,12 +136,36 @@ def _write_shards(out: str) -> None:
     precomputed.write_precomputed_shards(out, examples, 2, CODEBOOK, shard_size=8)
 
 
-def test_cli_epoch_steps_relative_workdir_and_quiet_logs(tmp_path):
-    shards = str(tmp_path / "shards")
-    _write_shards(shards)
-    data = stage2.get_config("tiny").data
-    data.update(synthetic=False, shards=shards, num_epochs=1, task_batch_multiple=8)
-    expected = pipeline.num_batches(data, BATCH)
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("shards"))
+    _write_shards(out)
+    return out
+
+
+def _shards_config(shards: str, **train):
+    c = stage2.get_config("tiny")
+    c.data.update(synthetic=False, shards=shards, num_epochs=1, task_batch_multiple=8)
+    c.train.update(global_batch=BATCH, num_steps=0, **train)
+    return c
+
+
+def test_epoch_steps_count_the_batches_the_iterator_yields(shards):
+    c = _shards_config(shards)
+    c.data.num_epochs = 2
+    assert loop.epoch_steps(c, 1) == 2 * BIG // BATCH == len(list(loop.make_iterator(c)))
+    c.train.global_batch = 32  # more than any bucket holds
+    with pytest.raises(ValueError, match="yields no full batch of train.global_batch=32"):
+        loop.epoch_steps(c, 1)
+    c.data.shards = os.path.join(shards, "missing")
+    with pytest.raises(FileNotFoundError, match="missing/manifest.json"):
+        loop.epoch_steps(c, 1)
+    c.data.num_examples = 64  # paper presets: no shards here, the size is in the config
+    assert loop.epoch_steps(c, 1) == 2 * 64 // 32
+
+
+def test_cli_epoch_steps_relative_workdir_and_quiet_logs(shards, tmp_path):
+    expected = pipeline.num_batches(_shards_config(shards).data, BATCH)
     assert expected == BIG // BATCH == 2
     assert -(-(BIG + SMALL) // BATCH) > expected  # what counting the manifest's records gave
 

@@ -80,7 +80,14 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
     if shards and not data.get("synthetic", False):
         from mars_jax.data import pipeline  # noqa: PLC0415
 
-        if (workdir_lib.resolve(shards) / "manifest.json").exists():
+        manifest = workdir_lib.resolve(shards) / "manifest.json"
+        if not manifest.exists() and not int(data.get("num_examples", 0)):
+            raise FileNotFoundError(
+                f"train.num_steps <= 0 asks for data.num_epochs passes, but {manifest} does "
+                "not exist (prepare the shards with `python -m mars_jax.data.prepare`, or set "
+                "train.num_steps or data.num_examples)"
+            )
+        if manifest.exists():
             steps = pipeline.num_batches(data, global_batch, process_count)
             if steps < 1:
                 raise ValueError(

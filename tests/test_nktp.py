@@ -20,7 +20,7 @@ def _params():
     @jax.jit
     def init(key):
         k_params, k_heads, k_down = jax.random.split(key, 3)
-        p = params.init_params(CFG, k_params)
+        p = params.init_params(CFG.replace(nktp_k=1), k_params)  # no heads yet
         trainable = nktp.extend_trainable(CFG, p["trainable"], k_heads)
         # Non-zero `down`, so heads 2..K differ from head 1.
         heads = dict(trainable[nktp.HEADS])
@@ -72,6 +72,15 @@ def test_params_axes_and_init():
     np.testing.assert_array_equal(logits[:, 1], logits[:, 0])
     with pytest.raises(KeyError, match="nktp_heads"):
         nktp.check_heads(CFG, plain)
+
+
+def test_init_params_includes_the_heads_nktp_k_asks_for():
+    p = jax.eval_shape(lambda key: params.init_params(CFG, key), jax.random.key(0))
+    nktp.check_heads(CFG, p["trainable"])
+    want = jax.tree.map(lambda s: s.shape, nktp.abstract_heads(CFG))
+    assert jax.tree.map(lambda s: s.shape, p["trainable"][nktp.HEADS]) == want[nktp.HEADS]
+    axes = params.logical_axes(CFG)["trainable"]
+    assert axes[nktp.HEADS] == nktp.logical_axes(CFG)[nktp.HEADS]
 
 
 def test_window_masks_at_image_boundaries():

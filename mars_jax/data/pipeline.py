@@ -73,8 +73,11 @@ def task_batch_sizes(data_config: ml_collections.ConfigDict, local_batch: int) -
 class AssembleBatch:
     """Examples of one bucket → ``{task: task_batch}``; the first rows become captions."""
 
-    def __init__(self, stage: int, sizes: dict[str, int], text_len: int):
+    def __init__(self, stage: int, sizes: dict[str, int], text_len: int, hires_order_k: int = 1):
         self.stage, self.sizes, self.text_len = stage, dict(sizes), text_len
+        # Stage III with next-K prediction writes the high-res codes region-interleaved, so
+        # the K codes predicted together lie far apart (docs/NKTP.md); 1 = raster order.
+        self.hires_order_k = hires_order_k
         self.num_truncated = 0
 
     def _text(self, ex: dict, limit: int) -> np.ndarray:
@@ -107,6 +110,10 @@ class AssembleBatch:
         if self.stage in (1, 2):
             batch["t2i"] = formats.t2i_batch(texts, codes, T)
         else:
+            if self.hires_order_k > 1:
+                from mars_jax.model import nktp  # noqa: PLC0415
+
+                codes = [nktp.to_sequence_order(c, self.hires_order_k) for c in codes]
             batch["sr"] = formats.sr_batch(texts, [ex["lo_codes"] for ex in rest], codes, T)
         return batch
 
@@ -124,7 +131,9 @@ class _SyntheticBatch:
         self.scale = int(data_config.hires_scale)
         self.codebook_size = min(int(data_config.codebook_size), vocab.NUM_IMAGE_CODES)
         self.dropout = float(data_config.caption_dropout)
-        self.assemble = AssembleBatch(self.stage, sizes, self.text_len)
+        self.assemble = AssembleBatch(
+            self.stage, sizes, self.text_len, int(data_config.get("hires_order_k", 1))
+        )
         self.batch_rows = sum(sizes.values())
         self.process_index, self.seed = process_index, seed
 
@@ -269,7 +278,12 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     ds = ds.random_map(to_example, seed=element_seed)
     read = grain.ReadOptions(num_threads=int(data_config.read_threads), prefetch_buffer_size=64)
     ds = ds.to_iter_dataset(read)
-    assemble = AssembleBatch(int(data_config.stage), sizes, int(data_config.text_len))
+    assemble = AssembleBatch(
+        int(data_config.stage),
+        sizes,
+        int(data_config.text_len),
+        int(data_config.get("hires_order_k", 1)),
+    )
     return ds.batch(local_batch, drop_remainder=True, batch_fn=assemble), per_process
 
 

@@ -24,7 +24,8 @@ class ModelConfig:
       in the general path, by the layout's segments in the static one) to the vision head's
       8,200 ids, skipping the 151,936-way text head there.
     loss_chunk_size: tokens per chunk of the cross-entropy; 0 computes it unchunked.
-    nktp_k: next-K token prediction heads of stage III; the model core supports only 1.
+    nktp_k: tokens predicted per position in stage III (heads in `model/nktp.py`); 1 = plain
+      next-token prediction.
     """
 
     num_layers: int = 2

@@ -154,9 +154,12 @@ def total_loss(
     for name in sorted(batch):
         if name not in layouts:
             raise KeyError(f"no layout for task {name!r}; layouts given for {sorted(layouts)}")
-        task_sum, task_weight, task_metrics = task_loss(
-            frozen, trainable, batch[name], layouts[name], cfg
-        )
+        fn = task_loss
+        if name == "sr" and cfg.nktp_k > 1:
+            from mars_jax.model import nktp  # noqa: PLC0415 (nktp builds on this module)
+
+            fn = nktp.sr_loss  # next-K-token loss of stage III (docs/NKTP.md)
+        task_sum, task_weight, task_metrics = fn(frozen, trainable, batch[name], layouts[name], cfg)
         sum_loss, sum_weight = sum_loss + task_sum, sum_weight + task_weight
         metrics.update({f"{name}/{k}": v for k, v in task_metrics.items()})
     loss = sum_loss / jnp.maximum(sum_weight, 1e-9)

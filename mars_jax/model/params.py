@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mars_jax import vocab
+from mars_jax.model import nktp
 from mars_jax.model.config import ModelConfig
 
 INIT_STD = 0.02
@@ -72,12 +73,12 @@ def trainable_shapes(cfg: ModelConfig) -> dict:
         "vision_embed": (vocab.VISION_VOCAB_SIZE, d),
         "layers": {"vision_attn": stack(_attn_shapes(cfg)), "vision_mlp": stack(_mlp_shapes(cfg))},
         "vision_head": (d, vocab.VISION_VOCAB_SIZE),
+        **nktp.head_shapes(cfg),  # stage III next-K heads (none when nktp_k = 1)
     }
 
 
 def logical_axes(cfg: ModelConfig) -> dict:
     """The parameter tree with a tuple of logical axis names in place of every leaf."""
-    del cfg  # axis names do not depend on sizes
     layer = lambda axes: {k: ("layers", *a) for k, a in axes.items()}
     return {
         "frozen": {
@@ -96,6 +97,7 @@ def logical_axes(cfg: ModelConfig) -> dict:
             "vision_embed": ("vocab", "embed"),
             "layers": {"vision_attn": layer(ATTN_AXES), "vision_mlp": layer(MLP_AXES)},
             "vision_head": ("embed", "vocab"),
+            **nktp.logical_axes(cfg),
         },
     }
 
@@ -158,7 +160,7 @@ def init_trainable_from_frozen(
     embed = jnp.asarray(frozen["embed"][:n], jnp.float32)
     head = jnp.asarray(frozen["text_head"][:, :n], jnp.float32)
     copy = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
-    return {
+    trainable = {
         "vision_embed": vision_embed_init(jnp.mean(embed, axis=0), cfg),
         "layers": {
             "vision_attn": copy(frozen["layers"]["text_attn"]),
@@ -166,6 +168,7 @@ def init_trainable_from_frozen(
         },
         "vision_head": vision_head_init(jnp.mean(head, axis=1), jnp.std(head), rng, cfg),
     }
+    return nktp.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
 
 
 def vision_embed_init(text_embed_mean_D: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -97,6 +97,17 @@ def chunked_loss_sum(
     return total
 
 
+def unpack_task_batch(task_batch: Mapping) -> tuple[jax.Array, ...]:
+    """`(tokens, positions, valid, targets, weights)`; weights = loss_mask on valid tokens."""
+    missing = [k for k in ARRAY_KEYS if k not in task_batch]
+    if missing:
+        raise KeyError(f"task batch lacks {missing}; it has {sorted(task_batch)}")
+    tokens, positions, valid = task_batch["tokens"], task_batch["positions"], task_batch["valid"]
+    targets = jnp.asarray(task_batch["targets"], jnp.int32)
+    weights = jnp.asarray(task_batch["loss_mask"], jnp.float32) * jnp.asarray(valid, jnp.float32)
+    return tokens, positions, valid, targets, weights
+
+
 def task_loss(
     frozen: dict,
     trainable: dict,
@@ -109,12 +120,7 @@ def task_loss(
     `task_batch` holds `[B, L]` arrays `tokens, positions, valid, targets, loss_mask` (other
     keys, such as its layout, are ignored). Padding (`valid=False`) never counts.
     """
-    missing = [k for k in ARRAY_KEYS if k not in task_batch]
-    if missing:
-        raise KeyError(f"task batch lacks {missing}; it has {sorted(task_batch)}")
-    tokens, positions, valid = task_batch["tokens"], task_batch["positions"], task_batch["valid"]
-    targets = jnp.asarray(task_batch["targets"], jnp.int32)
-    weights = jnp.asarray(task_batch["loss_mask"], jnp.float32) * jnp.asarray(valid, jnp.float32)
+    tokens, positions, valid, targets, weights = unpack_task_batch(task_batch)
     h_BxLxD = mars.forward_hidden(frozen, trainable, tokens, positions, valid, layout, cfg)
     b, length, d = h_BxLxD.shape
     restrict = cfg.image_logits == "vision_only"

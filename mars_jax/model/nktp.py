@@ -266,12 +266,7 @@ def sr_loss(
         raise ValueError(f"sr_loss: k={k} must be in [1, model.nktp_k={cfg.nktp_k}]")
     if k > 1:
         check_heads(cfg, trainable)
-    missing = [key for key in loss.ARRAY_KEYS if key not in task_batch]
-    if missing:
-        raise KeyError(f"task batch lacks {missing}; it has {sorted(task_batch)}")
-    tokens, positions, valid = task_batch["tokens"], task_batch["positions"], task_batch["valid"]
-    targets = jnp.asarray(task_batch["targets"], jnp.int32)
-    weights = jnp.asarray(task_batch["loss_mask"], jnp.float32) * jnp.asarray(valid, jnp.float32)
+    tokens, positions, valid, targets, weights = loss.unpack_task_batch(task_batch)
     h_BxLxD = mars.forward_hidden(frozen, trainable, tokens, positions, valid, layout, cfg)
     b, length, _ = h_BxLxD.shape
     restrict = cfg.image_logits == "vision_only"

@@ -12,7 +12,7 @@ A config is an ``ml_collections.ConfigDict`` with the sections
 - ``checkpoint``: ``every_steps``, ``keep``, ``async_save``;
 - ``base``: converted base checkpoint dir (empty = random init from ``seed``), and
   ``init_from``: a previous stage's workdir whose final trainable params start this stage;
-- ``sample``: reserved for in-training sampling (``every_steps``, ``prompts``).
+- ``sample``: images for fixed prompts during training (``every_steps``, ``prompts``, ...).
 
 Presets: ``qwen7b`` mirrors the paper, ``tiny`` is for tests, ``demo`` trains on CPU in
 minutes on the synthetic shapes data.
@@ -95,8 +95,21 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     )
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.base = ml_collections.ConfigDict(dict(checkpoint="", seed=0, init_from=""))
-    c.sample = ml_collections.ConfigDict(dict(every_steps=0, prompts=[]))
+    # Images for fixed prompts during training (mars_jax/preview.py): every `every_steps`
+    # and at the last step, into <workdir>/samples/ and TensorBoard. `vq`: the VQ tokenizer
+    # to decode with (default: the one named by the shards' manifest).
+    c.sample = ml_collections.ConfigDict(
+        dict(every_steps=0, prompts=[], cfg_scale=1.5, temperature=1.0, top_k=0, seed=0, vq="")
+    )
     return c
+
+
+def demo_preview_prompts() -> list[str]:
+    """Held-out demo prompts (color × shape pairs never trained on), two per language."""
+    from mars_jax.demo import shapes  # noqa: PLC0415
+
+    prompts = shapes.eval_prompts(num_scenes=2, seed=0)
+    return [p["caption"] for p in prompts]
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
@@ -116,6 +129,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.model.image_logits = "vision_only"
         c.data.demo_scenes = 2000  # shapes scenes built on first use (mars_jax/demo/shards.py)
         c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets
+        c.sample.every_steps = 200
+        c.sample.prompts = demo_preview_prompts()
         # 64-px scenes, 8×8 codes (stage III: 32-px low-res, 4×4 codes, ×2); used by
         # synthetic batches and the benchmark, the shards carry their own grids.
         c.data.grids = ((4, 4),) if c.stage == 3 else ((8, 8),)

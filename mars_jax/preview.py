@@ -2,7 +2,8 @@
 
 Every `sample.every_steps` steps (and at the end of the run) the trainer calls
 `Previewer.__call__`, which samples one image per prompt with the current trainable params,
-writes `samples/step_<N>/` (PNGs, prompts.txt, contact_sheet.png) into the workdir and adds
+writes `samples/step_<N>/` (PNGs, prompts.txt, contact_sheet.png) into the workdir (its
+local log mirror for a remote workdir) and adds
 the contact sheet to TensorBoard. Only process 0 writes; every process runs the sampler
 because the params are sharded across all of them.
 """
@@ -44,10 +45,9 @@ def _vq_and_grid(config: ml_collections.ConfigDict):
 class Previewer:
     """Samples `config.sample.prompts` with the live params; a no-op without prompts or VQ."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model_cfg: ModelConfig, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, model_cfg: ModelConfig):
         self.prompts = [str(p) for p in config.sample.get("prompts", [])]
         self.every = int(config.sample.get("every_steps", 0))
-        self.workdir = workdir
         self.model_cfg = model_cfg
         self.text_len = int(config.data.text_len)
         self.scfg = sampling.SamplingConfig(
@@ -69,7 +69,8 @@ class Previewer:
     def due(self, step: int, last_step: int) -> bool:
         return self.enabled and (step % self.every == 0 or step == last_step)
 
-    def __call__(self, step: int, frozen: dict, trainable: dict, tb_writer=None) -> str | None:
+    def __call__(self, step: int, frozen: dict, trainable: dict, writer) -> str | None:
+        """Sample, then (process 0) write `samples/step_<N>/` and a TensorBoard image."""
         codes = sampling.generate_codes(
             frozen, trainable, self.model_cfg, self.ids, self.text_len, self.grid, self.scfg,
             self.seed,
@@ -77,14 +78,8 @@ class Previewer:
         images = generate.vq_decode_uint8(self.vq_params, self.vq_cfg, jnp.asarray(codes))
         if jax.process_index() != 0:
             return None
-        out_dir = os.path.join(self.workdir, "samples", f"step_{step:07d}")
+        out_dir = os.path.join(os.fspath(writer.dirs.local), "samples", f"step_{step:07d}")
         sheet = generate.save_samples(out_dir, self.prompts, images)
-        if tb_writer is not None:
-            scale = max(1, 128 // images.shape[1])
-            tb_writer.add_image(
-                "samples",
-                generate.contact_sheet(images, scale=scale),
-                global_step=step,
-                dataformats="HWC",
-            )
+        scale = max(1, 128 // images.shape[1])
+        writer.image("samples", generate.contact_sheet(images, scale=scale), step)
         return sheet

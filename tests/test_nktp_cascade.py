@@ -17,16 +17,7 @@ from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.config import VQConfig
 
-TINY_VQ = VQConfig(
-    base_channels=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    z_channels=8,
-    embed_dim=4,
-    codebook_size=16,
-    resolution=16,
-)
+TINY_VQ = VQConfig.tiny(codebook_size=16)
 CFG = ModelConfig.tiny(compute_dtype="float32", nktp_k=4, image_logits="vision_only")
 
 

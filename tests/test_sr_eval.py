@@ -9,16 +9,7 @@ from mars_jax.eval import sr
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.config import VQConfig
 
-TINY = VQConfig(
-    base_channels=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    z_channels=8,
-    embed_dim=4,
-    codebook_size=16,
-    resolution=16,
-)
+TINY = VQConfig.tiny(codebook_size=16)
 
 
 def test_psnr_and_l1_known_values():

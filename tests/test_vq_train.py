@@ -12,16 +12,7 @@ from PIL import Image
 from mars_jax.vq import checkpoint, images, model, train
 from mars_jax.vq.config import VQConfig
 
-CFG = VQConfig(
-    base_channels=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    z_channels=8,
-    embed_dim=4,
-    codebook_size=32,
-    resolution=16,
-)
+CFG = VQConfig.tiny(codebook_size=32)
 # The adversarial term joins for the last window only; the CLI test uses the same settings, so
 # both tests share one compilation of each step.
 OPTS = train.TrainOptions(

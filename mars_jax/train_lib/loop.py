@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from mars_jax import preview
 from mars_jax.model import loss as loss_lib
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
@@ -380,6 +381,7 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
     config = setup.config
     is_main = jax.process_index() == 0
     writer = metrics.MetricsWriter(workdir, setup.num_steps, start, enabled=is_main)
+    previewer = preview.Previewer(config, setup.model_cfg)
     preemption = _Preemption()
     config_dict = json.loads(setup.config_json)
     device = jax.devices()[0]
@@ -441,6 +443,10 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
                 mfu = flops / (dt * jax.device_count() * peak) if peak else None
                 last = _write(writer, step, out, dt, tokens, mfu)
             writer.advance()
+            if previewer.due(step, setup.num_steps):
+                sheet = previewer(step, frozen, state["trainable"], writer)
+                if sheet:
+                    writer.print(f"step {step}: samples of config.sample.prompts in {sheet}")
             save(step, force=False)
             if preemption.agreed():
                 writer.print(f"step {step}: SIGTERM received; saving a checkpoint and exiting")

@@ -207,6 +207,11 @@ class MetricsWriter:
         workdir_lib.upload_tree(self.dirs.local, self.dirs.remote)
         self._last_upload = time.monotonic()
 
+    def image(self, tag: str, image_HxWx3, step: int) -> None:
+        """An RGB uint8 image in TensorBoard (e.g. the contact sheet of sampled prompts)."""
+        if self.enabled:
+            self._tb.add_image(tag, image_HxWx3, global_step=step, dataformats="HWC")
+
     def advance(self, steps: int = 1) -> None:
         if self.enabled:
             self._bar.update(steps)

@@ -88,8 +88,22 @@ class VQConfig:
         )
 
     @classmethod
+    def tiny(cls, codebook_size: int = 16) -> VQConfig:
+        """Tests: f2, 16-px images, a few thousand parameters."""
+        return cls(
+            base_channels=32,
+            ch_mult=(1, 2),
+            num_res_blocks=1,
+            attn_resolutions=(),
+            z_channels=8,
+            embed_dim=4,
+            codebook_size=codebook_size,
+            resolution=16,
+        )
+
+    @classmethod
     def preset(cls, name: str) -> VQConfig:
-        presets = {"paper": cls.paper, "demo": cls.demo}
+        presets = {"paper": cls.paper, "demo": cls.demo, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown VQ config preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

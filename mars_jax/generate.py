@@ -7,7 +7,9 @@
 The run's resolved config (saved in every checkpoint) says which model, text slot and VQ
 tokenizer it used; the frozen LLM is reloaded from the base the run recorded and checked
 against the recorded hash. `--resolution` is for stage-II models: the resolution goes into
-the prompt as in training and sets the code grid.
+the prompt as in training and sets the code grid. `--interleaved` continues each prompt
+as text that may open images (paper §4.6). `--sr-from=<low-res image>` super-resolves with a
+stage-III run, `--nktp=K` codes per pass, `--nktp-mode=fast|exact` (docs/NKTP.md).
 """
 
 from __future__ import annotations
@@ -222,7 +224,74 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "may open images; writes interleaved_<n>.md with the text and images in order",
     )
     p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=512)
+    p.add_argument(
+        "--sr-from",
+        "--sr_from",
+        dest="sr_from",
+        default=None,
+        help="stage-III models: super-resolve this low-res image (a file, or a folder of "
+        "images, one prompt for all or one per image, in sorted order)",
+    )
+    p.add_argument("--nktp", type=int, default=0, help="codes per pass (0: the model's K)")
+    p.add_argument(
+        "--nktp-mode",
+        "--nktp_mode",
+        dest="nktp_mode",
+        default="fast",
+        choices=("fast", "exact"),
+        help="fast: accept K drafted codes per pass; exact: keep those the next pass agrees with",
+    )
+    p.add_argument("--sr-sizes", "--sr_sizes", dest="sr_sizes", default=None, help="32x32:64x64")
     return p.parse_args(argv)
+
+
+def read_low_res_images(path: str, lo_hw: tuple[int, int]) -> np.ndarray:
+    """uint8 `[N, *lo_hw, 3]` from an image file or a folder of images (sorted)."""
+
+    from mars_jax.data import image_ops
+
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, f)
+            for f in os.listdir(path)
+            if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
+        )
+        if not files:
+            raise FileNotFoundError(f"--sr-from={path}: no .png/.jpg/.webp images in the folder")
+    else:
+        files = [path]
+    return np.stack(
+        [image_ops.resize_cover_crop(image_ops.load_rgb(f, f), lo_hw) for f in files]
+    ).astype(np.uint8)
+
+
+def run_super_resolution(args: argparse.Namespace, prompts: list[str]) -> int:
+    """`--sr-from`: low-res image(s) + caption(s) → high-res image(s) with next-K decoding."""
+    from mars_jax import cascade
+
+    run = load_run(args.checkpoint, args.vq)
+    sizes = cascade.sr_sizes_of_run(run)
+    if args.sr_sizes:
+        lo_hw, hi_hw = cascade.parse_sizes(args.sr_sizes)
+    elif sizes:
+        lo_hw, hi_hw = sizes[0]
+    else:
+        raise ValueError(f"--checkpoint={args.checkpoint}: no stage-III sizes; pass --sr-sizes")
+    low = read_low_res_images(args.sr_from, lo_hw)
+    if len(prompts) == 1:
+        prompts = prompts * len(low)
+    if len(prompts) != len(low):
+        raise ValueError(f"--sr-from: {len(low)} images but {len(prompts)} prompts")
+    scfg = sampling.SamplingConfig(
+        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
+    )
+    k = args.nktp or run.model_cfg.nktp_k
+    high, _ = cascade.super_resolve(
+        run, prompts, low, lo_hw, hi_hw, scfg, k, args.nktp_mode, args.seed, args.batch_size
+    )
+    sheet = cascade.save_cascade(args.out, prompts, low, high)
+    print(f"wrote {len(high)} high-res images ({k} codes per pass, {args.nktp_mode}); {sheet}")
+    return 0
 
 
 def write_interleaved(out_dir: str, index: int, prompt: str, segments, run: LoadedRun) -> str:
@@ -274,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
     if args.interleaved:
         return run_interleaved(args, prompts)
+    if args.sr_from:
+        return run_super_resolution(args, prompts)
     scfg = sampling.SamplingConfig(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )

@@ -1,6 +1,6 @@
 """Train the demo VQ tokenizer on synthetic shapes scenes and check it with the pixel checker.
 
-    python -m mars_jax.demo.train_vq --out=mars_jax/assets/demo_vq --steps=1500
+    python -m mars_jax.demo.train_vq --out=mars_jax/assets/demo_vq --steps=2400
 
 This is the documented command that reproduces the shipped ``mars_jax/assets/demo_vq``:
 ``DEMO_VQ_CONFIG`` (64×64 → 8×8 codes, 512 codes) trained by ``mars_jax.vq.train.train_vq``
@@ -62,7 +62,7 @@ def checker_on_reconstructions(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output directory of the VQ checkpoint")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--num_images", type=int, default=4096, help="training scenes")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)

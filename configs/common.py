@@ -127,7 +127,11 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.checkpoint.keep = 2
     elif preset == "demo":
         c.model.image_logits = "vision_only"
-        c.data.demo_scenes = 2000  # shapes scenes built on first use (mars_jax/demo/shards.py)
+        c.data.demo_scenes = 8000  # shapes scenes built on first use (mars_jax/demo/shards.py)
+        c.data.num_epochs = 10  # the iterator ends after these passes (num_steps ends first)
+        # The demo's frozen "LLM" is a random init, so its frozen text head cannot learn to
+        # caption (the caption loss stays at ~ln(vocab)); the demo trains text→image only.
+        c.data.caption_ratio = 0.0
         c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets
         c.sample.every_steps = 200
         c.sample.prompts = demo_preview_prompts()
@@ -137,7 +141,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.data.hires_scale = 2
         c.data.text_len = 32
         c.train.global_batch = 32
-        c.train.num_steps = 600
+        c.train.num_steps = 1000
         c.train.log_every = 10
         c.optim.peak_lr = 1e-3
         c.optim.warmup_ratio = 0.05

@@ -13,6 +13,8 @@ from typing import Any
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
 IMAGE_LOGITS = ("full", "vision_only")
 DTYPES = ("float32", "bfloat16", "float16")
+# Per-layer groups of the frozen LLM that `ModelConfig.unfreeze` may name.
+UNFREEZABLE = ("text_attn", "text_mlp", "o", "ln1", "ln2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,10 @@ class ModelConfig:
     loss_chunk_size: tokens per chunk of the cross-entropy; 0 computes it unchunked.
     nktp_k: tokens predicted per position in stage III (heads in `model/nktp.py`); 1 = plain
       next-token prediction.
+    unfreeze: per-layer groups of the LLM that are trained after all, a deviation from MARS
+      for LLMs too weak to condition on frozen (the demo's caption-sized "LLM"): any of
+      `UNFREEZABLE`. Their trained copies live in the trainable tree (`params.py`); the
+      frozen tree stays bit-identical. Empty (the paper): the LLM is frozen.
     """
 
     num_layers: int = 2
@@ -43,8 +49,10 @@ class ModelConfig:
     image_logits: str = "full"
     loss_chunk_size: int = 1024
     nktp_k: int = 1
+    unfreeze: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
         def bad(key: str, why: str):
             raise ValueError(f"ModelConfig.{key}: {why}")
 
@@ -66,6 +74,9 @@ class ModelConfig:
             bad("loss_chunk_size", f"must be >= 0, got {self.loss_chunk_size}")
         if self.nktp_k < 1:
             bad("nktp_k", f"must be >= 1, got {self.nktp_k}")
+        unknown = [name for name in self.unfreeze if name not in UNFREEZABLE]
+        if unknown or len(set(self.unfreeze)) != len(self.unfreeze):
+            bad("unfreeze", f"{list(self.unfreeze)}: names must be distinct, from {UNFREEZABLE}")
 
     # ---- presets -------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ def decode_step(
     step itself, and only then written); `vision_only` skips the text head (text range -inf).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
+    frozen = mars.with_unfrozen(frozen, trainable)
     token_B = jnp.asarray(token_B, jnp.int32)
     tokens_Bx1 = token_B[:, None]
     b = token_B.shape[0]

@@ -44,6 +44,15 @@ def segments_of(layout: layout_lib.Layout | None, seq_len: int) -> list[tuple[st
     return layout_lib.bounds(layout)
 
 
+def with_unfrozen(frozen: dict, trainable: dict) -> dict:
+    """The LLM as the forward pass uses it: trained copies (`ModelConfig.unfreeze`) in place of
+    their frozen groups. Without unfrozen groups, `frozen` itself."""
+    unfrozen = trainable.get("unfrozen_layers")
+    if not unfrozen:
+        return frozen
+    return {**frozen, "layers": {**frozen["layers"], **unfrozen}}
+
+
 def embed(frozen: dict, trainable: dict, tokens_BxL: jax.Array, modality: str, dtype) -> jax.Array:
     """Embedding rows: text table for text ids, vision table for ids >= 151,936."""
 
@@ -180,6 +189,7 @@ def forward_segments(
     `([Ly, B, L, KV, Dh], [Ly, B, L, KV, Dh])` (to fill a decoding cache).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
+    frozen = with_unfrozen(frozen, trainable)
     tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
     valid_BxL = jnp.asarray(valid_BxL, bool)
     segs = segments_of(layout, tokens_BxL.shape[1])

@@ -74,22 +74,32 @@ def trainable_shapes(cfg: ModelConfig) -> dict:
         "layers": {"vision_attn": stack(_attn_shapes(cfg)), "vision_mlp": stack(_mlp_shapes(cfg))},
         "vision_head": (d, vocab.VISION_VOCAB_SIZE),
         **nktp.head_shapes(cfg),  # stage III next-K heads (none when nktp_k = 1)
+        **_unfrozen(cfg, frozen_shapes(cfg)["layers"]),
     }
+
+
+def _unfrozen(cfg: ModelConfig, frozen_layers: dict) -> dict:
+    """`{"unfrozen_layers": {...}}` with the `cfg.unfreeze` groups of a frozen layer tree."""
+    if not cfg.unfreeze:
+        return {}
+    return {"unfrozen_layers": {name: frozen_layers[name] for name in cfg.unfreeze}}
+
 
 
 def logical_axes(cfg: ModelConfig) -> dict:
     """The parameter tree with a tuple of logical axis names in place of every leaf."""
     layer = lambda axes: {k: ("layers", *a) for k, a in axes.items()}
+    frozen_layer_axes = {
+        "ln1": ("layers", "embed"),
+        "ln2": ("layers", "embed"),
+        "text_attn": layer(ATTN_AXES),
+        "o": ("layers", "heads", "head_dim", "embed"),
+        "text_mlp": layer(MLP_AXES),
+    }
     return {
         "frozen": {
             "embed": ("vocab", "embed"),
-            "layers": {
-                "ln1": ("layers", "embed"),
-                "ln2": ("layers", "embed"),
-                "text_attn": layer(ATTN_AXES),
-                "o": ("layers", "heads", "head_dim", "embed"),
-                "text_mlp": layer(MLP_AXES),
-            },
+            "layers": frozen_layer_axes,
             "final_norm": ("embed",),
             "text_head": ("embed", "vocab"),
         },
@@ -98,6 +108,7 @@ def logical_axes(cfg: ModelConfig) -> dict:
             "layers": {"vision_attn": layer(ATTN_AXES), "vision_mlp": layer(MLP_AXES)},
             "vision_head": ("embed", "vocab"),
             **nktp.logical_axes(cfg),
+            **_unfrozen(cfg, frozen_layer_axes),
         },
     }
 
@@ -168,6 +179,7 @@ def init_trainable_from_frozen(
         },
         "vision_head": vision_head_init(jnp.mean(head, axis=1), jnp.std(head), rng, cfg),
     }
+    trainable.update(copy(_unfrozen(cfg, frozen["layers"])))  # `cfg.unfreeze`: exact copies
     return nktp.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
 
 

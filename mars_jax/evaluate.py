@@ -191,29 +191,61 @@ def evaluate_sr(args: argparse.Namespace) -> int:
     """Stage-III images vs bicubic upsampling of the low-res decode, on held-out demo scenes.
 
     The low-res input is the ground truth downsampled to the run's low-res size and passed
-    through the VQ; both methods are scored against the ground truth (PSNR, L1). The last
-    line is `sr_psnr=<a> bicubic_psnr=<b>`.
+    through the VQ; the methods are scored against the ground truth (PSNR, MSE, L1), over
+    all images and per caption language (each scene captioned in English and in Chinese).
+    `--nktp_mode=both` (the default) decodes in fast and in exact mode. With `--out`, a
+    contact sheet (low-res | bicubic | stage III | ground truth) goes to `<out>/sr_sheet.png`
+    (`--out` ending in `.png`: that file). The last line is `sr_psnr=<a> bicubic_psnr=<b>
+    ...` (fast mode first; exact mode's as `sr_exact_psnr=`).
     """
     from mars_jax import cascade, generate
     from mars_jax.eval import sr
     from mars_jax.text.tokenizer import load_tokenizer
 
+    modes = sr.MODES if args.nktp_mode == "both" else (args.nktp_mode,)
     run = generate.load_run(args.checkpoint, args.vq)
     sizes = cascade.sr_sizes_of_run(run)
     if not sizes:
         raise ValueError(f"--checkpoint={args.checkpoint}: not a stage-III run (no low-res sizes)")
     lo_hw, hi_hw = sizes[0]
-    images, captions = sr.demo_ground_truth(args.num_scenes, args.prompt_seed)
+    images, captions, langs = sr.demo_ground_truth(args.num_scenes, args.prompt_seed, ("en", "zh"))
     if images.shape[1:3] != tuple(hi_hw):
         raise ValueError(f"sr bench: demo scenes are {images.shape[1:3]}, the run makes {hi_hw}")
-    produce = sr.model_producer(
-        run.frozen, run.trainable, run.model_cfg, run.vq_cfg, load_tokenizer().encode,
-        run.text_len, k=args.nktp or None, mode=args.nktp_mode,
+    tokenize = load_tokenizer().encode
+    summary = {}
+    for mode in modes:
+        produce = sr.model_producer(
+            run.frozen, run.trainable, run.model_cfg, run.vq_cfg, tokenize, run.text_len,
+            k=args.nktp or None, mode=mode,
+        )  # fmt: skip
+        result = sr.run_sr_bench(
+            produce, run.vq_cfg, run.vq_params, images, captions, lo_hw, seed=args.seed,
+            batch_size=args.batch_size, langs=langs,
+        )  # fmt: skip
+        print("\n".join(sr.report_lines(result, prefix=f"[{mode}] ")[:-1]))
+        name = "sr" if mode == modes[0] else f"sr_{mode}"
+        summary.update({f"{name}_psnr": result["sr_psnr"], f"{name}_mse": result["sr_mse"]})
+        if mode == modes[0]:
+            base = result
+            if args.out:
+                path = (
+                    args.out
+                    if args.out.endswith(".png")
+                    else os.path.join(args.out, "sr_sheet.png")
+                )
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                en = np.asarray([x == "en" for x in langs])  # one row per scene
+                shown = {**result, "images": {m: v[en] for m, v in result["images"].items()}}
+                Image.fromarray(sr.contact_sheet(shown, images[en], num=8)).save(path)
+                print(f"contact sheet (low-res | bicubic | stage III {mode} | truth): {path}")
+    summary.update(
+        bicubic_psnr=base["bicubic_psnr"], bicubic_mse=base["bicubic_mse"],
+        vq_recon_psnr=base["vq_recon_psnr"],
     )  # fmt: skip
-    result = sr.run_sr_bench(
-        produce, run.vq_cfg, run.vq_params, images, captions, lo_hw, seed=args.seed
-    )
-    print("\n".join(sr.report_lines(result)))
+    order = ["sr_psnr", "bicubic_psnr"] + [
+        k for k in summary if k not in ("sr_psnr", "bicubic_psnr")
+    ]
+    print(" ".join(f"{k}={summary[k]:.2f}" for k in order))
     return 0
 
 
@@ -222,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="training workdir")
     p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr"))
     p.add_argument("--nktp", type=int, default=0, help="sr: codes per pass (0: the model's K)")
-    p.add_argument("--nktp_mode", "--nktp-mode", dest="nktp_mode", default="fast")
+    p.add_argument(
+        "--nktp_mode", "--nktp-mode", dest="nktp_mode", default="both",
+        choices=("fast", "exact", "both"), help="sr: parallel decoding mode(s)",
+    )  # fmt: skip
     p.add_argument("--num_per_prompt", type=int, default=1)
     p.add_argument("--prompts", default=None, help="eval_prompts.jsonl (default: built-in)")
     p.add_argument("--num_scenes", type=int, default=32, help="built-in held-out scenes")

@@ -47,6 +47,7 @@ class DecodeInfo:
     codes: int
     k: int
     mode: str
+    dtype: str = ""  # compute dtype of the decode
 
 
 # ------------------------------------------------------------------------------ cache
@@ -68,8 +69,10 @@ def extend(
     New tokens attend to valid cache slots before `start` and causally to each other; slots
     at or after `start` (e.g. rejected drafts) are ignored and overwritten. `modality` is
     `"vision"` when every token is a vision id (runs one expert), else `"mixed"`.
+    With per-layer weights (`unstack_layers`), the layers are unrolled instead of scanned.
     """
     dtype = jnp.dtype(cfg.compute_dtype)
+    frozen = mars.with_unfrozen(frozen, trainable)
     tokens_RxT = jnp.asarray(tokens_RxT, jnp.int32)
     valid_RxT = jnp.asarray(valid_RxT, bool)
     r, t = tokens_RxT.shape
@@ -96,8 +99,17 @@ def extend(
         x = mars.segment_finish(x, a, modality, frozen_layer, trainable_layer, is_vision_N, cfg)
         return x, (k, v)
 
-    xs = (frozen["layers"], trainable["layers"], cache["k"], cache["v"])
-    x, (k_new, v_new) = jax.lax.scan(layer, x0, xs)
+    if isinstance(frozen["layers"], (list, tuple)):  # per-layer weights (`unstack_layers`)
+        x, kv = x0, []
+        for i, (frozen_layer, trainable_layer) in enumerate(
+            zip(frozen["layers"], trainable["layers"], strict=True)
+        ):
+            x, kv_i = layer(x, (frozen_layer, trainable_layer, cache["k"][i], cache["v"][i]))
+            kv.append(kv_i)
+        k_new, v_new = (jnp.stack([t[j] for t in kv]) for j in (0, 1))
+    else:
+        xs = (frozen["layers"], trainable["layers"], cache["k"], cache["v"])
+        x, (k_new, v_new) = jax.lax.scan(layer, x0, xs)
     zero = jnp.zeros((), jnp.int32)
     slot5 = (zero, zero, start, zero, zero)
     cache = {
@@ -175,7 +187,9 @@ def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
 # ------------------------------------------------------------------------------ decoding
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "use_cfg"))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "use_cfg", "prepared")
+)
 def decode_codes(
     frozen: dict,
     trainable: dict,
@@ -190,12 +204,13 @@ def decode_codes(
     k: int,
     mode: str,
     use_cfg: bool,
+    prepared: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Codes `[B, num_codes]` in sequence order and the number of forward passes."""
     rows, prompt_len = tokens_RxP.shape
     batch = rows // 2 if use_cfg else rows
-    # Cast weights to the compute dtype once, not in every pass (same values: every use casts).
-    frozen, trainable = _in_compute_dtype(frozen, cfg), _in_compute_dtype(trainable, cfg)
+    if not prepared:
+        frozen, trainable = _prepare(frozen, trainable, cfg, scfg.codebook_size)
     cache = decode.init_cache(cfg, rows, prompt_len + num_codes + k)
     h, cache = extend(
         frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
@@ -287,6 +302,77 @@ def decode_codes(
     return out[:, :num_codes], passes
 
 
+def decode_dtype(cfg: ModelConfig, backend: str | None = None) -> str:
+    """Compute dtype of decoding: float32 on CPU, else `cfg.compute_dtype`.
+
+    XLA:CPU has no native bfloat16 matmul: on CPU a bf16 pass is slower than the same pass in
+    float32, and its cost grows with the tokens fed, so a 4-code pass cost about twice a
+    1-code pass in bf16 against 1.25 times in float32 (demo model, batch 1; docs/NKTP.md).
+    The weights are the same values either way (bf16 → float32 is exact); only activations
+    and the KV cache are kept at the higher precision.
+    """
+    backend = backend or jax.default_backend()
+    return "float32" if backend == "cpu" else str(cfg.compute_dtype)
+
+
+class Prepared(dict):
+    """Weights ready for decoding (`prepare_params`): `{"frozen": ..., "trainable": ...}`."""
+
+
+def _prepare(frozen: dict, trainable: dict, cfg: ModelConfig, num_ids: int | None):
+    # Weights in the compute dtype (same values: every use casts them), stacked layers cut
+    # into per-layer arrays, heads cut to the codebook: once per call, not in every pass.
+    frozen, trainable = _in_compute_dtype(frozen, cfg), _in_compute_dtype(trainable, cfg)
+    frozen, trainable = unstack_layers(frozen), unstack_layers(trainable)
+    return frozen, _decode_heads(trainable, num_ids)
+
+
+_prepare_jit = jax.jit(_prepare, static_argnums=(2, 3))
+
+
+def prepare_params(
+    frozen: dict,
+    trainable: dict,
+    cfg: ModelConfig,
+    codebook_size: int | None,
+    compute_dtype: str | None = None,
+) -> Prepared:
+    """The decode's copy of the weights, made once for many `sample_hires_codes` calls
+    (pass it as `frozen`, with `trainable=None`): otherwise every call casts, cuts and
+    copies all weights again before its first pass. `codebook_size` and `compute_dtype`
+    must be those of the calls (`SamplingConfig.codebook_size`, `decode_dtype`)."""
+    cfg = cfg.replace(compute_dtype=compute_dtype or decode_dtype(cfg))
+    if nktp.num_heads(cfg) > 1:
+        nktp.check_heads(cfg, trainable)
+    f, t = _prepare_jit(frozen, trainable, cfg, codebook_size)
+    return Prepared(frozen=f, trainable=t, dtype=cfg.compute_dtype, codebook_size=codebook_size)
+
+
+def unstack_layers(params: dict) -> dict:
+    """`params` with `layers` (stacked `[Ly, ...]`) as a list of per-layer trees.
+
+    A scan over stacked layers slices (copies) every layer's weights out of the stack in
+    every decoding pass: on CPU that copy cost more than the matmuls of a demo-sized pass.
+    Cut once per decode call, the per-layer weights are loop invariants of the passes.
+    """
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return {**params, "layers": [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]}
+
+
+def _decode_heads(trainable: dict, num_ids: int | None) -> dict:
+    """The vision head cut to the sampler's codebook and the next-K adapters as per-head
+    arrays, once per decode call: sliced inside the passes, both were copied in every pass."""
+    out = dict(trainable)
+    if num_ids:
+        out["vision_head"] = trainable["vision_head"][:, :num_ids]
+    if nktp.HEADS in trainable:
+        out[nktp.HEADS] = {
+            name: [w[i] for i in range(w.shape[0])] for name, w in trainable[nktp.HEADS].items()
+        }
+    return out
+
+
 def _in_compute_dtype(tree: dict, cfg: ModelConfig) -> dict:
     dtype = jnp.dtype(cfg.compute_dtype)
     return jax.tree.map(
@@ -320,19 +406,32 @@ def sample_hires_codes(
     text_len: int,
     scfg: SamplingConfig | None = None,
     seed: int = 0,
+    compute_dtype: str | None = None,
 ) -> tuple[np.ndarray, DecodeInfo]:
     """High-res codes `[B, h, w]` (raster order) for captions and low-res codes `[B, hl, wl]`.
 
     `k` (1 … `cfg.nktp_k`) codes are drafted per pass; `mode` is `"fast"` or `"exact"`.
     The code order is the one the model was trained with (`nktp.hires_order(hi_grid,
-    cfg.nktp_k)`), whatever `k` is.
+    cfg.nktp_k)`), whatever `k` is. `compute_dtype`: activations and KV cache of the decode
+    (default `decode_dtype(cfg)`: float32 on CPU, else the model's compute dtype).
+    `frozen` may be `prepare_params(...)` (then `trainable` is ignored).
     """
     scfg = scfg or SamplingConfig(cfg_scale=1.0, temperature=0.0)
+    cfg = cfg.replace(compute_dtype=compute_dtype or decode_dtype(cfg))
     if mode not in MODES:
         raise ValueError(f"nktp mode {mode!r} not in {MODES}")
     if not 1 <= k <= nktp.num_heads(cfg):
         raise ValueError(f"--nktp={k}: must be in [1, model.nktp_k={cfg.nktp_k}]")
-    if k > 1:
+    prepared = isinstance(frozen, Prepared)
+    if prepared:
+        if (frozen["dtype"], frozen["codebook_size"]) != (cfg.compute_dtype, scfg.codebook_size):
+            raise ValueError(
+                f"prepared weights are for dtype {frozen['dtype']} and codebook "
+                f"{frozen['codebook_size']}, the call asks {cfg.compute_dtype} and "
+                f"{scfg.codebook_size}"
+            )
+        frozen, trainable = frozen["frozen"], frozen["trainable"]
+    elif k > 1:
         nktp.check_heads(cfg, trainable)
     hi_grid = (int(hi_grid[0]), int(hi_grid[1]))
     nktp.hires_order(hi_grid, nktp.num_heads(cfg))  # raises if the grid does not fit K regions
@@ -354,6 +453,9 @@ def sample_hires_codes(
         k=int(k),
         mode=mode,
         use_cfg=use_cfg,
+        prepared=prepared,
     )
     raster = nktp.to_raster(np.asarray(codes), hi_grid, nktp.num_heads(cfg))
-    return raster, DecodeInfo(passes=int(passes), codes=num_codes, k=int(k), mode=mode)
+    return raster, DecodeInfo(
+        passes=int(passes), codes=num_codes, k=int(k), mode=mode, dtype=cfg.compute_dtype
+    )

@@ -173,3 +173,15 @@ def test_head_losses_against_reference():
     # Every head's adapter is trained.
     down = np.asarray(grads[nktp.HEADS]["down"])
     assert np.abs(down).reshape(2, -1).max(axis=1).min() > 0
+
+
+def test_all_head_logits_equal_each_head_through_head_hidden():
+    _, _, trainable = _params()
+    h = jax.random.normal(jax.random.key(5), (6, CFG.width))
+    head = trainable["vision_head"][:, :40]
+    for num in (1, 2, 3):
+        logits = nktp.all_head_vision_logits(trainable, h, num, CFG, 40)
+        assert logits.shape == (6, num, 40)
+        for k in range(1, num + 1):
+            want = nktp.head_hidden(trainable, h, k, CFG) @ head
+            np.testing.assert_allclose(logits[:, k - 1], want, rtol=1e-5, atol=1e-5)

@@ -141,3 +141,11 @@ def test_exact_sampling_keeps_the_next_token_distribution():
     # Sampling noise: expected total variation about 0.025 with 1,500 rows.
     assert tv(empirical, exact) < 0.06, (empirical, exact)
     assert tv(empirical, exact) < tv(empirical, unchecked)
+
+
+def test_decode_dtype_is_float32_on_cpu_and_the_model_dtype_elsewhere():
+    bf16 = ModelConfig.tiny(nktp_k=2)
+    assert bf16.compute_dtype == "bfloat16"
+    assert nktp_sampling.decode_dtype(bf16, "cpu") == "float32"
+    assert nktp_sampling.decode_dtype(bf16, "gpu") == "bfloat16"
+    assert nktp_sampling.decode_dtype(bf16, "tpu") == "bfloat16"

@@ -64,5 +64,41 @@ def test_run_sr_bench_scores_an_oracle_as_vq_reconstruction():
 
 
 def test_demo_ground_truth():
-    images, captions = sr.demo_ground_truth(2)
+    images, captions, langs = sr.demo_ground_truth(2)
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8 and len(captions) == 2
+    assert langs == ["en", "en"]
+    both, captions2, langs2 = sr.demo_ground_truth(2, langs=("en", "zh"))
+    assert langs2 == ["en", "zh", "en", "zh"] and captions2[0::2] == captions
+    np.testing.assert_array_equal(both[0::2], images)
+    np.testing.assert_array_equal(both[1::2], images)  # the same scene in both languages
+
+
+def test_per_language_scores_mse_and_contact_sheet():
+    hi = np.zeros((2, 16, 16, 3), np.uint8)
+    hi[1] = 255
+    sr_images = hi.copy()
+    sr_images[1, :8] = 0  # half wrong: MSE 255^2 / 2
+    result = {
+        "num_images": 2,
+        "images": {"sr": sr_images, "bicubic": hi, "vq_recon": hi, "lowres": hi[:, ::2, ::2]},
+    }
+    result.update(sr._scores(result["images"], hi, np.ones(2, bool)))
+    assert result["sr_mse"] == 255.0**2 / 4 and result["bicubic_mse"] == 0.0
+    langs = ["en", "zh"]
+    result["per_lang"] = {
+        lang: {
+            "num_images": 1,
+            **sr._scores(result["images"], hi, np.array([x == lang for x in langs])),
+        }
+        for lang in langs
+    }
+    assert result["per_lang"]["en"]["sr_psnr"] == 100.0  # identical: capped
+    lines = sr.report_lines(result, prefix="[fast] ")
+    assert lines[0].startswith("[fast] sr: psnr=") and "mse=" in lines[0]
+    assert any(x.startswith("[fast] zh (1 images)") for x in lines)
+    assert lines[-1].startswith("sr_psnr=") and "bicubic_mse=" in lines[-1]
+    sheet = sr.contact_sheet(result, hi, num=2, scale=1)
+    assert sheet.shape == (2 * 18 + 2, 4 * 18 + 2, 3)
+    # Row 2: low-res (repeated), bicubic, stage III, truth.
+    np.testing.assert_array_equal(sheet[20:36, 2:18], hi[1])
+    np.testing.assert_array_equal(sheet[20:36, 38:54], sr_images[1])

@@ -1,6 +1,7 @@
 """Benchmark: parallel decoding of high-res codes with next-K heads vs next-token decoding.
 
-    python -m mars_jax.bench.nktp [--k=4] [--train_steps=150] [--batch=1] [--repeats=5]
+    python -m mars_jax.bench.nktp [--k=4] [--train_steps=300] [--batch=1] [--repeats=10]
+    python -m mars_jax.bench.nktp --checkpoint=runs/demo_stage3   # the trained stage-3 demo
 
 The model is `ModelConfig.demo(nktp_k=K)` at the demo's stage-III sizes (32 → 64 px at f8:
 low-res 4×4 codes, high-res 8×8). Its weights are random, then briefly trained (all K heads)
@@ -11,6 +12,11 @@ on the same prompts, compiled before timing:
 - K = 1 (plain next-token greedy, KV cache, one token per pass) — the reference;
 - fast mode, K codes per pass;
 - exact mode (greedy self-speculative verification), whose codes are checked equal to K = 1.
+
+With `--checkpoint`, the model is that stage-III run (no training here) and the prompts are
+held-out demo scenes: their captions and the VQ codes of their low-res images, as
+`evaluate --bench=sr` makes them; code accuracy is then against the scenes' own high-res
+codes. Decoding runs in `nktp_sampling.decode_dtype` (float32 on CPU; `--dtype` to force).
 
 Prints forward passes and wall-clock time of each, `nktp_forward_passes_ratio=` (fast, K / 1)
 and last `nktp_speedup=` (fast mode, wall-clock K = 1 / K).
@@ -80,6 +86,48 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
     return trainable, {k: float(v) for k, v in metrics.items()}
 
 
+def _trained_synthetic(args):
+    """`ModelConfig.demo` with K heads, briefly trained on `synthetic_sr` scenes."""
+    cfg = ModelConfig.demo(nktp_k=args.k, image_logits="vision_only")  # as the demo preset
+    key = jax.random.key(args.seed)
+    p_all = jax.jit(params.init_params, static_argnums=0)(cfg, key)
+    frozen = p_all["frozen"]
+    trainable = nktp.extend_trainable(cfg, p_all["trainable"], jax.random.fold_in(key, 1))
+    start = time.perf_counter()
+    trainable, metrics = train_briefly(
+        cfg, frozen, trainable, args.train_steps, args.train_batch, args.seed
+    )
+    print(
+        f"trained {args.train_steps} steps in {time.perf_counter() - start:.1f}s: "
+        + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
+    )
+    return cfg, frozen, trainable
+
+
+def _from_checkpoint(workdir: str, batch: int):
+    """A stage-III run and `batch` held-out demo scenes: captions, low-res codes, truth."""
+    from mars_jax import cascade, generate  # noqa: PLC0415
+    from mars_jax.eval import sr  # noqa: PLC0415
+    from mars_jax.text.tokenizer import load_tokenizer  # noqa: PLC0415
+
+    run = generate.load_run(workdir)
+    sizes = cascade.sr_sizes_of_run(run)
+    if not sizes:
+        raise ValueError(f"--checkpoint={workdir}: not a stage-III run (no low-res sizes)")
+    lo_hw, hi_hw = sizes[0]
+    images, captions, _ = sr.demo_ground_truth(batch)
+    f = run.vq_cfg.downsample_factor
+    hi_grid = (hi_hw[0] // f, hi_hw[1] // f)
+    tok = load_tokenizer()
+    texts = [tok.encode(formats.resolution_prompt(hi_hw[1], hi_hw[0], c)) for c in captions]
+    lo = sr._vq_encode(run.vq_params, run.vq_cfg, sr.downsample(images, lo_hw))
+    hi_true = sr._vq_encode(run.vq_params, run.vq_cfg, images)
+    return (
+        run.model_cfg, run.frozen, run.trainable, texts, lo, hi_true, hi_grid, run.text_len,
+        run.vq_cfg.codebook_size,
+    )  # fmt: skip
+
+
 def time_decode(run, repeats: int) -> tuple[float, float, object]:
     """Best wall-clock and process CPU seconds over `repeats` runs (after a compiling run).
 
@@ -103,31 +151,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="prompts decoded together")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="", help="a stage-III run to time (default: built)")
+    p.add_argument("--dtype", default="", help="decode compute dtype (default: decode_dtype)")
     args = p.parse_args(argv)
 
-    cfg = ModelConfig.demo(nktp_k=args.k, image_logits="vision_only")  # as the demo preset
-    key = jax.random.key(args.seed)
-    p_all = jax.jit(params.init_params, static_argnums=0)(cfg, key)
-    frozen = p_all["frozen"]
-    trainable = nktp.extend_trainable(cfg, p_all["trainable"], jax.random.fold_in(key, 1))
-    start = time.perf_counter()
-    trainable, metrics = train_briefly(
-        cfg, frozen, trainable, args.train_steps, args.train_batch, args.seed
-    )
+    if args.checkpoint:
+        cfg, frozen, trainable, texts, lo, hi_true, hi_grid, text_len, codebook = _from_checkpoint(
+            args.checkpoint, args.batch
+        )
+    else:
+        cfg, frozen, trainable = _trained_synthetic(args)
+        rng = np.random.default_rng(args.seed + 1)
+        lo, hi_true = synthetic_sr(rng, args.batch)
+        texts = [[] for _ in range(args.batch)]
+        hi_grid, text_len, codebook = HI_GRID, TEXT_LEN, CODEBOOK
+    dtype = args.dtype or nktp_sampling.decode_dtype(cfg)
     print(
-        f"trained {args.train_steps} steps in {time.perf_counter() - start:.1f}s: "
-        + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
+        f"decoding {args.batch} prompt(s) of {hi_grid[0]}x{hi_grid[1]} codes on "
+        f"{jax.default_backend()} in {dtype} (model compute dtype {cfg.compute_dtype})"
     )
-
-    rng = np.random.default_rng(args.seed + 1)
-    lo, hi_true = synthetic_sr(rng, args.batch)
-    texts = [[] for _ in range(args.batch)]
-    scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=CODEBOOK)
+    scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=codebook)
+    # The decode's copy of the weights (cast, per layer), made once as a sampler would for
+    # many prompts; all three decoders use it, so none pays for it in its timings.
+    weights = nktp_sampling.prepare_params(frozen, trainable, cfg, codebook, dtype)
 
     def decoder(k, mode):
         return lambda: nktp_sampling.sample_hires_codes(
-            frozen, trainable, cfg, texts, lo, HI_GRID, k, mode, text_len=TEXT_LEN, scfg=scfg
-        )
+            weights, None, cfg, texts, lo, hi_grid, k, mode, text_len=text_len, scfg=scfg,
+            compute_dtype=dtype,
+        )  # fmt: skip
 
     results = {}
     for name, k, mode in (("ntp", 1, "fast"), ("fast", args.k, "fast"), ("exact", args.k, "exact")):

@@ -158,6 +158,13 @@ def test_flops_formula_worked_example():
     # Captioning: text after vision needs a backward pass (activation grads only).
     cap = metrics.flops_per_sequence(cfg, (("vision", 3), ("text", 2)), (1,))
     assert cap > metrics.flops_per_sequence(cfg, lay, (1,))
+    # Unfrozen LLM groups: text tokens get a backward pass (4·N) plus the weight gradients of
+    # the unfrozen matmuls (2·N); vision tokens the weight gradient of an unfrozen O (2·N_o).
+    # Text: 2 · (4·(48+96+16) + 2·(48+16)) = 1536 instead of 640; vision: 3 · 2·16 = 96 more;
+    # text attention pairs get their backward: 3 pairs · 8·Dh = 96 more.
+    unfrozen = cfg.replace(unfreeze=("text_attn", "o", "ln1"))
+    got = metrics.flops_per_step(unfrozen, {"t2i": lay}, {"t2i": 1})
+    assert got - want == (1536 - 640) + 96 + 96
 
 
 def test_compile_only_cli_prints_per_device_memory():

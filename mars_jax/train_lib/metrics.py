@@ -88,6 +88,10 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     2·D·Vt forward + 2·D·Vt input-grad; the vision head (D·Vv, trainable) 6·D·Vv. With
     ``cfg.image_logits == "vision_only"`` vision positions skip the text head.
 
+    With ``cfg.unfreeze`` (trained copies of LLM groups), every text token needs a backward
+    pass, and the unfrozen matmuls (text QKV, text MLP, O) add 2·N for their weight gradients
+    on the tokens that use them.
+
     Embedding lookups, norms, rotary and softmax are not counted (small and not matmuls).
     """
     d = _cfg(cfg, "width")
@@ -98,6 +102,12 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     layers = _cfg(cfg, "num_layers")
     vision_only = _cfg(cfg, "image_logits", "full") == "vision_only"
     n_qkv, n_o, n_mlp = d * (h + 2 * kv) * dh, h * dh * d, 3 * d * f
+    unfrozen = set(_cfg(cfg, "unfreeze", ()) or ())
+    text_weight_grads = 2 * (
+        n_qkv * ("text_attn" in unfrozen)
+        + n_mlp * ("text_mlp" in unfrozen)
+        + n_o * ("o" in unfrozen)
+    )
 
     total = 0.0
     pos = 0
@@ -105,11 +115,11 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     for index, (modality, length) in enumerate(layout):
         is_vis = modality == "vision"
         seen_vision = seen_vision or is_vis
-        needs_bwd = is_vis or seen_vision
+        needs_bwd = is_vis or seen_vision or bool(unfrozen)
         if is_vis:
-            per_tok = 6 * (n_qkv + n_mlp) + 4 * n_o
+            per_tok = 6 * (n_qkv + n_mlp) + (6 if "o" in unfrozen else 4) * n_o
         elif needs_bwd:
-            per_tok = 4 * (n_qkv + n_mlp + n_o)
+            per_tok = 4 * (n_qkv + n_mlp + n_o) + text_weight_grads
         else:
             per_tok = 2 * (n_qkv + n_mlp + n_o)
         # keys attended: all earlier positions plus the causal part of this segment.

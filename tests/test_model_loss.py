@@ -4,10 +4,12 @@ import functools
 
 import jax
 import numpy as np
+import pytest
+import scipy.special
 
 from mars_jax import vocab
+from mars_jax.model import layers, loss, mars, params
 from mars_jax.model import layout as L
-from mars_jax.model import loss, mars, params
 from mars_jax.model.config import ModelConfig
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
@@ -158,3 +160,31 @@ def test_total_loss_sums_tokens_over_tasks():
     }
     np.testing.assert_allclose(metrics["caption/tokens"], 2 * TEXT_T)
     np.testing.assert_allclose(metrics["t2i/loss"], sums["t2i"][0] / sums["t2i"][1], rtol=1e-5)
+
+
+def test_codebook_size_computes_only_the_vqs_codes():
+    """A 100-code VQ: same logits as the full head on its codes and the specials, mask value
+    elsewhere, and the loss of the restricted softmax."""
+    full_cfg = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
+    small_cfg = full_cfg.replace(codebook_size=100)
+    p = params.init_params(full_cfg, jax.random.key(0))
+    h = jax.random.normal(jax.random.key(1), (6, full_cfg.width))
+    full = np.asarray(mars.vision_logits(p["trainable"], h, full_cfg))
+    small = np.asarray(mars.vision_logits(p["trainable"], h, small_cfg))
+    codes = vocab.NUM_IMAGE_CODES
+    np.testing.assert_allclose(small[:, :100], full[:, :100], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(small[:, codes:], full[:, codes:], rtol=1e-5, atol=1e-5)
+    assert (small[:, 100:codes] == layers.MASK_VALUE).all()
+    targets = vocab.TEXT_VOCAB_SIZE + np.array([0, 5, 99, codes, codes + 1, 42])
+    ce = loss.token_cross_entropy(
+        p["frozen"], p["trainable"], h, targets, loss.VISION_ONLY, small_cfg
+    )
+    kept = np.concatenate([full[:, :100], full[:, codes:]], axis=1)
+    col = np.where(targets - vocab.TEXT_VOCAB_SIZE < 100, targets - vocab.TEXT_VOCAB_SIZE, 0)
+    col = np.where(
+        targets - vocab.TEXT_VOCAB_SIZE >= codes, targets - vocab.TEXT_VOCAB_SIZE - codes + 100, col
+    )
+    want = scipy.special.logsumexp(kept, axis=1) - kept[np.arange(6), col]
+    np.testing.assert_allclose(ce, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="codebook_size"):
+        ModelConfig.tiny(codebook_size=9000)

@@ -190,3 +190,15 @@ def test_cli_epoch_steps_relative_workdir_and_quiet_logs(shards, tmp_path):
     assert steps == list(range(1, expected + 1))
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run / "tensorboard"))
     assert str(expected) in os.listdir(run / ckpt_lib.CHECKPOINT_DIR)
+
+
+def test_data_vq_larger_than_model_codebook_fails_before_compiling(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"schema_version": 1, "codebook_size": 1024}))
+    c = stage2.get_config("tiny")
+    c.data.synthetic = False
+    c.data.shards = str(shards)
+    c.model.codebook_size = 512
+    with pytest.raises(ValueError, match=r"shards' VQ has 1024 codes.*model.codebook_size=512"):
+        loop.prepare(c)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mars_jax.vocab import NUM_IMAGE_CODES
+
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
 IMAGE_LOGITS = ("full", "vision_only")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -28,6 +30,9 @@ class ModelConfig:
     loss_chunk_size: tokens per chunk of the cross-entropy; 0 computes it unchunked.
     nktp_k: tokens predicted per position in stage III (heads in `model/nktp.py`); 1 = plain
       next-token prediction.
+    codebook_size: codes of the VQ tokenizer (at most 8,192, the vocabulary's code range). The
+      vision head computes logits for these codes and the specials only; the other code ids
+      get the mask value, so a smaller VQ (the demo's 512 codes) skips most of the head.
     unfreeze: per-layer groups of the LLM that are trained after all, a deviation from MARS
       for LLMs too weak to condition on frozen (the demo's caption-sized "LLM"): any of
       `UNFREEZABLE`. Their trained copies live in the trainable tree (`params.py`); the
@@ -50,9 +55,11 @@ class ModelConfig:
     loss_chunk_size: int = 1024
     nktp_k: int = 1
     unfreeze: tuple[str, ...] = ()
+    codebook_size: int = NUM_IMAGE_CODES
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
+
         def bad(key: str, why: str):
             raise ValueError(f"ModelConfig.{key}: {why}")
 
@@ -74,6 +81,8 @@ class ModelConfig:
             bad("loss_chunk_size", f"must be >= 0, got {self.loss_chunk_size}")
         if self.nktp_k < 1:
             bad("nktp_k", f"must be >= 1, got {self.nktp_k}")
+        if not 0 < self.codebook_size <= NUM_IMAGE_CODES:
+            bad("codebook_size", f"must be in (0, {NUM_IMAGE_CODES}], got {self.codebook_size}")
         unknown = [name for name in self.unfreeze if name not in UNFREEZABLE]
         if unknown or len(set(self.unfreeze)) != len(self.unfreeze):
             bad("unfreeze", f"{list(self.unfreeze)}: names must be distinct, from {UNFREEZABLE}")

@@ -253,13 +253,21 @@ def text_logits(frozen: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """fp32 logits of the trainable vision head, `[N, 8200]`."""
+    """fp32 logits of the trainable vision head, `[N, 8200]`.
+
+    Only the first `cfg.codebook_size` codes and the specials are computed; the codes a
+    smaller VQ does not have get `layers.MASK_VALUE` (zero probability, no gradient).
+    """
     dtype = jnp.dtype(cfg.compute_dtype)
-    return jnp.dot(
-        h_NxD.astype(dtype),
-        trainable["vision_head"].astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
+    n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
+    head = trainable["vision_head"]
+    if n < codes:
+        head = jnp.concatenate([head[:, :n], head[:, codes:]], axis=1)
+    logits = jnp.dot(h_NxD.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+    if n < codes:
+        unused = jnp.full((logits.shape[0], codes - n), layers.MASK_VALUE, jnp.float32)
+        logits = jnp.concatenate([logits[:, :n], unused, logits[:, n:]], axis=1)
+    return logits
 
 
 def logits_from_hidden(

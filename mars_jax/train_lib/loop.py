@@ -102,6 +102,20 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
     )
 
 
+def check_codebook(shards_dir: str, model_cfg: ModelConfig) -> None:
+    """Fail before compiling when the data's VQ has more codes than the model's vision head."""
+    from mars_jax.data import pipeline  # noqa: PLC0415
+
+    if not os.path.exists(os.path.join(shards_dir, "manifest.json")):
+        return  # the pipeline reports missing shards
+    codebook = int(pipeline.load_manifest(shards_dir)["codebook_size"])
+    if codebook > model_cfg.codebook_size:
+        raise ValueError(
+            f"{shards_dir}: the shards' VQ has {codebook} codes, but model.codebook_size="
+            f"{model_cfg.codebook_size}; set model.codebook_size >= {codebook}"
+        )
+
+
 def prepare(
     config: ml_collections.ConfigDict,
     devices: list[jax.Device] | None = None,
@@ -135,6 +149,8 @@ def prepare(
                 f"base.init_from={config.base.init_from!r}: no {ckpt_lib.CHECKPOINT_DIR}/ "
                 "there (train the previous stage first, or fix the path)"
             )
+    if check_paths and not config.data.get("synthetic", False):
+        check_codebook(config.data.shards, model_cfg)
     num_steps = int(train.num_steps)
     if num_steps <= 0:
         num_steps = epoch_steps(config, jax.process_count())

@@ -12,13 +12,15 @@ in front of this one. The vision experts, embeddings and heads start as for stag
 of the text experts, mean embeddings) and learn the SR task directly. This deviates from the
 paper's curriculum (stage III continues stage II), which the ``qwen7b`` preset keeps.
 
-Measured on the shared 2-core CPU (other jobs running, so times are inflated): 1,000 steps
-at batch 16 and peak 2e-3 took 30 min wall (13.5 CPU-min); the next-token loss of the
-high-res codes fell from 6.2 to ~2.5 and the model draws the caption's colors and shapes,
-but it does not place them where the low-res image has them, so `evaluate --bench=sr`
-scores it *below* bicubic upsampling (14.1 dB vs 16.6 dB PSNR; docs/NKTP.md). The preset's
-600 steps keep the run near the 10-minute budget; it is a working pipeline, not yet a
-model that beats bicubic.
+Measured on the shared 2-core CPU (another engineer's jobs on the same cores, so wall times
+are inflated): this preset (600 steps, batch 16, peak 2e-3) ran in 17.5 min wall from an
+empty ``data/demo/stage3`` (8.5 CPU-min user; ~1.07 s/step when the other jobs paused,
+i.e. ~11 min alone). The next-token loss of the high-res codes fell from 6.2 to 3.6; greedy
+decoding still gives mostly background, and ``evaluate --bench=sr`` scores it *below*
+bicubic upsampling of the low-res decode: PSNR 14.77 dB fast / 14.85 dB exact vs 16.60 dB
+(VQ reconstruction ceiling 30.25 dB). A 1,000-step run (30 min wall here) reached loss ~2.5
+and drew the caption's colors and shapes, but not where the low-res image has them (14.10 /
+13.96 dB). So this is a working pipeline, not yet a model that beats bicubic (docs/NKTP.md).
 """
 
 from configs import common

@@ -3,6 +3,7 @@
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=shapes [--num_per_prompt=1]
         [--prompts=eval_prompts.jsonl] [--out=<dir>]
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=fid [--extractor=palette]
+    python -m mars_jax.evaluate --checkpoint=<stage-III workdir> --bench=sr [--out=sheet.png]
 
 ``shapes``: images are generated for the held-out prompts (``mars_jax.demo.shapes``: color ×
 shape pairs never seen in training, English and Chinese captions of the same scenes) and
@@ -14,6 +15,13 @@ verdicts and a JSON of every prompt's verdicts are written to ``--out``.
 and CLIP score between generated images and their captions, both from the features of a
 pluggable extractor (``mars_jax.eval.features``). The default ``palette`` extractor is a
 weight-free demo stand-in; published FID / CLIP numbers need Inception / CLIP features.
+
+``sr`` (``--checkpoint`` a stage-III run, e.g. ``runs/demo_stage3``): held-out demo scenes
+(64 px ground truth) are downsampled to the run's low-res size and VQ-encoded; the stage-III
+model's high-res codes (decoded) and bicubic upsampling of the low-res decode are scored
+against the ground truth (PSNR, MSE, L1; all images and per caption language), in fast and
+exact NKTP mode (``--nktp_mode``). ``--out`` writes a contact sheet (low-res | bicubic |
+stage III | truth). The last line is ``sr_psnr=<a> bicubic_psnr=<b> ...``.
 
 Generation is a seam: the library functions take an ``ImageProducer`` (captions, seed →
 uint8 images); the CLI's one is ``mars_jax.generate.generate_images`` on ``--checkpoint``

@@ -165,6 +165,9 @@ def test_flops_formula_worked_example():
     unfrozen = cfg.replace(unfreeze=("text_attn", "o", "ln1"))
     got = metrics.flops_per_step(unfrozen, {"t2i": lay}, {"t2i": 1})
     assert got - want == (1536 - 640) + 96 + 96
+    # A 100-code VQ: the vision head has 100 + 8 rows instead of 8,200.
+    small = metrics.flops_per_step(cfg.replace(codebook_size=100), {"t2i": lay}, {"t2i": 1})
+    assert want - small == 3 * 6 * 4 * (vocab.NUM_IMAGE_CODES - 100)
 
 
 def test_compile_only_cli_prints_per_device_memory():

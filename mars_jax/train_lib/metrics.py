@@ -102,6 +102,9 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     layers = _cfg(cfg, "num_layers")
     vision_only = _cfg(cfg, "image_logits", "full") == "vision_only"
     n_qkv, n_o, n_mlp = d * (h + 2 * kv) * dh, h * dh * d, 3 * d * f
+    # The vision head computes the VQ's codes and the specials (`ModelConfig.codebook_size`).
+    codebook = _cfg(cfg, "codebook_size", vocab.NUM_IMAGE_CODES) or vocab.NUM_IMAGE_CODES
+    vision_rows = codebook + vocab.VISION_VOCAB_SIZE - vocab.NUM_IMAGE_CODES
     unfrozen = set(_cfg(cfg, "unfreeze", ()) or ())
     text_weight_grads = 2 * (
         n_qkv * ("text_attn" in unfrozen)
@@ -128,7 +131,7 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
         total += layers * (length * per_tok + attn)
         if index in loss_segments:
             text_head = 0 if (is_vis and vision_only) else 4 * d * vocab.TEXT_VOCAB_SIZE
-            total += length * (text_head + 6 * d * vocab.VISION_VOCAB_SIZE)
+            total += length * (text_head + 6 * d * vision_rows)
         pos += length
     return total
 

@@ -85,7 +85,6 @@ def _unfrozen(cfg: ModelConfig, frozen_layers: dict) -> dict:
     return {"unfrozen_layers": {name: frozen_layers[name] for name in cfg.unfreeze}}
 
 
-
 def logical_axes(cfg: ModelConfig) -> dict:
     """The parameter tree with a tuple of logical axis names in place of every leaf."""
     layer = lambda axes: {k: ("layers", *a) for k, a in axes.items()}

@@ -322,6 +322,10 @@ class Prepared(dict):
 def _prepare(frozen: dict, trainable: dict, cfg: ModelConfig, num_ids: int | None):
     # Weights in the compute dtype (same values: every use casts them), stacked layers cut
     # into per-layer arrays, heads cut to the codebook: once per call, not in every pass.
+    # Unfrozen LLM copies (`ModelConfig.unfreeze`) replace their frozen groups here, before
+    # the layers are cut: `extend`'s own merge needs stacked layers.
+    frozen = mars.with_unfrozen(frozen, trainable)
+    trainable = {name: w for name, w in trainable.items() if name != "unfrozen_layers"}
     frozen, trainable = _in_compute_dtype(frozen, cfg), _in_compute_dtype(trainable, cfg)
     frozen, trainable = unstack_layers(frozen), unstack_layers(trainable)
     return frozen, _decode_heads(trainable, num_ids)

@@ -120,3 +120,19 @@ def test_training_run_updates_copies_and_keeps_frozen_bit_identical(tmp_path):
     trained = summary["state"]["trainable"]["unfrozen_layers"]
     start = fresh["layers"]["o"].astype(np.float32)
     assert np.abs(np.asarray(trained["o"]) - np.asarray(start)).max() > 0
+
+
+def test_nktp_sampler_uses_the_copies():
+    """The multi-token sampler (weights prepared once per call) decodes with the copies."""
+    from mars_jax import nktp_sampling  # noqa: PLC0415
+
+    p = params.init_params(CFG, jax.random.key(0))
+    frozen, trainable = p["frozen"], _perturbed(p["trainable"], scale=0.5)
+    lo = np.random.default_rng(4).integers(0, 64, (2, 2, 2))
+    sample = lambda f, t, cfg: nktp_sampling.sample_hires_codes(
+        f, t, cfg, [[5, 6], [7]], lo, (2, 2), 1, "fast", text_len=3
+    )[0]
+    merged = mars.with_unfrozen(frozen, trainable)
+    plain = {k: v for k, v in trainable.items() if k != "unfrozen_layers"}
+    np.testing.assert_array_equal(sample(frozen, trainable, CFG), sample(merged, plain, FROZEN_CFG))
+    assert not np.array_equal(sample(frozen, trainable, CFG), sample(frozen, plain, FROZEN_CFG))

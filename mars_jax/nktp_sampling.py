@@ -124,9 +124,15 @@ def extend(
 
 
 def sr_prompt_rows(
-    text_ids: Sequence[Sequence[int]], lo_codes: np.ndarray, text_len: int
+    text_ids: Sequence[Sequence[int]],
+    lo_codes: np.ndarray,
+    text_len: int,
+    hi_grid: tuple[int, int],
 ) -> dict[str, np.ndarray]:
-    """`PAD… text <lo> lo-codes </lo> <img>` rows (the `sr` training format up to `<img>`)."""
+    """`PAD… text <lo> lo-codes </lo> <img>` rows (the `sr` training format up to `<img>`).
+
+    The low-res codes' positions depend on the high-res grid (`formats.sr_image_positions`).
+    """
     lo_codes = np.asarray(lo_codes)
     if lo_codes.ndim != 3 or lo_codes.shape[0] != len(text_ids):
         raise ValueError(
@@ -134,8 +140,9 @@ def sr_prompt_rows(
         )
     vocab.check_codes_in_range(lo_codes, vocab.NUM_IMAGE_CODES, "low-res codes")
     cut = formats.sr_hires_start(text_len, lo_codes.shape[1:]) + 1
+    hi = np.zeros(tuple(int(x) for x in hi_grid), np.int64)
     rows = [
-        formats.sr_row(np.asarray(ids)[:text_len], lo, np.zeros(1, np.int64), text_len)
+        formats.sr_row(np.asarray(ids)[:text_len], lo, hi, text_len)
         for ids, lo in zip(text_ids, lo_codes, strict=True)
     ]
     return {
@@ -143,11 +150,20 @@ def sr_prompt_rows(
     }
 
 
-def with_unconditional(rows: dict[str, np.ndarray], text_len: int) -> dict[str, np.ndarray]:
+def hires_offsets(hi_grid: tuple[int, int], model_k: int, k: int) -> np.ndarray:
+    """Position of the i-th high-res code (sequence order of a model with `model_k` heads)
+    minus that of `<img>`, for i < H·W + k (`formats.sr_image_positions`; the `k` extra
+    slots hold drafts past the last code)."""
+    n = hi_grid[0] * hi_grid[1]
+    order = nktp.hires_order(hi_grid, model_k)
+    return np.concatenate([1 + order, n + 1 + np.arange(k)]).astype(np.int32)
+
+
+def with_unconditional(
+    rows: dict[str, np.ndarray], text_len: int, lo_codes: np.ndarray, hi_grid: tuple[int, int]
+) -> dict[str, np.ndarray]:
     """Append caption-dropped rows (empty text slot, same low-res codes) for guidance."""
-    lo = rows["tokens"][:, text_len + 1 : rows["tokens"].shape[1] - 2]
-    lo_codes = vocab.token_to_code(lo)[:, None, :]
-    uncond = sr_prompt_rows([[] for _ in range(lo.shape[0])], lo_codes, text_len)
+    uncond = sr_prompt_rows([[] for _ in range(len(lo_codes))], lo_codes, text_len, hi_grid)
     return {key: np.concatenate([rows[key], uncond[key]]) for key in rows}
 
 
@@ -196,6 +212,7 @@ def decode_codes(
     tokens_RxP: jax.Array,
     positions_RxP: jax.Array,
     valid_RxP: jax.Array,
+    hi_offsets_N: jax.Array,
     rng: jax.Array,
     *,
     cfg: ModelConfig,
@@ -206,7 +223,11 @@ def decode_codes(
     use_cfg: bool,
     prepared: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """Codes `[B, num_codes]` in sequence order and the number of forward passes."""
+    """Codes `[B, num_codes]` in sequence order and the number of forward passes.
+
+    `hi_offsets_N` (`hires_offsets`): the rotary position of the i-th high-res code minus
+    that of `<img>`, for `num_codes + k` codes (drafts past the last code are discarded).
+    """
     rows, prompt_len = tokens_RxP.shape
     batch = rows // 2 if use_cfg else rows
     if not prepared:
@@ -219,10 +240,10 @@ def decode_codes(
     heads = lambda h_RxD: _head_code_logits(trainable, h_RxD, k, cfg, scfg, batch, use_cfg)
     rng, key = jax.random.split(rng)
     drafts_BxK, q_BxKxC = _choose(heads(h[:, -1]), key, scfg)
-    steps = jnp.arange(k)
 
     def feed(cache, drafts_BxK, done):
-        positions = img_position_R[:, None] + 1 + done + steps[None]
+        offsets_K = jax.lax.dynamic_slice(hi_offsets_N, (done,), (k,))
+        positions = img_position_R[:, None] + offsets_K[None]
         return extend(
             frozen,
             trainable,
@@ -439,10 +460,10 @@ def sample_hires_codes(
         nktp.check_heads(cfg, trainable)
     hi_grid = (int(hi_grid[0]), int(hi_grid[1]))
     nktp.hires_order(hi_grid, nktp.num_heads(cfg))  # raises if the grid does not fit K regions
-    rows = sr_prompt_rows(text_ids, lo_codes, text_len)
+    rows = sr_prompt_rows(text_ids, lo_codes, text_len, hi_grid)
     use_cfg = scfg.cfg_scale != 1.0
     if use_cfg:
-        rows = with_unconditional(rows, text_len)
+        rows = with_unconditional(rows, text_len, lo_codes, hi_grid)
     num_codes = hi_grid[0] * hi_grid[1]
     codes, passes = decode_codes(
         frozen,
@@ -450,6 +471,7 @@ def sample_hires_codes(
         jnp.asarray(rows["tokens"]),
         jnp.asarray(rows["positions"]),
         jnp.asarray(rows["valid"]),
+        jnp.asarray(hires_offsets(hi_grid, nktp.num_heads(cfg), int(k))),
         jax.random.key(seed),
         cfg=cfg,
         scfg=scfg,

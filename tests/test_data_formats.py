@@ -6,6 +6,7 @@ import pytest
 from mars_jax import vocab
 from mars_jax.data import formats, pipeline
 from mars_jax.data.config import default_data_config
+from mars_jax.model import nktp
 
 TEXT = np.array([11, 12, 13])
 CODES = np.array([[0, 1], [2, 8191]])
@@ -60,6 +61,31 @@ def test_sr_row_loss_only_on_hires():
     expected = np.zeros_like(r["loss_mask"])
     expected[start : start + 5] = 1  # <img> → code0 … code3 → <end>
     np.testing.assert_array_equal(r["loss_mask"], expected)
+
+
+def test_sr_positions_follow_the_high_res_raster():
+    """Every high-res code sits at a fixed rotary offset from its low-res parent and at -1 / -W
+    from its left / upper neighbour, in any generation order; text positions count on."""
+    lo_grid, hi_grid = (2, 3), (4, 6)
+    order = nktp.hires_order(hi_grid, 4)  # region-interleaved, as stage III trains
+    text = [7, 8, 9]
+    r = formats.sr_row(text, np.zeros(lo_grid), np.zeros(hi_grid), text_len=5, hi_order=order)
+    pos = r["positions"]
+    assert list(pos[2:6]) == [0, 1, 2, 3]  # text, then <lo> (padding does not count)
+    lo_pos = pos[6:12].reshape(lo_grid)
+    hi_start = formats.sr_hires_start(5, lo_grid) + 1
+    hi_pos = np.empty(24, np.int64)
+    hi_pos[order] = pos[hi_start : hi_start + 24]  # back to raster
+    hi_pos = hi_pos.reshape(hi_grid)
+    ys, xs = np.mgrid[0:4, 0:6]
+    to_parent = hi_pos - lo_pos[ys // 2, xs // 2]
+    assert len(np.unique(to_parent)) == 4  # one offset per child slot (2 × 2)
+    np.testing.assert_array_equal(np.diff(hi_pos, axis=1), 1)
+    np.testing.assert_array_equal(np.diff(hi_pos, axis=0), 6)
+    assert pos[hi_start - 1] < hi_pos.min() and pos[-1] == hi_pos.max() + 1  # <img>, <end>
+    assert len(np.unique(pos[2:])) == len(pos) - 2  # no two tokens share a position
+    with pytest.raises(ValueError, match="permutation"):
+        formats.sr_image_positions(lo_grid, hi_grid, np.zeros(24))
 
 
 def test_check_layout_rejects_wrong_modality():
@@ -123,6 +149,7 @@ def test_batch_builders_equal_stacked_rows():
     texts = [rng.integers(0, 1000, n) for n in (0, 3, 6, 1)]
     codes = [rng.integers(0, 8192, grid) for _ in texts]
     lo = [rng.integers(0, 8192, lo_grid) for _ in texts]
+    order = [5, 0, 4, 1, 3, 2]  # high-res codes in another order than raster
     cases = [
         (
             formats.t2i_batch(texts, codes, T),
@@ -135,8 +162,8 @@ def test_batch_builders_equal_stacked_rows():
             formats.caption_layout(T, grid),
         ),
         (
-            formats.sr_batch(texts, lo, codes, T),
-            [formats.sr_row(t, x, c, T) for t, x, c in zip(texts, lo, codes, strict=True)],
+            formats.sr_batch(texts, lo, codes, T, hi_order=order),
+            [formats.sr_row(t, x, c, T, order) for t, x, c in zip(texts, lo, codes, strict=True)],
             formats.sr_layout(T, lo_grid, grid),
         ),
     ]

@@ -35,7 +35,7 @@ def _batch(seed=0):
     texts = [rng.integers(0, 5000, 3), rng.integers(0, 5000, 0)]  # second: caption dropped
     lo = [rng.integers(0, 64, LO) for _ in texts]
     hi = [nktp.to_sequence_order(rng.integers(0, 64, HI), CFG.nktp_k) for _ in texts]
-    batch = formats.sr_batch(texts, lo, hi, TEXT_T)
+    batch = formats.sr_batch(texts, lo, hi, TEXT_T, hi_order=nktp.hires_order(HI, CFG.nktp_k))
     return batch, batch.pop("layout")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mars_jax import nktp_sampling, vocab
+from mars_jax.data import formats
 from mars_jax.model import mars, nktp, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
@@ -50,15 +51,19 @@ def test_k1_decoding_is_next_token_greedy():
     codes, info = _sample(1, "fast")
     assert info.passes == HI[0] * HI[1]
     # Reference: greedy by full forward recompute (general path, no cache) in sequence order.
-    rows = nktp_sampling.sr_prompt_rows(texts, lo, TEXT_T)
+    rows = nktp_sampling.sr_prompt_rows(texts, lo, TEXT_T, HI)
     n = HI[0] * HI[1]
     tokens = np.concatenate([rows["tokens"], np.zeros((2, n), np.int32)], 1)
     valid = np.concatenate([rows["valid"], np.zeros((2, n), bool)], 1)
     prompt_len = rows["tokens"].shape[1]
+    # The training format's positions (high-res raster places, `formats.sr_image_positions`).
+    order = nktp.hires_order(HI, CFG.nktp_k)
+    full = formats.sr_row(texts[0], lo[0], np.zeros(HI, np.int64), TEXT_T, order)["positions"]
+    hi_positions = full[prompt_len:-1] - full[prompt_len - 1]
+    positions = np.concatenate([rows["positions"], rows["positions"][:, -1:] + hi_positions], 1)
 
     @jax.jit
     def next_code(tokens, valid, t):
-        positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
         logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
         code_logits = jax.lax.dynamic_index_in_dim(logits, t, 1, keepdims=False)
         return jnp.argmax(code_logits[:, vocab.FIRST_IMAGE_CODE :][:, :64], -1)
@@ -119,11 +124,14 @@ def test_exact_sampling_keeps_the_next_token_distribution():
     np.add.at(empirical, (seq[:, 0], seq[:, 1]), 1.0 / rows)
 
     # Exact joint from full forward passes; and what unchecked drafts would give.
-    prompt = nktp_sampling.sr_prompt_rows([[]], lo[:1], TEXT_T)
+    prompt = nktp_sampling.sr_prompt_rows([[]], lo[:1], TEXT_T, (2, 2))
+    first_code_position = nktp_sampling.hires_offsets((2, 2), CFG.nktp_k, 2)[0]
+    img_position = prompt["positions"][:, -1:]
 
     @jax.jit
     def heads_at_end(tokens, valid):
-        positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
+        positions = np.concatenate([prompt["positions"], img_position + first_code_position], 1)
+        positions = positions[:, : tokens.shape[1]]
         h = mars.forward_hidden(frozen, trainable, tokens, positions, valid, None, CFG)
         logits = nktp.all_head_vision_logits(trainable, h[:, -1], 2, CFG, c)
         return jax.nn.softmax(logits / scfg.temperature, -1)

@@ -80,7 +80,9 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
     for _ in range(steps):
         lo, hi = synthetic_sr(rng, batch_size)
         hi = nktp.to_sequence_order(hi, cfg.nktp_k)
-        b = formats.sr_batch([np.zeros(0, np.int64)] * batch_size, list(lo), list(hi), TEXT_LEN)
+        order = nktp.hires_order(HI_GRID, cfg.nktp_k)
+        empty = [np.zeros(0, np.int64)] * batch_size
+        b = formats.sr_batch(empty, list(lo), list(hi), TEXT_LEN, hi_order=order)
         b.pop("layout")
         trainable, opt_state, metrics = step(trainable, opt_state, b)
     return trainable, {k: float(v) for k, v in metrics.items()}

@@ -14,6 +14,11 @@ Decisions:
   the first code; ``<img>`` itself is forced by the sampler and never a target); caption — the
   text tokens and ``<eot>``.
 - Padding (``valid=False``) lives only in text segments; ``positions`` count valid tokens only.
+- ``sr`` positions of the image part follow the high-res raster, not the sequence
+  (``sr_image_positions``): a high-res code at (Y, X) gets ``<img> + 1 + Y·W + X`` and a
+  low-res code the position of its top-left child in a same-sized block before it. Every
+  code then sits at one of a few fixed rotary offsets from its low-res parent, and at -1 / -W
+  from its left / upper neighbour, whatever the (region-interleaved) generation order.
 - Unconditional (caption-dropped) form, shared with the sampler: the text slot has no valid
   token at all, so ``<img>`` (t2i) or ``<lo>`` (sr) is the first valid token, at position 0.
 - Variable grids (stages II/III) carry no row-end tokens: a batch holds one bucket, the grid is
@@ -72,9 +77,44 @@ def truncate(ids: Sequence[int] | np.ndarray, limit: int) -> tuple[np.ndarray, b
     return ids[:limit], ids.size > limit
 
 
-def _finish(tokens: np.ndarray, valid: np.ndarray, is_loss_token: np.ndarray) -> TaskRows:
-    """Derive positions, next-token targets and the loss mask from one row's tokens."""
+def sr_image_positions(
+    lo_grid_hw: tuple[int, int],
+    hi_grid_hw: tuple[int, int],
+    hi_order: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Rotary positions of ``<lo> lo-codes </lo> <img> hi-codes <end>``, relative to ``<lo>``.
+
+    With n = H·W high-res codes: low-res code (u, v) at ``1 + (u·H // h)·W + v·W // w`` (its
+    top-left child's place in a raster block of n), ``</lo>`` at n + 1, ``<img>`` at n + 2,
+    high-res code (Y, X) at ``n + 3 + Y·W + X`` and ``<end>`` at 2n + 3. ``hi_order[i]`` is
+    the raster index of the i-th high-res code in the sequence (``nktp.hires_order``;
+    default raster order).
+    """
+    (h, w), (hh, ww) = (tuple(int(x) for x in g) for g in (lo_grid_hw, hi_grid_hw))
+    n = hh * ww
+    u, v = np.divmod(np.arange(h * w), w)
+    lo = 1 + (u * hh // h) * ww + v * ww // w
+    raster = np.arange(n) if hi_order is None else np.asarray(hi_order, np.int64).reshape(-1)
+    if np.sort(raster).tolist() != list(range(n)):
+        raise ValueError(f"hi_order is not a permutation of the {hh}x{ww} high-res raster")
+    return np.concatenate([[0], lo, [n + 1, n + 2], n + 3 + raster, [2 * n + 3]]).astype(np.int64)
+
+
+def _finish(
+    tokens: np.ndarray,
+    valid: np.ndarray,
+    is_loss_token: np.ndarray,
+    image_positions: np.ndarray | None = None,
+) -> TaskRows:
+    """Derive positions, next-token targets and the loss mask from one row's tokens.
+
+    ``image_positions``: positions of the row's last ``len(image_positions)`` tokens, relative
+    to the first of them (default: they count on like the rest).
+    """
     positions = np.where(valid, np.cumsum(valid) - 1, 0)
+    if image_positions is not None:
+        start = tokens.size - image_positions.size
+        positions[start:] = positions[start] + image_positions
     targets = np.full_like(tokens, vocab.PAD)
     targets[:-1] = tokens[1:]
     loss_mask = np.zeros(tokens.shape, np.float32)
@@ -123,9 +163,17 @@ def caption_row(codes: np.ndarray, text_ids: Sequence[int] | np.ndarray, text_le
 
 
 def sr_row(
-    text_ids: Sequence[int] | np.ndarray, lo_codes: np.ndarray, hi_codes: np.ndarray, text_len: int
+    text_ids: Sequence[int] | np.ndarray,
+    lo_codes: np.ndarray,
+    hi_codes: np.ndarray,
+    text_len: int,
+    hi_order: Sequence[int] | np.ndarray | None = None,
 ) -> TaskRows:
-    """``PAD… text <lo> lo-codes </lo> <img> hi-codes <end>``; loss on hi-codes and ``<end>``."""
+    """``PAD… text <lo> lo-codes </lo> <img> hi-codes <end>``; loss on hi-codes and ``<end>``.
+
+    ``hi_codes`` ``[H, W]`` in sequence order; ``hi_order``: their raster indices
+    (``sr_image_positions``).
+    """
     text = _as_ids(text_ids)
     if text.size > text_len:
         raise ValueError(f"sr_row: {text.size} text ids exceed the slot of {text_len}")
@@ -136,12 +184,22 @@ def sr_row(
     valid = np.concatenate([np.zeros(pad.size, bool), np.ones(tokens.size - pad.size, bool)])
     loss = np.zeros(tokens.shape, bool)
     loss[text_len + lo.size + 1 :] = True
-    return _finish(tokens, valid, loss)
+    lo_grid, hi_grid = np.shape(lo_codes), np.shape(hi_codes)
+    return _finish(tokens, valid, loss, sr_image_positions(lo_grid, hi_grid, hi_order))
 
 
-def _finish_batch(tokens: np.ndarray, valid: np.ndarray, is_loss: np.ndarray, layout) -> dict:
+def _finish_batch(
+    tokens: np.ndarray,
+    valid: np.ndarray,
+    is_loss: np.ndarray,
+    layout,
+    image_positions: np.ndarray | None = None,
+) -> dict:
     """``_finish`` for a whole ``[B, L]`` batch at once."""
     positions = np.where(valid, np.cumsum(valid, axis=1) - 1, 0)
+    if image_positions is not None:
+        start = tokens.shape[1] - image_positions.size
+        positions[:, start:] = positions[:, start : start + 1] + image_positions[None]
     targets = np.full_like(tokens, vocab.PAD)
     targets[:, :-1] = tokens[:, 1:]
     loss_mask = np.zeros(tokens.shape, np.float32)
@@ -217,8 +275,12 @@ def sr_batch(
     lo_codes: Sequence[np.ndarray],
     hi_codes: Sequence[np.ndarray],
     text_len: int,
+    hi_order: Sequence[int] | np.ndarray | None = None,
 ) -> dict:
-    """An sr task batch (loss on high-res codes and ``<end>``), without a row loop."""
+    """An sr task batch (loss on high-res codes and ``<end>``), without a row loop.
+
+    High-res codes in sequence order; ``hi_order``: their raster indices (``sr_row``).
+    """
     n_text = _text_lengths(texts, text_len, "sr_batch")
     text, text_valid = _left_padded_text(texts, n_text, text_len)
     lo = _image_block(lo_codes, vocab.LOWRES_START, vocab.LOWRES_END)
@@ -228,7 +290,9 @@ def sr_batch(
     is_loss = np.zeros(tokens.shape, bool)
     is_loss[:, text_len + lo.shape[1] + 1 :] = True
     lo_grid, hi_grid = np.asarray(lo_codes[0]).shape, np.asarray(hi_codes[0]).shape
-    return _finish_batch(tokens, valid, is_loss, sr_layout(text_len, lo_grid, hi_grid))
+    image_positions = sr_image_positions(lo_grid, hi_grid, hi_order)
+    layout = sr_layout(text_len, lo_grid, hi_grid)
+    return _finish_batch(tokens, valid, is_loss, layout, image_positions)
 
 
 def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:

@@ -110,11 +110,12 @@ class AssembleBatch:
         if self.stage in (1, 2):
             batch["t2i"] = formats.t2i_batch(texts, codes, T)
         else:
-            if self.hires_order_k > 1:
-                from mars_jax.model import nktp  # noqa: PLC0415
+            from mars_jax.model import nktp  # noqa: PLC0415
 
-                codes = [nktp.to_sequence_order(c, self.hires_order_k) for c in codes]
-            batch["sr"] = formats.sr_batch(texts, [ex["lo_codes"] for ex in rest], codes, T)
+            order = nktp.hires_order(np.shape(codes[0]), self.hires_order_k)
+            codes = [nktp.to_sequence_order(c, self.hires_order_k) for c in codes]
+            lo = [ex["lo_codes"] for ex in rest]
+            batch["sr"] = formats.sr_batch(texts, lo, codes, T, hi_order=order)
         return batch
 
 

@@ -17,6 +17,4 @@ def get_config(arg: str | None = None):
         c.checkpoint.every_steps = 500
         c.model.remat_policy = "full"
         c.train.grad_accum = 4  # 4 micro-batches of 16 per device: 55 GiB/device
-    elif preset == "demo":
-        c.data.shards = "data/demo/stage1"
     return c

@@ -19,6 +19,5 @@ def get_config(arg: str | None = None):
         c.model.remat_policy = "full"
         c.train.grad_accum = 8  # text 256 + 24x16 grids: 8 micro-batches of 8, 54 GiB/device
     elif preset == "demo":
-        c.data.shards = "data/demo/stage2"
         c.base.init_from = "runs/demo_stage1"
     return c

@@ -258,6 +258,8 @@ def evaluate_sr(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mars_jax import generate  # noqa: PLC0415  (imports jax; only the CLI needs it)
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir")
     p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr"))
@@ -268,21 +270,25 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--num_per_prompt", type=int, default=1)
     p.add_argument("--prompts", default=None, help="eval_prompts.jsonl (default: built-in)")
-    p.add_argument("--num_scenes", type=int, default=32, help="built-in held-out scenes")
+    p.add_argument(
+        "--num_scenes", type=int, default=None,
+        help="built-in held-out scenes, each captioned in both languages (default: 64 for "
+        "shapes, where one sample per prompt is a noisy estimate; 32 for sr and fid)",
+    )  # fmt: skip
     p.add_argument("--prompt_seed", type=int, default=0, help="seed of the built-in prompts")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="where the contact sheet and verdicts go")
     p.add_argument("--extractor", default="palette", help="palette | module:attribute")
-    p.add_argument("--cfg_scale", "--cfg-scale", dest="cfg_scale", type=float, default=1.5)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=0)
-    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=1.0)
+    generate.add_sampling_args(p)  # unset: the run's own sample settings
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
     args = p.parse_args(argv)
+    if args.num_scenes is None:
+        args.num_scenes = 64 if args.bench == "shapes" else 32
 
     if args.bench == "sr":
         return evaluate_sr(args)
+    generate.fill_sampling_args(args, args.checkpoint)
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
     scfg_kwargs = {
         "cfg_scale": args.cfg_scale,

@@ -198,6 +198,31 @@ def read_prompts(prompt: list[str] | None, prompt_file: str | None) -> list[str]
     return prompts
 
 
+# Sampling options a run's config names in its `sample` section (configs/common.py), with the
+# fallbacks for runs whose config does not.
+SAMPLING_FALLBACKS = {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones come from the run."""
+    for name, value in SAMPLING_FALLBACKS.items():
+        dash = name.replace("_", "-")
+        p.add_argument(
+            f"--{dash}", f"--{name}", dest=name, type=type(value), default=None,
+            help=f"default: the run's sample.{name} (else {value})",
+        )  # fmt: skip
+
+
+def fill_sampling_args(args: argparse.Namespace, workdir: str) -> argparse.Namespace:
+    """Options left unset take the run's `sample` settings: a preset's tuned sampling
+    (e.g. the demo's temperature) then applies to `generate` and `evaluate` alike."""
+    sample = _latest_config(workdir).get("sample") or {}
+    for name, fallback in SAMPLING_FALLBACKS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, type(fallback)(sample.get(name, fallback)))
+    return args
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m mars_jax.generate", description=__doc__.split("\n")[0]
@@ -209,10 +234,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--num-per-prompt", "--num_per_prompt", dest="num_per_prompt", type=int, default=1
     )
-    p.add_argument("--cfg-scale", "--cfg_scale", dest="cfg_scale", type=float, default=1.5)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=0)
-    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=1.0)
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", default=None, help="WIDTHxHEIGHT for stage-II models")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
@@ -339,6 +361,7 @@ def run_interleaved(args: argparse.Namespace, prompts: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    fill_sampling_args(args, args.checkpoint)
     prompts = read_prompts(args.prompt, args.prompt_file)
     prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
     if args.interleaved:

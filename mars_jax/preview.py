@@ -54,6 +54,7 @@ class Previewer:
             cfg_scale=float(config.sample.get("cfg_scale", 1.5)),
             temperature=float(config.sample.get("temperature", 1.0)),
             top_k=int(config.sample.get("top_k", 0)),
+            top_p=float(config.sample.get("top_p", 1.0)),
         )
         self.seed = int(config.sample.get("seed", 0))
         self.enabled = bool(self.prompts) and self.every > 0

@@ -8,6 +8,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs import stage3
@@ -28,6 +29,9 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     (bucket,) = manifest["buckets"].values()
     assert (bucket["lo_grid"], bucket["grid"]) == ([4, 4], [8, 8])
     assert (bucket["lo_image_hw"], bucket["image_hw"]) == ([32, 32], [64, 64])
+    assert demo_shards.ensure_demo_shards(shards, 3, 16) == shards  # built: a no-op
+    with pytest.raises(ValueError, match=r"data.demo_scenes=20, but .* hold 16 scenes"):
+        demo_shards.ensure_demo_shards(shards, 3, 20)  # another count: a clear error
 
     c.data.shards = shards
     c.data.demo_scenes = 16

@@ -52,7 +52,9 @@ def ensure_demo_shards(
 
     `vq_dir`: another VQ tokenizer than the shipped one (e.g. one retrained by the user).
     """
-    if os.path.exists(os.path.join(shards_dir, "manifest.json")):
+    manifest_file = os.path.join(shards_dir, "manifest.json")
+    if os.path.exists(manifest_file):
+        check_scene_count(manifest_file, num_train)
         return shards_dir
     data_dir = scenes_dir(shards_dir)
     train_file = os.path.join(data_dir, build.TRAIN_FILE)
@@ -62,6 +64,19 @@ def ensure_demo_shards(
     if manifest is None:
         raise RuntimeError(f"demo data: {shards_dir} is incomplete after prepare")
     return shards_dir
+
+
+def check_scene_count(manifest_file: str, num_train: int) -> None:
+    """Raise if existing demo shards hold another number of scenes than the config asks."""
+    with open(manifest_file, encoding="utf-8") as f:
+        seen = int(json.load(f)["counts"]["seen"])
+    if seen != num_train:
+        shards_dir = os.path.dirname(manifest_file)
+        raise ValueError(
+            f"data.demo_scenes={num_train}, but the demo shards at {shards_dir} hold {seen} "
+            f"scenes; point data.shards at a new directory (or delete {shards_dir} and "
+            f"{scenes_dir(shards_dir)}) to build {num_train}"
+        )
 
 
 def scenes_dir(shards_dir: str) -> str:

@@ -4,23 +4,18 @@ Starts from stage II's final trainable params (``base.init_from``).
 
 The ``demo`` preset (``python -m mars_jax.train --config=configs/stage3.py:demo
 --workdir=runs/demo_stage3``) super-resolves the demo's 32-px scenes (4×4 codes) to 64 px
-(8×8 codes) with K = 4. Its shards (``data/demo/stage3``) are built on first use, like stage
-I's. It trains from the base init (``base.init_from = ""``), not from a stage-II demo run:
-the stage-I/II demo runs do not yet follow their prompts (README), so what they would hand
-over is a model of clean scenes, while requiring them would put two more ~10-minute runs
-in front of this one. The vision experts, embeddings and heads start as for stage I (copies
-of the text experts, mean embeddings) and learn the SR task directly. This deviates from the
-paper's curriculum (stage III continues stage II), which the ``qwen7b`` preset keeps.
+(8×8 codes) with K = 4. Its shards (``data/demo/stage3_8000``) are built on first use, like
+stage I's. It continues the stage-I demo run (``base.init_from = "runs/demo_stage1"``, the
+README's first command), whose model already draws scenes from captions; the next-K heads
+start fresh. The paper's stage III continues stage II; the demo skips the stage-II run (its
+64-px scenes have one aspect ratio, so stage II would add ~10 minutes and nothing new).
 
-Measured on the shared 2-core CPU (another engineer's jobs on the same cores, so wall times
-are inflated): this preset (600 steps, batch 16, peak 2e-3) ran in 17.5 min wall from an
-empty ``data/demo/stage3`` (8.5 CPU-min user; ~1.07 s/step when the other jobs paused,
-i.e. ~11 min alone). The next-token loss of the high-res codes fell from 6.2 to 3.6; greedy
-decoding still gives mostly background, and ``evaluate --bench=sr`` scores it *below*
-bicubic upsampling of the low-res decode: PSNR 14.77 dB fast / 14.85 dB exact vs 16.60 dB
-(VQ reconstruction ceiling 30.25 dB). A 1,000-step run (30 min wall here) reached loss ~2.5
-and drew the caption's colors and shapes, but not where the low-res image has them (14.10 /
-13.96 dB). So this is a working pipeline, not yet a model that beats bicubic (docs/NKTP.md).
+Measured (2-core CPU, 600 steps, `evaluate --bench=sr`, 64 held-out scenes): from the random
+base init the next-token loss of the high-res codes ended at 3.4 and greedy decoding drew
+mostly background (PSNR 14.75 dB fast vs bicubic 16.60); continuing a 1,300-step stage-I run
+it ended at 1.5 and drew the caption's objects near their places, 15.87 dB fast / 15.67 dB
+exact, in 5 min 40 s. Still below bicubic: the low-res input is the VQ's reconstruction of
+a 32-px scene, whose small objects come back with wrong colors (docs/NKTP.md).
 """
 
 from configs import common
@@ -47,12 +42,13 @@ def get_config(arg: str | None = None):
         c.data.hires_scale = 2
         c.train.grad_accum = 24
     elif preset == "demo":
-        c.data.shards = "data/demo/stage3"  # built on first use (mars_jax/demo/shards.py)
-        c.base.init_from = ""  # the base init; see the module docstring
+        c.data.demo_scenes = 8000  # 1,200 steps × 16 see each about 2.4 times
+        c.data.shards = f"data/demo/stage3_{c.data.demo_scenes}"  # built on first use
+        c.base.init_from = "runs/demo_stage1"  # the stage-I demo run; see the docstring
         c.sample.every_steps = 0  # the preview samples text→image, which this run does not train
-        # Sequences are longer than stage I's (text 32 + 18 low-res + 66 high-res) and four
-        # heads are trained: batch 16 at a higher peak keeps the run near 10 CPU minutes.
+        # Sequences are longer than stage I's (text 16 + 18 low-res + 66 high-res) and four
+        # heads are trained: batch 16 keeps the run near 11 CPU minutes.
         c.train.global_batch = 16
-        c.train.num_steps = 600
+        c.train.num_steps = 1200
         c.optim.peak_lr = 2e-3
     return c

@@ -19,7 +19,8 @@ from mars_jax.train_lib import loop
 
 def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     c = stage3.get_config("demo")
-    assert c.base.init_from == ""  # trains from the base init: no stage-II demo run needed
+    assert c.base.init_from == "runs/demo_stage1"  # continues the README's stage-I demo run
+    c.base.init_from = ""  # here: from the base init (no stage-I run to start from)
     assert c.sample.every_steps == 0  # the text→image preview does not apply to an SR run
     assert c.data.demo_scenes > 0 and c.model.nktp_k == c.data.hires_order_k == 4
 

@@ -295,6 +295,10 @@ def initial_trainable(cfg: ModelConfig, frozen: dict, rows: int, seed: int = 0) 
             "vision_mlp": dict(frozen["layers"]["text_mlp"]),
         },
         "vision_head": np.asarray(params_lib.vision_head_init(head_mean, head_std, rng, cfg)),
+        **{
+            name: np.asarray(value)
+            for name, value in params_lib.image_pos_init(cfg, jax.random.fold_in(rng, 2)).items()
+        },
     }
 
 

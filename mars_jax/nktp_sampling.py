@@ -88,6 +88,10 @@ def extend(
         jnp.tril(jnp.ones((t, t), bool))[None] & valid_RxT[:, None, :],
     ]
     x0 = mars.embed(frozen, trainable, tokens_RxT, modality, dtype)
+    positions_RxT = jnp.asarray(positions_RxT, jnp.int32)
+    opener_RxT = decode.latest_opener(cache, tokens_RxT, positions_RxT, valid_RxT)
+    offsets_RxT = jnp.where(opener_RxT >= 0, positions_RxT - opener_RxT, -1)
+    x0 = mars.add_image_positions(x0, trainable, tokens_RxT, offsets_RxT, cfg)
 
     def layer(x, per_layer):
         frozen_layer, trainable_layer, k_cache, v_cache = per_layer
@@ -116,6 +120,7 @@ def extend(
         "k": jax.lax.dynamic_update_slice(cache["k"], k_new, slot5),
         "v": jax.lax.dynamic_update_slice(cache["v"], v_new, slot5),
         "valid": jax.lax.dynamic_update_slice(cache["valid"], valid_RxT, (zero, start)),
+        "opener": opener_RxT[:, -1],
     }
     return layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps), cache
 

@@ -33,6 +33,11 @@ def is_vision(token_ids):
     return token_ids >= TEXT_VOCAB_SIZE
 
 
+def is_image_opener(token_ids):
+    """True at `<img>` and `<lo>`, the tokens that open a block of image codes."""
+    return (token_ids == IMAGE_START) | (token_ids == LOWRES_START)
+
+
 def code_to_token(codes):
     """VQ codebook index (0 … 8,191) → token id."""
     return codes + FIRST_IMAGE_CODE

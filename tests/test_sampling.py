@@ -9,7 +9,8 @@ from mars_jax import sampling, vocab
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
 
-CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
+# With in-image position rows, so cached decoding is checked against the full forward pass with them.
+CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_pos_embed=8)
 TEXT_LEN = 6
 GRID = (2, 3)
 CODEBOOK = 64

@@ -37,6 +37,11 @@ class ModelConfig:
       for LLMs too weak to condition on frozen (the demo's caption-sized "LLM"): any of
       `UNFREEZABLE`. Their trained copies live in the trainable tree (`params.py`); the
       frozen tree stays bit-identical. Empty (the paper): the LLM is frozen.
+    image_pos_embed: rows of a learned embedding added to image tokens, indexed by a token's
+      rotary position minus that of the latest `<img>` / `<lo>` (`mars.image_offsets`): the
+      absolute place in the image that 1-D rotary positions (relative only) do not give.
+      n + 2 rows cover grids of n codes (larger offsets share the last row). 0 (the paper):
+      none. A deviation from MARS that the small demo model needs (README, "Demo").
     """
 
     num_layers: int = 2
@@ -56,6 +61,7 @@ class ModelConfig:
     nktp_k: int = 1
     unfreeze: tuple[str, ...] = ()
     codebook_size: int = NUM_IMAGE_CODES
+    image_pos_embed: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
@@ -83,6 +89,8 @@ class ModelConfig:
             bad("nktp_k", f"must be >= 1, got {self.nktp_k}")
         if not 0 < self.codebook_size <= NUM_IMAGE_CODES:
             bad("codebook_size", f"must be in (0, {NUM_IMAGE_CODES}], got {self.codebook_size}")
+        if self.image_pos_embed < 0:
+            bad("image_pos_embed", f"must be >= 0, got {self.image_pos_embed}")
         unknown = [name for name in self.unfreeze if name not in UNFREEZABLE]
         if unknown or len(set(self.unfreeze)) != len(self.unfreeze):
             bad("unfreeze", f"{list(self.unfreeze)}: names must be distinct, from {UNFREEZABLE}")

@@ -21,14 +21,24 @@ from mars_jax.model.config import ModelConfig
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
-    """Empty cache: `k`, `v` `[Ly, B, max_len, KV, Dh]` (compute dtype), `valid` `[B, max_len]`."""
+    """Empty cache: `k`, `v` `[Ly, B, max_len, KV, Dh]` (compute dtype), `valid` `[B, max_len]`,
+    `opener` `[B]`: the position of the latest `<img>` / `<lo>` fed (-1: none; for
+    `ModelConfig.image_pos_embed`)."""
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     dtype = jnp.dtype(cfg.compute_dtype)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),
         "valid": jnp.zeros((batch, max_len), bool),
+        "opener": jnp.full((batch,), -1, jnp.int32),
     }
+
+
+def latest_opener(cache: dict, tokens_BxT, positions_BxT, valid_BxT) -> jax.Array:
+    """`[B, T]`: position of the latest `<img>` / `<lo>` at or before each fed token, counting
+    the cache's (-1: none)."""
+    fed = jnp.where(vocab.is_image_opener(tokens_BxT) & valid_BxT, positions_BxT, -1)
+    return jnp.maximum(jax.lax.cummax(fed, axis=1), cache["opener"][:, None])
 
 
 def _logits(frozen, trainable, h_BxD: jax.Array, cfg: ModelConfig, vision_only: bool):
@@ -57,10 +67,13 @@ def prefill(
         frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg, return_kv=True
     )
     zeros5 = (0, 0, 0, 0, 0)
+    valid_BxL = jnp.asarray(valid_BxL, bool)
+    opener = latest_opener(cache, jnp.asarray(tokens_BxL), jnp.asarray(positions_BxL), valid_BxL)
     cache = {
         "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), zeros5),
         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), zeros5),
-        "valid": jax.lax.dynamic_update_slice(cache["valid"], jnp.asarray(valid_BxL, bool), (0, 0)),
+        "valid": jax.lax.dynamic_update_slice(cache["valid"], valid_BxL, (0, 0)),
+        "opener": opener[:, -1],
     }
     return _logits(frozen, trainable, hidden[-1][:, -1], cfg, vision_only), cache
 
@@ -89,6 +102,10 @@ def decode_step(
     is_vision_N = vocab.is_vision(token_B)
     cos_sin = layers.rotary_cos_sin(jnp.asarray(position_B), cfg.head_dim, cfg.rope_base)
     x0 = mars.embed(frozen, trainable, tokens_Bx1, mars.MIXED, dtype)
+    positions_Bx1 = jnp.asarray(position_B, jnp.int32)[:, None]
+    opener_Bx1 = latest_opener(cache, tokens_Bx1, positions_Bx1, jnp.ones((b, 1), bool))
+    offsets_Bx1 = jnp.where(opener_Bx1 >= 0, positions_Bx1 - opener_Bx1, -1)
+    x0 = mars.add_image_positions(x0, trainable, tokens_Bx1, offsets_Bx1, cfg)
     masks = [cache["valid"][:, None, :], jnp.ones((b, 1, 1), bool)]
 
     def layer(x, per_layer):
@@ -112,6 +129,7 @@ def decode_step(
         "valid": jax.lax.dynamic_update_slice(
             cache["valid"], jnp.ones((b, 1), bool), (zero, index)
         ),
+        "opener": opener_Bx1[:, 0],
     }
     h = layers.rms_norm(x[:, 0], frozen["final_norm"], cfg.norm_eps)
     return _logits(frozen, trainable, h, cfg, vision_only), cache

@@ -71,6 +71,29 @@ def embed(frozen: dict, trainable: dict, tokens_BxL: jax.Array, modality: str, d
     return jnp.where(vocab.is_vision(tokens_BxL)[..., None], vision(), text())
 
 
+def image_offsets(tokens_BxL: jax.Array, positions_BxL: jax.Array, valid_BxL: jax.Array):
+    """`[B, L]`: each token's rotary position minus that of the latest valid `<img>` / `<lo>`
+    at or before it (-1 where none precedes). With the data's positions this is a code's
+    place in its image: 1 + its raster index after `<img>` (`formats.sr_image_positions` for
+    stage III)."""
+    opener = jnp.where(vocab.is_image_opener(tokens_BxL) & valid_BxL, positions_BxL, -1)
+    latest = jax.lax.cummax(opener, axis=1)
+    return jnp.where(latest >= 0, positions_BxL - latest, -1)
+
+
+def add_image_positions(
+    x_BxSxD: jax.Array, trainable: dict, tokens_BxS, offsets_BxS, cfg: ModelConfig
+) -> jax.Array:
+    """`x` plus the learned in-image position rows (`ModelConfig.image_pos_embed`) on the
+    vision tokens that follow an `<img>` / `<lo>`; `x` unchanged when the option is off."""
+    if not cfg.image_pos_embed:
+        return x_BxSxD
+    rows = jnp.clip(offsets_BxS, 0, cfg.image_pos_embed - 1)
+    pos = jnp.take(trainable["image_pos_embed"], rows, axis=0).astype(x_BxSxD.dtype)
+    use = vocab.is_vision(tokens_BxS) & (offsets_BxS >= 0)
+    return x_BxSxD + jnp.where(use[..., None], pos, jnp.zeros((), x_BxSxD.dtype))
+
+
 def expert(fn, modality: str, text_params: dict, vision_params: dict, is_vision_N: jax.Array):
     """Run the expert(s) of a segment: one of them, or both and select per token."""
     if modality == layout_lib.TEXT:
@@ -207,6 +230,12 @@ def forward_segments(
         embed(frozen, trainable, tokens_BxL[:, start:stop], modality, dtype)
         for modality, start, stop in segs
     )
+    if cfg.image_pos_embed:
+        offsets_BxL = image_offsets(tokens_BxL, jnp.asarray(positions_BxL), valid_BxL)
+        xs0 = tuple(
+            add_image_positions(x, trainable, tokens_BxL[:, a:b], offsets_BxL[:, a:b], cfg)
+            for x, (_, a, b) in zip(xs0, segs, strict=True)
+        )
 
     def layer(xs, layer_params):
         frozen_layer, trainable_layer = layer_params

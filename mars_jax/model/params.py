@@ -75,7 +75,15 @@ def trainable_shapes(cfg: ModelConfig) -> dict:
         "vision_head": (d, vocab.VISION_VOCAB_SIZE),
         **nktp.head_shapes(cfg),  # stage III next-K heads (none when nktp_k = 1)
         **_unfrozen(cfg, frozen_shapes(cfg)["layers"]),
+        **_image_pos(cfg),
     }
+
+
+def _image_pos(cfg: ModelConfig, value=None) -> dict:
+    """`{"image_pos_embed": ...}` when `cfg.image_pos_embed` > 0 (default value: its shape)."""
+    if not cfg.image_pos_embed:
+        return {}
+    return {"image_pos_embed": (cfg.image_pos_embed, cfg.width) if value is None else value}
 
 
 def _unfrozen(cfg: ModelConfig, frozen_layers: dict) -> dict:
@@ -108,6 +116,7 @@ def logical_axes(cfg: ModelConfig) -> dict:
             "vision_head": ("embed", "vocab"),
             **nktp.logical_axes(cfg),
             **_unfrozen(cfg, frozen_layer_axes),
+            **_image_pos(cfg, (None, "embed")),
         },
     }
 
@@ -179,7 +188,16 @@ def init_trainable_from_frozen(
         "vision_head": vision_head_init(jnp.mean(head, axis=1), jnp.std(head), rng, cfg),
     }
     trainable.update(copy(_unfrozen(cfg, frozen["layers"])))  # `cfg.unfreeze`: exact copies
+    trainable.update(image_pos_init(cfg, jax.random.fold_in(rng, 2)))
     return nktp.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
+
+
+def image_pos_init(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """`{"image_pos_embed": normal(0.02) [rows, D]}`, or `{}` when the option is off."""
+    if not cfg.image_pos_embed:
+        return {}
+    rows = INIT_STD * jax.random.normal(rng, (cfg.image_pos_embed, cfg.width), jnp.float32)
+    return _image_pos(cfg, rows.astype(cfg.trainable_dtype))
 
 
 def vision_embed_init(text_embed_mean_D: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -178,7 +178,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         # synthetic batches and the benchmark, the shards carry their own grids.
         c.data.grids = ((4, 4),) if c.stage == 3 else ((8, 8),)
         c.data.hires_scale = 2
-        c.data.text_len = 16  # the longest demo caption is 14 tokens (Chinese relations)
+        # The longest demo caption is 14 tokens (Chinese relations); stages II/III put the
+        # resolution first ("64x64 …", 4 more).
+        c.data.text_len = 16 if c.stage == 1 else 24
         c.train.global_batch = 32
         c.train.num_steps = 1300
         c.train.log_every = 10

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
         c.data.shards = f"data/demo/stage3_{c.data.demo_scenes}"  # built on first use
         c.base.init_from = "runs/demo_stage1"  # the stage-I demo run; see the docstring
         c.sample.every_steps = 0  # the preview samples text→image, which this run does not train
-        # Sequences are longer than stage I's (text 16 + 18 low-res + 66 high-res) and four
+        # Sequences are longer than stage I's (text 24 + 18 low-res + 66 high-res) and four
         # heads are trained: batch 16 keeps the run near 11 CPU minutes.
         c.train.global_batch = 16
         c.train.num_steps = 1200

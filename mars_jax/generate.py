@@ -198,14 +198,9 @@ def read_prompts(prompt: list[str] | None, prompt_file: str | None) -> list[str]
     return prompts
 
 
-# Sampling options a run's config names in its `sample` section (configs/common.py), with the
-# fallbacks for runs whose config does not.
-SAMPLING_FALLBACKS = {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-
-
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones come from the run."""
-    for name, value in SAMPLING_FALLBACKS.items():
+    for name, value in sampling.run_options({}).items():
         dash = name.replace("_", "-")
         p.add_argument(
             f"--{dash}", f"--{name}", dest=name, type=type(value), default=None,
@@ -216,10 +211,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def fill_sampling_args(args: argparse.Namespace, workdir: str) -> argparse.Namespace:
     """Options left unset take the run's `sample` settings: a preset's tuned sampling
     (e.g. the demo's temperature) then applies to `generate` and `evaluate` alike."""
-    sample = _latest_config(workdir).get("sample") or {}
-    for name, fallback in SAMPLING_FALLBACKS.items():
+    for name, value in sampling.run_options(_latest_config(workdir).get("sample")).items():
         if getattr(args, name, None) is None:
-            setattr(args, name, type(fallback)(sample.get(name, fallback)))
+            setattr(args, name, value)
     return args
 
 

@@ -89,8 +89,9 @@ def extend(
     ]
     x0 = mars.embed(frozen, trainable, tokens_RxT, modality, dtype)
     positions_RxT = jnp.asarray(positions_RxT, jnp.int32)
-    opener_RxT = decode.latest_opener(cache, tokens_RxT, positions_RxT, valid_RxT)
-    offsets_RxT = jnp.where(opener_RxT >= 0, positions_RxT - opener_RxT, -1)
+    offsets_RxT, opener_RxT = mars.image_offsets(
+        tokens_RxT, positions_RxT, valid_RxT, cache["opener"]
+    )
     x0 = mars.add_image_positions(x0, trainable, tokens_RxT, offsets_RxT, cfg)
 
     def layer(x, per_layer):

@@ -50,12 +50,7 @@ class Previewer:
         self.every = int(config.sample.get("every_steps", 0))
         self.model_cfg = model_cfg
         self.text_len = int(config.data.text_len)
-        self.scfg = sampling.SamplingConfig(
-            cfg_scale=float(config.sample.get("cfg_scale", 1.5)),
-            temperature=float(config.sample.get("temperature", 1.0)),
-            top_k=int(config.sample.get("top_k", 0)),
-            top_p=float(config.sample.get("top_p", 1.0)),
-        )
+        self.scfg = sampling.SamplingConfig(**sampling.run_options(config.sample))
         self.seed = int(config.sample.get("seed", 0))
         self.enabled = bool(self.prompts) and self.every > 0
         if self.enabled:

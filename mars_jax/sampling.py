@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,20 @@ class SamplingConfig:
             raise ValueError(
                 f"sampling.codebook_size must be in (0, 8192], got {self.codebook_size}"
             )
+
+
+# The options a run's config names in its `sample` section (configs/common.py).
+RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p")
+
+
+def run_options(sample: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`RUN_OPTIONS` from a run's `sample` config; absent ones take `SamplingConfig`'s defaults."""
+    defaults = SamplingConfig()
+    sample = sample or {}
+    return {
+        name: type(getattr(defaults, name))(sample.get(name, getattr(defaults, name)))
+        for name in RUN_OPTIONS
+    }
 
 
 def prompt_rows(text_ids: Sequence[Sequence[int]], text_len: int) -> dict[str, np.ndarray]:

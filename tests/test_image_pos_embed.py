@@ -14,12 +14,12 @@ CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_po
 
 def test_offsets_are_the_place_in_the_image():
     t2i = formats.t2i_batch([np.array([5, 6]), np.array([], np.int64)], [np.zeros((2, 3))] * 2, 4)
-    off = np.asarray(mars.image_offsets(t2i["tokens"], t2i["positions"], t2i["valid"]))
+    off = np.asarray(mars.image_offsets(t2i["tokens"], t2i["positions"], t2i["valid"])[0])
     np.testing.assert_array_equal(off[:, :4], -1)  # text before any <img>
     np.testing.assert_array_equal(off[:, 4:], [list(range(8))] * 2)  # <img> 0, codes 1..6, <end>
     order = nktp.hires_order((4, 4), 4)
     sr = formats.sr_batch([np.array([5])], [np.zeros((2, 2))], [np.zeros((4, 4))], 2, order)
-    off = np.asarray(mars.image_offsets(sr["tokens"], sr["positions"], sr["valid"]))[0]
+    off = np.asarray(mars.image_offsets(sr["tokens"], sr["positions"], sr["valid"])[0])[0]
     np.testing.assert_array_equal(off[3:7], [1, 3, 9, 11])  # low-res codes: top-left children
     np.testing.assert_array_equal(off[9:25], 1 + order)  # high-res codes: 1 + raster index
 

@@ -113,7 +113,7 @@ class AssembleBatch:
             from mars_jax.model import nktp  # noqa: PLC0415
 
             order = nktp.hires_order(np.shape(codes[0]), self.hires_order_k)
-            codes = [nktp.to_sequence_order(c, self.hires_order_k) for c in codes]
+            codes = list(nktp.to_sequence_order(np.stack(codes), self.hires_order_k))
             lo = [ex["lo_codes"] for ex in rest]
             batch["sr"] = formats.sr_batch(texts, lo, codes, T, hi_order=order)
         return batch

@@ -34,13 +34,6 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     }
 
 
-def latest_opener(cache: dict, tokens_BxT, positions_BxT, valid_BxT) -> jax.Array:
-    """`[B, T]`: position of the latest `<img>` / `<lo>` at or before each fed token, counting
-    the cache's (-1: none)."""
-    fed = jnp.where(vocab.is_image_opener(tokens_BxT) & valid_BxT, positions_BxT, -1)
-    return jnp.maximum(jax.lax.cummax(fed, axis=1), cache["opener"][:, None])
-
-
 def _logits(frozen, trainable, h_BxD: jax.Array, cfg: ModelConfig, vision_only: bool):
     return mars.logits_from_hidden(frozen, trainable, h_BxD[:, None], cfg, vision_only)[:, 0]
 
@@ -68,7 +61,8 @@ def prefill(
     )
     zeros5 = (0, 0, 0, 0, 0)
     valid_BxL = jnp.asarray(valid_BxL, bool)
-    opener = latest_opener(cache, jnp.asarray(tokens_BxL), jnp.asarray(positions_BxL), valid_BxL)
+    tokens_BxL, positions_BxL = jnp.asarray(tokens_BxL), jnp.asarray(positions_BxL)
+    _, opener = mars.image_offsets(tokens_BxL, positions_BxL, valid_BxL, cache["opener"])
     cache = {
         "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), zeros5),
         "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), zeros5),
@@ -103,8 +97,9 @@ def decode_step(
     cos_sin = layers.rotary_cos_sin(jnp.asarray(position_B), cfg.head_dim, cfg.rope_base)
     x0 = mars.embed(frozen, trainable, tokens_Bx1, mars.MIXED, dtype)
     positions_Bx1 = jnp.asarray(position_B, jnp.int32)[:, None]
-    opener_Bx1 = latest_opener(cache, tokens_Bx1, positions_Bx1, jnp.ones((b, 1), bool))
-    offsets_Bx1 = jnp.where(opener_Bx1 >= 0, positions_Bx1 - opener_Bx1, -1)
+    offsets_Bx1, opener_Bx1 = mars.image_offsets(
+        tokens_Bx1, positions_Bx1, jnp.ones((b, 1), bool), cache["opener"]
+    )
     x0 = mars.add_image_positions(x0, trainable, tokens_Bx1, offsets_Bx1, cfg)
     masks = [cache["valid"][:, None, :], jnp.ones((b, 1, 1), bool)]
 

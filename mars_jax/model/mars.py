@@ -71,14 +71,23 @@ def embed(frozen: dict, trainable: dict, tokens_BxL: jax.Array, modality: str, d
     return jnp.where(vocab.is_vision(tokens_BxL)[..., None], vision(), text())
 
 
-def image_offsets(tokens_BxL: jax.Array, positions_BxL: jax.Array, valid_BxL: jax.Array):
-    """`[B, L]`: each token's rotary position minus that of the latest valid `<img>` / `<lo>`
-    at or before it (-1 where none precedes). With the data's positions this is a code's
-    place in its image: 1 + its raster index after `<img>` (`formats.sr_image_positions` for
-    stage III)."""
+def image_offsets(
+    tokens_BxL: jax.Array,
+    positions_BxL: jax.Array,
+    valid_BxL: jax.Array,
+    opener_before_B: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`(offsets, openers)`, both `[B, L]`: `openers` is the rotary position of the latest valid
+    `<img>` / `<lo>` at or before each token (-1 where none), `offsets` each token's position
+    minus it (-1 where none). With the data's positions an offset is a code's place in its
+    image: 1 + its raster index after `<img>` (`formats.sr_image_positions` for stage III).
+    `opener_before_B`: the latest opener's position before these tokens (a decoding cache's).
+    """
     opener = jnp.where(vocab.is_image_opener(tokens_BxL) & valid_BxL, positions_BxL, -1)
     latest = jax.lax.cummax(opener, axis=1)
-    return jnp.where(latest >= 0, positions_BxL - latest, -1)
+    if opener_before_B is not None:
+        latest = jnp.maximum(latest, opener_before_B[:, None])
+    return jnp.where(latest >= 0, positions_BxL - latest, -1), latest
 
 
 def add_image_positions(
@@ -231,7 +240,7 @@ def forward_segments(
         for modality, start, stop in segs
     )
     if cfg.image_pos_embed:
-        offsets_BxL = image_offsets(tokens_BxL, jnp.asarray(positions_BxL), valid_BxL)
+        offsets_BxL, _ = image_offsets(tokens_BxL, jnp.asarray(positions_BxL), valid_BxL)
         xs0 = tuple(
             add_image_positions(x, trainable, tokens_BxL[:, a:b], offsets_BxL[:, a:b], cfg)
             for x, (_, a, b) in zip(xs0, segs, strict=True)

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import portpicker
 import pytest
+from self_kill import self_killing_train_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/stage1.py:tiny"
 NUM_STEPS = 4  # the tiny preset checkpoints every 2 steps
+KILL_STEP = 3  # after the step-2 checkpoint; the restart redoes step 3
 LOSS_RTOL = 2e-5
 GRAD_NORM_RTOL = 3e-3
 RESUME_RTOL = 1e-6
@@ -93,12 +95,17 @@ def _env(devices: int, cache_dir: Path) -> dict[str, str]:
     return env
 
 
-def _start(workdir: Path, log: Path, devices: int, cache: Path, *extra: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "mars_jax.train",
+def _start(
+    workdir: Path, log: Path, devices: int, cache: Path, *extra: str, kill_step: int = 0
+) -> subprocess.Popen:
+    args = [
         f"--config={CONFIG}", f"--workdir={workdir}", f"--config.train.num_steps={NUM_STEPS}",
         *extra,
     ]  # fmt: skip
+    if kill_step:
+        cmd = self_killing_train_cmd(args, kill_step, settle=True)
+    else:
+        cmd = [sys.executable, "-m", "mars_jax.train", *args]
     return _popen(cmd, log, devices, cache)
 
 
@@ -114,12 +121,15 @@ def _popen(cmd: list[str], log: Path, devices: int, cache: Path) -> subprocess.P
         )
 
 
-def _start_pair(workdir: Path, logs: Path, cache: Path, attempt: int) -> list[subprocess.Popen]:
+def _start_pair(
+    workdir: Path, logs: Path, cache: Path, attempt: int, kill_step: int = 0
+) -> list[subprocess.Popen]:
     port = portpicker.pick_unused_port()
     return [
         _start(
             workdir, logs / f"attempt{attempt}_process{i}.log", 4, cache,
             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+            kill_step=kill_step,
         )
         for i in range(2)
     ]  # fmt: skip
@@ -185,28 +195,20 @@ def test_two_processes_match_one_and_resume_after_kill(tmp_path):
 
     # Reference (1 process, 8 devices) and the first two-process attempt run side by side.
     ref = _start_reference(ref_dir, logs / "reference.log", cache)
-    pair = _start_pair(multi_dir, logs, cache, attempt=1)
+    # Both processes kill themselves after step KILL_STEP, once the step-2 checkpoint is
+    # committed: a kill mid-run at a known step.
+    pair = _start_pair(multi_dir, logs, cache, attempt=1, kill_step=KILL_STEP)
     pair_logs = [logs / f"attempt1_process{i}.log" for i in range(2)]
     try:
-        # Kill both processes once a checkpoint is committed and a later step was logged.
-        while True:
-            committed = _committed_steps(multi_dir)
-            logged = [r["step"] for r in _records(multi_dir)]
-            if committed and logged and max(logged) > committed[-1]:
-                break
-            if any(p.poll() is not None for p in pair) or time.monotonic() > deadline:
-                _kill(pair)
-                pytest.fail(
-                    f"two-process run ended or stalled before it could be killed mid-run "
-                    f"(logged {logged}, checkpoints {committed})\n" + _tail(pair_logs[0])
-                )
-            time.sleep(0.05)
-        _kill(pair)
+        for proc, log in zip(pair, pair_logs, strict=True):
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            assert rc == -signal.SIGKILL, f"{log.name} exited with {rc}\n{_tail(log)}"
     finally:
         _kill(pair)
     killed_records = _records(multi_dir)
-    resume_from = _committed_steps(multi_dir)[-1]
-    assert resume_from < NUM_STEPS, "run finished before the kill; nothing to resume"
+    assert [r["step"] for r in killed_records] == list(range(1, KILL_STEP + 1))
+    assert _committed_steps(multi_dir)[-1] == 2  # what the restart resumes from
+    resume_from = 2
 
     try:
         pair = _start_pair(multi_dir, logs, cache, attempt=2)

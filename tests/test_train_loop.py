@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from self_kill import self_killing_train_cmd
 
 from configs import stage2
 from mars_jax import vocab
@@ -295,21 +296,22 @@ def _train_cmd(workdir):
 def test_sigkill_mid_training_then_restart_gives_same_losses(ref, tmp_path):
     workdir = str(tmp_path / "run")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(_train_cmd(workdir), cwd=REPO, env=env, stdout=log, stderr=log)
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, open(tmp_path / "first.log").read()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    killed_at = max(read_losses(workdir))
-    assert killed_at < NUM_STEPS
+    kill_step = 2
+    killer = self_killing_train_cmd(_train_cmd(workdir)[3:], kill_step, settle=False)
+    first = subprocess.run(
+        killer,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    assert max(read_losses(workdir)) == kill_step
     result = subprocess.run(
         _train_cmd(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    resumed = re.search(r"resuming from the checkpoint of step (\d+)", result.stdout)
+    assert resumed and 1 <= int(resumed.group(1)) <= kill_step, result.stdout[-3000:]
     assert read_losses(workdir) == ref["losses"]

@@ -375,6 +375,8 @@ def run(
                 state = ckpt_lib.restore(
                     manager, latest, setup.abstract_state, setup.state_shardings, iterator
                 )
+                if is_main:
+                    print(f"resuming from the checkpoint of step {latest} in {workdir}")
             else:
                 trainable = initial_trainable(setup, frozen)
                 init = _cached_init(

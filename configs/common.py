@@ -158,11 +158,11 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         # faster (bench.train_step: 0.49 vs 0.52-0.57 s). Weights stay stored in bf16.
         c.model.compute_dtype = "float32"
         # 1-D rotary positions are relative: a code learns where in the image it is only by
-        # attending back to <img>. Learned rows for the place in the image (n + 2 for the
-        # 8x8 grid; `ModelConfig.image_pos_embed`, a deviation from MARS) raised a 1,300-step
-        # run from color 0.54 / shape 0.39 / position 0.35 to 0.62 / 0.44 / 0.46 (256
-        # held-out prompts, temperature 1.0; separate row and column tables in that run).
-        c.model.image_pos_embed = 66
+        # attending back to <img>. Learned row and column embeddings for the place in the
+        # 8x8 grid (`ModelConfig.image_pos_grid`, a deviation from MARS; stage III: the
+        # high-res grid) lift the 1,300-step run's position, color and shape scores
+        # (README, "Demo").
+        c.model.image_pos_grid = (8, 8)
         # The frozen random text head cannot learn to caption (the caption loss stays at
         # ~ln(vocab)); the demo trains text→image only.
         c.data.caption_ratio = 0.0

@@ -69,6 +69,7 @@ def generate_interleaved(
     """Continue `prompt_ids` for at most `max_tokens` tokens (an image counts h*w + 2)."""
     if not prompt_ids:
         raise ValueError("interleaved generation needs a non-empty prompt")
+    cfg.check_image_grid(grid_hw, "interleaved generation")
     prompt = np.asarray(prompt_ids, np.int32)[None]
     length = prompt.shape[1]
     cache = decode.init_cache(cfg, 1, length + max_tokens)

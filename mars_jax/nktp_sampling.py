@@ -451,6 +451,7 @@ def sample_hires_codes(
     cfg = cfg.replace(compute_dtype=compute_dtype or decode_dtype(cfg))
     if mode not in MODES:
         raise ValueError(f"nktp mode {mode!r} not in {MODES}")
+    cfg.check_image_grid(hi_grid, "super-resolution")
     if not 1 <= k <= nktp.num_heads(cfg):
         raise ValueError(f"--nktp={k}: must be in [1, model.nktp_k={cfg.nktp_k}]")
     prepared = isinstance(frozen, Prepared)

@@ -187,6 +187,7 @@ def generate_codes(
     seed: int,
 ) -> np.ndarray:
     """Codes `[B, h, w]` for a batch of tokenized prompts (numpy in, numpy out)."""
+    cfg.check_image_grid(grid_hw, "sampling")
     rows = prompt_rows(text_ids, text_len)
     use_cfg = scfg.cfg_scale != 1.0
     if use_cfg:

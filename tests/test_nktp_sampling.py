@@ -14,7 +14,7 @@ from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
 
 CFG = ModelConfig.tiny(
-    compute_dtype="float32", frozen_dtype="float32", nktp_k=4, image_pos_embed=10
+    compute_dtype="float32", frozen_dtype="float32", nktp_k=4, image_pos_grid=(2, 4)
 )
 TEXT_T, HI = 5, (2, 4)
 GREEDY = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=64)

@@ -10,7 +10,7 @@ from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
 
 # With in-image position rows, so cached decoding is checked against the full forward pass with them.
-CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_pos_embed=8)
+CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_pos_grid=(2, 3))
 TEXT_LEN = 6
 GRID = (2, 3)
 CODEBOOK = 64

@@ -244,6 +244,7 @@ def _no_compile(fn):
         ({"train.grad_accum": 3}, ValueError, "grad_accum=3"),
         ({"base.checkpoint": "/nonexistent/qwen"}, FileNotFoundError, "/nonexistent/qwen"),
         ({"base.init_from": "/nonexistent/stage1"}, FileNotFoundError, "/nonexistent/stage1"),
+        ({"model.image_pos_grid": (4, 3)}, ValueError, r"data.grids.*4x4 code grid"),
     ],
 )
 def test_bad_setup_fails_before_compiling(tmp_path, change, error, message):

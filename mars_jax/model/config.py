@@ -37,11 +37,13 @@ class ModelConfig:
       for LLMs too weak to condition on frozen (the demo's caption-sized "LLM"): any of
       `UNFREEZABLE`. Their trained copies live in the trainable tree (`params.py`); the
       frozen tree stays bit-identical. Empty (the paper): the LLM is frozen.
-    image_pos_embed: rows of a learned embedding added to image tokens, indexed by a token's
-      rotary position minus that of the latest `<img>` / `<lo>` (`mars.image_offsets`): the
-      absolute place in the image that 1-D rotary positions (relative only) do not give.
-      n + 2 rows cover grids of n codes (larger offsets share the last row). 0 (the paper):
-      none. A deviation from MARS that the small demo model needs (README, "Demo").
+    image_pos_grid: `(rows, cols)` of the in-image position embedding, a deviation from MARS
+      that the small demo model needs (README, "Demo"); `(0, 0)` (the paper): none. Learned
+      row and column rows are added to image tokens, at the code's place in its image: its
+      rotary position minus that of the latest `<img>` / `<lo>` (`mars.image_offsets`),
+      split by `cols` into row and column. 1-D rotary positions are relative and do not give
+      that place. Needs every image `cols` codes wide (high-res codes in stage III; low-res
+      codes take their top-left child's place) and at most `rows` high (`check_image_grid`).
     """
 
     num_layers: int = 2
@@ -61,10 +63,11 @@ class ModelConfig:
     nktp_k: int = 1
     unfreeze: tuple[str, ...] = ()
     codebook_size: int = NUM_IMAGE_CODES
-    image_pos_embed: int = 0
+    image_pos_grid: tuple[int, int] = (0, 0)
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
+        object.__setattr__(self, "image_pos_grid", tuple(int(n) for n in self.image_pos_grid))
 
         def bad(key: str, why: str):
             raise ValueError(f"ModelConfig.{key}: {why}")
@@ -89,11 +92,22 @@ class ModelConfig:
             bad("nktp_k", f"must be >= 1, got {self.nktp_k}")
         if not 0 < self.codebook_size <= NUM_IMAGE_CODES:
             bad("codebook_size", f"must be in (0, {NUM_IMAGE_CODES}], got {self.codebook_size}")
-        if self.image_pos_embed < 0:
-            bad("image_pos_embed", f"must be >= 0, got {self.image_pos_embed}")
+        grid = self.image_pos_grid
+        if len(grid) != 2 or min(grid) < 0 or (0 in grid and grid != (0, 0)):
+            bad("image_pos_grid", f"must be (rows, cols) > 0, or (0, 0) for none; got {grid}")
         unknown = [name for name in self.unfreeze if name not in UNFREEZABLE]
         if unknown or len(set(self.unfreeze)) != len(self.unfreeze):
             bad("unfreeze", f"{list(self.unfreeze)}: names must be distinct, from {UNFREEZABLE}")
+
+    def check_image_grid(self, grid_hw: tuple[int, int], where: str) -> None:
+        """Raise unless images of `grid_hw` codes fit `image_pos_grid` (when it is on)."""
+        rows, cols = self.image_pos_grid
+        h, w = (int(n) for n in grid_hw)
+        if cols and (w != cols or h > rows):
+            raise ValueError(
+                f"{where}: a {h}x{w} code grid does not fit model.image_pos_grid=({rows}, {cols}) "
+                f"(images must be {cols} codes wide and at most {rows} high)"
+            )
 
     # ---- presets -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from mars_jax.model.config import ModelConfig
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     """Empty cache: `k`, `v` `[Ly, B, max_len, KV, Dh]` (compute dtype), `valid` `[B, max_len]`,
     `opener` `[B]`: the position of the latest `<img>` / `<lo>` fed (-1: none; for
-    `ModelConfig.image_pos_embed`)."""
+    `ModelConfig.image_pos_grid`)."""
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     dtype = jnp.dtype(cfg.compute_dtype)
     return {

@@ -93,14 +93,20 @@ def image_offsets(
 def add_image_positions(
     x_BxSxD: jax.Array, trainable: dict, tokens_BxS, offsets_BxS, cfg: ModelConfig
 ) -> jax.Array:
-    """`x` plus the learned in-image position rows (`ModelConfig.image_pos_embed`) on the
-    vision tokens that follow an `<img>` / `<lo>`; `x` unchanged when the option is off."""
-    if not cfg.image_pos_embed:
+    """`x` plus the learned row and column embeddings (`ModelConfig.image_pos_grid`) on the
+    vision tokens after an `<img>` / `<lo>`; `x` unchanged when the option is off.
+
+    Offset 1 + y·cols + x is code (y, x); the image's end token (offset 1 + rows·cols at
+    most) takes row `rows`, column 0. The opener itself (offset 0) gets nothing.
+    """
+    rows, cols = cfg.image_pos_grid
+    if not cols:
         return x_BxSxD
-    rows = jnp.clip(offsets_BxS, 0, cfg.image_pos_embed - 1)
-    pos = jnp.take(trainable["image_pos_embed"], rows, axis=0).astype(x_BxSxD.dtype)
-    use = vocab.is_vision(tokens_BxS) & (offsets_BxS >= 0)
-    return x_BxSxD + jnp.where(use[..., None], pos, jnp.zeros((), x_BxSxD.dtype))
+    table = trainable["image_pos_embed"]
+    y, x = jnp.divmod(jnp.maximum(offsets_BxS - 1, 0), cols)
+    pos = jnp.take(table["row"], jnp.minimum(y, rows), axis=0) + jnp.take(table["col"], x, axis=0)
+    use = vocab.is_vision(tokens_BxS) & (offsets_BxS >= 1)
+    return x_BxSxD + jnp.where(use[..., None], pos.astype(x_BxSxD.dtype), 0)
 
 
 def expert(fn, modality: str, text_params: dict, vision_params: dict, is_vision_N: jax.Array):
@@ -239,7 +245,7 @@ def forward_segments(
         embed(frozen, trainable, tokens_BxL[:, start:stop], modality, dtype)
         for modality, start, stop in segs
     )
-    if cfg.image_pos_embed:
+    if cfg.image_pos_grid[1]:
         offsets_BxL, _ = image_offsets(tokens_BxL, jnp.asarray(positions_BxL), valid_BxL)
         xs0 = tuple(
             add_image_positions(x, trainable, tokens_BxL[:, a:b], offsets_BxL[:, a:b], cfg)

@@ -79,11 +79,17 @@ def trainable_shapes(cfg: ModelConfig) -> dict:
     }
 
 
-def _image_pos(cfg: ModelConfig, value=None) -> dict:
-    """`{"image_pos_embed": ...}` when `cfg.image_pos_embed` > 0 (default value: its shape)."""
-    if not cfg.image_pos_embed:
+def _image_pos(cfg: ModelConfig, row=None, col=None) -> dict:
+    """`{"image_pos_embed": {"row", "col"}}` when `cfg.image_pos_grid` is on (default: shapes).
+
+    `rows + 1` row embeddings (the last for the image's end token) and `cols` columns.
+    """
+    rows, cols = cfg.image_pos_grid
+    if not cols:
         return {}
-    return {"image_pos_embed": (cfg.image_pos_embed, cfg.width) if value is None else value}
+    row = (rows + 1, cfg.width) if row is None else row
+    col = (cols, cfg.width) if col is None else col
+    return {"image_pos_embed": {"row": row, "col": col}}
 
 
 def _unfrozen(cfg: ModelConfig, frozen_layers: dict) -> dict:
@@ -116,7 +122,7 @@ def logical_axes(cfg: ModelConfig) -> dict:
             "vision_head": ("embed", "vocab"),
             **nktp.logical_axes(cfg),
             **_unfrozen(cfg, frozen_layer_axes),
-            **_image_pos(cfg, (None, "embed")),
+            **_image_pos(cfg, (None, "embed"), (None, "embed")),
         },
     }
 
@@ -193,11 +199,16 @@ def init_trainable_from_frozen(
 
 
 def image_pos_init(cfg: ModelConfig, rng: jax.Array) -> dict:
-    """`{"image_pos_embed": normal(0.02) [rows, D]}`, or `{}` when the option is off."""
-    if not cfg.image_pos_embed:
+    """`{"image_pos_embed": {"row", "col"}}`, normal(0.02), or `{}` when the option is off."""
+    shapes = _image_pos(cfg)
+    if not shapes:
         return {}
-    rows = INIT_STD * jax.random.normal(rng, (cfg.image_pos_embed, cfg.width), jnp.float32)
-    return _image_pos(cfg, rows.astype(cfg.trainable_dtype))
+    table = shapes["image_pos_embed"]
+    draw = lambda key, shape: (INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(
+        cfg.trainable_dtype
+    )
+    row_key, col_key = jax.random.split(rng)
+    return _image_pos(cfg, draw(row_key, table["row"]), draw(col_key, table["col"]))
 
 
 def vision_embed_init(text_embed_mean_D: jax.Array, cfg: ModelConfig) -> jax.Array:

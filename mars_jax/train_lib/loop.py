@@ -102,18 +102,28 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
     )
 
 
-def check_codebook(shards_dir: str, model_cfg: ModelConfig) -> None:
-    """Fail before compiling when the data's VQ has more codes than the model's vision head."""
+def check_shards_fit_model(shards_dir: str, model_cfg: ModelConfig) -> None:
+    """Fail before compiling when the data's VQ has more codes than the model's vision head,
+    or its grids do not fit `model.image_pos_grid`."""
     from mars_jax.data import pipeline  # noqa: PLC0415
 
     if not os.path.exists(os.path.join(shards_dir, "manifest.json")):
         return  # the pipeline reports missing shards
-    codebook = int(pipeline.load_manifest(shards_dir)["codebook_size"])
+    manifest = pipeline.load_manifest(shards_dir)
+    codebook = int(manifest["codebook_size"])
     if codebook > model_cfg.codebook_size:
         raise ValueError(
             f"{shards_dir}: the shards' VQ has {codebook} codes, but model.codebook_size="
             f"{model_cfg.codebook_size}; set model.codebook_size >= {codebook}"
         )
+    for name, bucket in sorted(manifest["buckets"].items()):
+        model_cfg.check_image_grid(bucket["grid"], f"{shards_dir} bucket {name}")
+
+
+def image_grids(data: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The (high-res) code grids of synthetic batches: `data.grids`, times the stage-III scale."""
+    scale = int(data.hires_scale) if int(data.stage) == 3 else 1
+    return [(int(h) * scale, int(w) * scale) for h, w in data.grids]
 
 
 def prepare(
@@ -149,8 +159,11 @@ def prepare(
                 f"base.init_from={config.base.init_from!r}: no {ckpt_lib.CHECKPOINT_DIR}/ "
                 "there (train the previous stage first, or fix the path)"
             )
-    if check_paths and not config.data.get("synthetic", False):
-        check_codebook(config.data.shards, model_cfg)
+    if config.data.get("synthetic", False):
+        for grid in image_grids(config.data):
+            model_cfg.check_image_grid(grid, "data.grids (synthetic)")
+    elif check_paths:
+        check_shards_fit_model(config.data.shards, model_cfg)
     num_steps = int(train.num_steps)
     if num_steps <= 0:
         num_steps = epoch_steps(config, jax.process_count())

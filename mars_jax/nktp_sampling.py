@@ -392,15 +392,15 @@ def unstack_layers(params: dict) -> dict:
 
 
 def _decode_heads(trainable: dict, num_ids: int | None) -> dict:
-    """The vision head cut to the sampler's codebook and the next-K adapters as per-head
-    arrays, once per decode call: sliced inside the passes, both were copied in every pass."""
+    """The vision head cut to the sampler's codebook and the next-K adapters fused
+    (`nktp.fuse_heads`), once per decode call: done inside the passes, both cost a copy of
+    the weights in every pass."""
     out = dict(trainable)
     if num_ids:
         out["vision_head"] = trainable["vision_head"][:, :num_ids]
     if nktp.HEADS in trainable:
-        out[nktp.HEADS] = {
-            name: [w[i] for i in range(w.shape[0])] for name, w in trainable[nktp.HEADS].items()
-        }
+        heads = trainable[nktp.HEADS]
+        out[nktp.HEADS] = nktp.fuse_heads(heads, heads["down"].shape[0] + 1)
     return out
 
 

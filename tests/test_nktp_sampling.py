@@ -117,17 +117,17 @@ def test_exact_sampling_keeps_the_next_token_distribution():
     trainable = {**trainable, nktp.HEADS: heads}
     rows, c = 1500, 3
     scfg = SamplingConfig(cfg_scale=1.0, temperature=0.3, codebook_size=c)
-    lo = np.zeros((rows, 2, 2), np.int64)
+    lo = np.zeros((rows, 1, 2), np.int64)
     codes, _ = nktp_sampling.sample_hires_codes(
-        frozen, trainable, CFG, [[]] * rows, lo, (2, 2), 2, "exact", text_len=TEXT_T, scfg=scfg
+        frozen, trainable, CFG, [[]] * rows, lo, HI, 2, "exact", text_len=TEXT_T, scfg=scfg
     )
-    seq = codes.reshape(rows, -1)[:, nktp.hires_order((2, 2), CFG.nktp_k)]
+    seq = codes.reshape(rows, -1)[:, nktp.hires_order(HI, CFG.nktp_k)]
     empirical = np.zeros((c, c))
     np.add.at(empirical, (seq[:, 0], seq[:, 1]), 1.0 / rows)
 
     # Exact joint from full forward passes; and what unchecked drafts would give.
-    prompt = nktp_sampling.sr_prompt_rows([[]], lo[:1], TEXT_T, (2, 2))
-    first_code_position = nktp_sampling.hires_offsets((2, 2), CFG.nktp_k, 2)[0]
+    prompt = nktp_sampling.sr_prompt_rows([[]], lo[:1], TEXT_T, HI)
+    first_code_position = nktp_sampling.hires_offsets(HI, CFG.nktp_k, 2)[0]
     img_position = prompt["positions"][:, -1:]
 
     @jax.jit

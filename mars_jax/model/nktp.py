@@ -131,27 +131,45 @@ def head_hidden(trainable: dict, h_NxD: jax.Array, k: int, cfg: ModelConfig) -> 
     return (h_NxD.astype(jnp.float32) + delta.astype(jnp.float32)).astype(h_NxD.dtype)
 
 
+def fuse_heads(heads: Mapping, num: int) -> dict:
+    """Adapters of heads 2..num laid out for `all_head_hidden`: `{"gate_up": [D, 2, num - 1,
+    D], "down": [num - 1, D, D]}`. A decoder makes this once per call, so
+    that each pass runs one matmul for the gates and ups of all heads, not two per head."""
+    if "gate_up" in heads:  # fused already
+        return dict(heads)
+    gate_up = jnp.stack([heads["gate"][: num - 1], heads["up"][: num - 1]])  # [2, n, D, D]
+    return {"gate_up": gate_up.transpose(2, 0, 1, 3), "down": heads["down"][: num - 1]}
+
+
+def all_head_hidden(trainable: dict, h_NxD: jax.Array, num: int, cfg: ModelConfig) -> jax.Array:
+    """Inputs of the shared vision head for heads 1..num: `[N, num, D]` (`head_hidden` for
+    each k, computed together). Takes the trainable tree's adapters or `fuse_heads`'s."""
+    if num == 1:
+        return h_NxD[:, None]
+    dtype = jnp.dtype(cfg.compute_dtype)
+    heads = fuse_heads(trainable[HEADS], num)
+    n, d = h_NxD.shape
+    gate_up = heads["gate_up"][:, :, : num - 1]
+    both = jnp.dot(h_NxD.astype(dtype), gate_up.reshape(d, -1).astype(dtype))
+    gate, up = both.reshape(n, 2, num - 1, -1).transpose(1, 0, 2, 3)
+    mid = (jax.nn.silu(gate) * up).astype(dtype)
+    delta = jnp.einsum("nke,ked->nkd", mid, heads["down"][: num - 1].astype(dtype))
+    out = (h_NxD.astype(jnp.float32)[:, None] + delta.astype(jnp.float32)).astype(h_NxD.dtype)
+    return jnp.concatenate([h_NxD[:, None], out], axis=1)
+
+
 def all_head_vision_logits(
     trainable: dict, h_NxD: jax.Array, num: int, cfg: ModelConfig, num_ids: int | None = None
 ) -> jax.Array:
     """fp32 vision-head logits of heads 1..num: `[N, num, num_ids]` (default all 8,200).
 
     `num_ids` keeps only the first vision ids (a sampler's codebook) and skips the rest of
-    the head's matmul.
+    the head's matmul. One matmul for all heads: the head is shared.
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     head = trainable["vision_head"][:, : num_ids or vocab.VISION_VOCAB_SIZE].astype(dtype)
-    return jnp.stack(
-        [
-            jnp.dot(
-                head_hidden(trainable, h_NxD, k, cfg).astype(dtype),
-                head,
-                preferred_element_type=jnp.float32,
-            )
-            for k in range(1, num + 1)
-        ],
-        axis=1,
-    )
+    hidden = all_head_hidden(trainable, h_NxD, num, cfg).astype(dtype)
+    return jnp.einsum("nkd,dc->nkc", hidden, head, preferred_element_type=jnp.float32)
 
 
 # ------------------------------------------------------------------------------ code order

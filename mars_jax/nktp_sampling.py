@@ -210,7 +210,8 @@ def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "use_cfg", "prepared")
+    jax.jit,
+    static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "use_cfg", "prepared", "text_len"),
 )
 def decode_codes(
     frozen: dict,
@@ -228,8 +229,13 @@ def decode_codes(
     mode: str,
     use_cfg: bool,
     prepared: bool = False,
+    text_len: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Codes `[B, num_codes]` in sequence order and the number of forward passes.
+
+    `text_len`: the prompt's text slot (`sr_prompt_rows`); after it every token is a vision
+    token, so the prefill runs each expert on its own part only (about half the FLOPs of
+    running both on every token). 0: one mixed prefill. Either way it counts as one pass.
 
     `hi_offsets_N` (`hires_offsets`): the rotary position of the i-th high-res code minus
     that of `<img>`, for `num_codes + k` codes (drafts past the last code are discarded).
@@ -239,9 +245,19 @@ def decode_codes(
     if not prepared:
         frozen, trainable = _prepare(frozen, trainable, cfg, scfg.codebook_size)
     cache = decode.init_cache(cfg, rows, prompt_len + num_codes + k)
-    h, cache = extend(
-        frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
-    )
+    if text_len:
+        _, cache = extend(
+            frozen, trainable, cache, tokens_RxP[:, :text_len], positions_RxP[:, :text_len],
+            valid_RxP[:, :text_len], 0, cfg, layout_lib.TEXT,
+        )  # fmt: skip
+        h, cache = extend(
+            frozen, trainable, cache, tokens_RxP[:, text_len:], positions_RxP[:, text_len:],
+            valid_RxP[:, text_len:], text_len, cfg, layout_lib.VISION,
+        )  # fmt: skip
+    else:
+        h, cache = extend(
+            frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
+        )
     img_position_R = jnp.asarray(positions_RxP)[:, -1]
     heads = lambda h_RxD: _head_code_logits(trainable, h_RxD, k, cfg, scfg, batch, use_cfg)
     rng, key = jax.random.split(rng)
@@ -487,6 +503,7 @@ def sample_hires_codes(
         mode=mode,
         use_cfg=use_cfg,
         prepared=prepared,
+        text_len=int(text_len),
     )
     raster = nktp.to_raster(np.asarray(codes), hi_grid, nktp.num_heads(cfg))
     return raster, DecodeInfo(

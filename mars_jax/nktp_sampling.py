@@ -126,6 +126,30 @@ def extend(
     return layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps), cache
 
 
+def prefill(
+    frozen: dict,
+    trainable: dict,
+    cache: dict,
+    tokens_RxP: jax.Array,
+    positions_RxP: jax.Array,
+    valid_RxP: jax.Array,
+    text_len: int,
+    cfg: ModelConfig,
+) -> tuple[jax.Array, dict]:
+    """`extend` with a whole prompt from slot 0. After the `text_len` text slot every token is
+    a vision token, so each expert runs on its own part only (about half the FLOPs of running
+    both on every token); `text_len=0`: one mixed pass."""
+    if not text_len:
+        return extend(frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg)
+    parts = ((slice(0, text_len), layout_lib.TEXT), (slice(text_len, None), layout_lib.VISION))
+    for (cut, modality), start in zip(parts, (0, text_len), strict=True):
+        h, cache = extend(
+            frozen, trainable, cache, tokens_RxP[:, cut], positions_RxP[:, cut],
+            valid_RxP[:, cut], start, cfg, modality,
+        )  # fmt: skip
+    return h, cache
+
+
 # ------------------------------------------------------------------------------ prompts
 
 
@@ -233,9 +257,8 @@ def decode_codes(
 ) -> tuple[jax.Array, jax.Array]:
     """Codes `[B, num_codes]` in sequence order and the number of forward passes.
 
-    `text_len`: the prompt's text slot (`sr_prompt_rows`); after it every token is a vision
-    token, so the prefill runs each expert on its own part only (about half the FLOPs of
-    running both on every token). 0: one mixed prefill. Either way it counts as one pass.
+    `text_len`: the prompt's text slot (`sr_prompt_rows`), for `prefill`; the prefill counts
+    as one pass.
 
     `hi_offsets_N` (`hires_offsets`): the rotary position of the i-th high-res code minus
     that of `<img>`, for `num_codes + k` codes (drafts past the last code are discarded).
@@ -245,19 +268,9 @@ def decode_codes(
     if not prepared:
         frozen, trainable = _prepare(frozen, trainable, cfg, scfg.codebook_size)
     cache = decode.init_cache(cfg, rows, prompt_len + num_codes + k)
-    if text_len:
-        _, cache = extend(
-            frozen, trainable, cache, tokens_RxP[:, :text_len], positions_RxP[:, :text_len],
-            valid_RxP[:, :text_len], 0, cfg, layout_lib.TEXT,
-        )  # fmt: skip
-        h, cache = extend(
-            frozen, trainable, cache, tokens_RxP[:, text_len:], positions_RxP[:, text_len:],
-            valid_RxP[:, text_len:], text_len, cfg, layout_lib.VISION,
-        )  # fmt: skip
-    else:
-        h, cache = extend(
-            frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, 0, cfg, mars.MIXED
-        )
+    h, cache = prefill(
+        frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, text_len, cfg
+    )
     img_position_R = jnp.asarray(positions_RxP)[:, -1]
     heads = lambda h_RxD: _head_code_logits(trainable, h_RxD, k, cfg, scfg, batch, use_cfg)
     rng, key = jax.random.split(rng)

@@ -3,10 +3,12 @@
 import contextlib
 import io
 
+import jax.numpy as jnp
 import numpy as np
 
 from mars_jax import nktp_sampling
 from mars_jax.bench import nktp as bench
+from mars_jax.model import decode
 
 
 def test_bench_prints_passes_ratio_then_speedup_last():
@@ -35,3 +37,43 @@ def test_prepared_weights_decode_the_same_codes():
         weights, None, cfg, *args, text_len=bench.TEXT_LEN, scfg=scfg
     )
     assert (plain == prepared).all() and info.dtype == "float32"
+
+
+def test_split_prefill_equals_mixed_and_pass_costs_print():
+    cfg, frozen, trainable = bench._trained_synthetic(
+        type("A", (), {"k": 4, "seed": 0, "train_steps": 0, "train_batch": 1})()
+    )
+    cfg = cfg.replace(compute_dtype="float32")
+    lo, _ = bench.synthetic_sr(np.random.default_rng(0), 2)
+    rows = nktp_sampling.sr_prompt_rows([[5, 6], []], lo, bench.TEXT_LEN, bench.HI_GRID)
+    weights = nktp_sampling.prepare_params(frozen, trainable, cfg, 64, "float32")
+    args = [jnp.asarray(rows[k]) for k in ("tokens", "positions", "valid")]
+    out = {}
+    for text_len in (0, bench.TEXT_LEN):
+        cache = decode.init_cache(cfg, 2, args[0].shape[1] + 4)
+        out[text_len] = nktp_sampling.prefill(
+            weights["frozen"], weights["trainable"], cache, *args, text_len, cfg
+        )
+    h_mixed, cache_mixed = out[0]
+    h_split, cache_split = out[bench.TEXT_LEN]
+    np.testing.assert_allclose(h_split[:, -1], h_mixed[:, -1], rtol=1e-5, atol=1e-5)
+    valid = np.asarray(rows["valid"])  # pad slots hold whatever; compare the valid ones
+    for name in ("k", "v"):
+        got, want = np.asarray(cache_split[name]), np.asarray(cache_mixed[name])
+        np.testing.assert_allclose(
+            got[:, :, : valid.shape[1]][:, valid], want[:, :, : valid.shape[1]][:, valid],
+            rtol=1e-5, atol=1e-5,
+        )  # fmt: skip
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        costs = bench.pass_costs(cfg, weights, rows, 64, 4, bench.TEXT_LEN, repeats=1)
+    assert set(costs) == {
+        "pass_cost_prefill_ms[mixed]",
+        "pass_cost_prefill_ms[split]",
+        "pass_cost_us[T=1,heads=1]",
+        "pass_cost_us[T=4,heads=1]",
+        "pass_cost_us[T=4,heads=4]",
+    }
+    assert all(v > 0 for v in costs.values())
+    assert printed.getvalue().count("pass_cost_") == 5

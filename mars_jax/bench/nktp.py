@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mars_jax import nktp_sampling
+from mars_jax import nktp_sampling, vocab
 from mars_jax.data import formats
 from mars_jax.model import nktp, params
 from mars_jax.model.config import ModelConfig
@@ -145,6 +145,61 @@ def time_decode(run, repeats: int) -> tuple[float, float, object]:
     return min(walls), min(cpus), out
 
 
+def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, repeats: int):
+    """Where a decode's time goes: the prompt's prefill (one mixed pass vs text and vision
+    parts, `decode_codes(text_len=...)`) in ms, and µs per pass of T = 1 and T = k vision
+    tokens with the heads read at the last one, timed in a loop of passes as the decoders
+    run them. Prints `pass_cost_*` lines; returns them as a dict."""
+    from mars_jax.model import decode  # noqa: PLC0415
+    from mars_jax.model import layout as layout_lib  # noqa: PLC0415
+
+    f, t = weights["frozen"], weights["trainable"]
+    tokens, positions, valid = (jnp.asarray(rows[key]) for key in ("tokens", "positions", "valid"))
+    r, length = tokens.shape
+    slots = length + 64 * 4
+
+    def prefill(split: bool):
+        def run(f, t):
+            cache = decode.init_cache(cfg, r, slots)
+            cut = text_len if split else 0
+            return nktp_sampling.prefill(f, t, cache, tokens, positions, valid, cut, cfg)
+
+        return jax.jit(run)
+
+    def passes(width: int, heads: int, count: int):
+        @jax.jit
+        def run(f, t, cache):
+            def body(carry, i):
+                cache, code = carry
+                fed = vocab.code_to_token(jnp.broadcast_to(code, (r, width)))
+                at = length + i * width + jnp.arange(width)[None]
+                h, cache = nktp_sampling.extend(
+                    f, t, cache, fed, jnp.broadcast_to(at, (r, width)),
+                    jnp.ones((r, width), bool), length + i * width, cfg, layout_lib.VISION,
+                )  # fmt: skip
+                logits = nktp.all_head_vision_logits(t, h[:, -1], heads, cfg, codebook)
+                return (cache, jnp.argmax(logits[:, 0], -1)[:, None].astype(jnp.int32)), None
+
+            start = (cache, jnp.zeros((r, 1), jnp.int32))
+            return jax.lax.scan(body, start, jnp.arange(count))[0][1]
+
+        return run
+
+    out = {}
+    for name, split in (("mixed", False), ("split", True)):
+        seconds, _, _ = time_decode(lambda fn=prefill(split): fn(f, t), repeats)
+        out[f"pass_cost_prefill_ms[{name}]"] = seconds * 1e3
+    _, cache = prefill(True)(f, t)
+    count = 64 // k
+    for width, heads in ((1, 1), (k, 1), (k, k)):
+        run = passes(width, heads, count)
+        seconds, _, _ = time_decode(lambda run=run: run(f, t, cache), repeats)
+        out[f"pass_cost_us[T={width},heads={heads}]"] = seconds / count * 1e6
+    for name, value in out.items():
+        print(f"{name}={value:.2f}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=4)
@@ -155,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="", help="a stage-III run to time (default: built)")
     p.add_argument("--dtype", default="", help="decode compute dtype (default: decode_dtype)")
+    p.add_argument(
+        "--pass_costs", action="store_true", help="also time the prefill and single passes"
+    )
     args = p.parse_args(argv)
 
     if args.checkpoint:
@@ -203,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nktp_cpu_time_ratio_{name}={base_cpu / cpu_seconds:.2f}")
         print(f"nktp_forward_passes_ratio_{name}={info.passes / base_info.passes:.3f}")
         print(f"nktp_speedup_{name}={base_s / seconds:.2f}")
+    if args.pass_costs:
+        rows = nktp_sampling.sr_prompt_rows(texts, lo, text_len, hi_grid)
+        pass_costs(cfg.replace(compute_dtype=dtype), weights, rows, codebook, args.k, text_len,
+                   args.repeats)  # fmt: skip
     fast_s, _, fast_info, _ = results["fast"]
     print(f"nktp_forward_passes_ratio={fast_info.passes / base_info.passes:.3f}")
     print(f"nktp_speedup={base_s / fast_s:.2f}")

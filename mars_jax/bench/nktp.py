@@ -149,26 +149,24 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
     """Where a decode's time goes: the prompt's prefill (one mixed pass vs text and vision
     parts, `decode_codes(text_len=...)`) in ms, and µs per pass of T = 1 and T = k vision
     tokens with the heads read at the last one, timed in a loop of passes as the decoders
-    run them. Prints `pass_cost_*` lines; returns them as a dict."""
+    run them (per pass: the loop's time less the prefill's, over its passes). Prints
+    `pass_cost_*` lines; returns them as a dict."""
     from mars_jax.model import decode  # noqa: PLC0415
     from mars_jax.model import layout as layout_lib  # noqa: PLC0415
 
     f, t = weights["frozen"], weights["trainable"]
     tokens, positions, valid = (jnp.asarray(rows[key]) for key in ("tokens", "positions", "valid"))
     r, length = tokens.shape
-    slots = length + 64 * 4
 
-    def prefill(split: bool):
-        def run(f, t):
-            cache = decode.init_cache(cfg, r, slots)
-            cut = text_len if split else 0
-            return nktp_sampling.prefill(f, t, cache, tokens, positions, valid, cut, cfg)
+    def decode_like(split: bool, width: int = 1, heads: int = 1, count: int = 0):
+        """Prefill, then `count` passes of `width` tokens: the shape of `decode_codes`."""
 
-        return jax.jit(run)
-
-    def passes(width: int, heads: int, count: int):
         @jax.jit
-        def run(f, t, cache):
+        def run(f, t):
+            cache = decode.init_cache(cfg, r, length + 64 + width)
+            cut = text_len if split else 0
+            h, cache = nktp_sampling.prefill(f, t, cache, tokens, positions, valid, cut, cfg)
+
             def body(carry, i):
                 cache, code = carry
                 fed = vocab.code_to_token(jnp.broadcast_to(code, (r, width)))
@@ -181,19 +179,18 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
                 return (cache, jnp.argmax(logits[:, 0], -1)[:, None].astype(jnp.int32)), None
 
             start = (cache, jnp.zeros((r, 1), jnp.int32))
-            return jax.lax.scan(body, start, jnp.arange(count))[0][1]
+            return jax.lax.scan(body, start, jnp.arange(count))[0][1], h
 
-        return run
+        seconds, _, _ = time_decode(lambda: jax.block_until_ready(run(f, t)), repeats)
+        return seconds
 
     out = {}
     for name, split in (("mixed", False), ("split", True)):
-        seconds, _, _ = time_decode(lambda fn=prefill(split): fn(f, t), repeats)
-        out[f"pass_cost_prefill_ms[{name}]"] = seconds * 1e3
-    _, cache = prefill(True)(f, t)
+        out[f"pass_cost_prefill_ms[{name}]"] = decode_like(split) * 1e3
+    prefill_s = out["pass_cost_prefill_ms[split]"] / 1e3
     count = 64 // k
     for width, heads in ((1, 1), (k, 1), (k, k)):
-        run = passes(width, heads, count)
-        seconds, _, _ = time_decode(lambda run=run: run(f, t, cache), repeats)
+        seconds = decode_like(True, width, heads, count) - prefill_s
         out[f"pass_cost_us[T={width},heads={heads}]"] = seconds / count * 1e6
     for name, value in out.items():
         print(f"{name}={value:.2f}")

@@ -75,5 +75,5 @@ def test_split_prefill_equals_mixed_and_pass_costs_print():
         "pass_cost_us[T=4,heads=1]",
         "pass_cost_us[T=4,heads=4]",
     }
-    assert all(v > 0 for v in costs.values())
+    assert all(np.isfinite(v) for v in costs.values())  # differences of timings: any sign
     assert printed.getvalue().count("pass_cost_") == 5

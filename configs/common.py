@@ -184,7 +184,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.train.global_batch = 32
         c.train.num_steps = 1300
         c.train.log_every = 10
-        c.optim.peak_lr = 1e-3  # 2e-3 gave a lower loss but no better prompt following
+        # Peak lr, measured with row and column in-image embeddings (128 held-out prompts,
+        # then 256 others): 2e-3 → 0.65 / 0.35; 1e-3 → 0.72 / 0.56, 0.70 / 0.55;
+        # 6e-4 → 0.77 / 0.60, 0.79 / 0.61; 4e-4 → 0.70 / 0.57, 0.76 / 0.60 (color / shape).
+        c.optim.peak_lr = 6e-4
         c.optim.warmup_ratio = 0.05
         c.optim.end_lr_ratio = 0.1  # still learning at the end of the CPU budget
         c.checkpoint.every_steps = 100

@@ -186,5 +186,10 @@ def test_codebook_size_computes_only_the_vqs_codes():
     )
     want = scipy.special.logsumexp(kept, axis=1) - kept[np.arange(6), col]
     np.testing.assert_allclose(ce, want, rtol=1e-5, atol=1e-5)
+    outside = vocab.TEXT_VOCAB_SIZE + np.array([100, 150])  # codes this VQ does not have
+    ce_out = loss.token_cross_entropy(
+        p["frozen"], p["trainable"], h[:2], outside, loss.VISION_ONLY, small_cfg
+    )
+    assert (np.asarray(ce_out) > 1e29).all()  # the mask value: bad data shows
     with pytest.raises(ValueError, match="codebook_size"):
         ModelConfig.tiny(codebook_size=9000)

@@ -41,10 +41,14 @@ def token_cross_entropy(
     A text target under `vision_only` scores the finite mask value (a huge loss), so a
     layout that disagrees with the data shows up instead of being silently ignored.
     """
-    lv = mars.vision_logits(trainable, h_NxD, cfg)
+    # Only the codebook's codes and the specials: the other codes have zero probability, and
+    # a masked constant block in the logits made XLA spend seconds constant-folding its max.
+    lv = mars.compact_vision_logits(trainable, h_NxD, cfg)
     target_is_vision = targets_N >= vocab.TEXT_VOCAB_SIZE
     v_ids = jnp.clip(targets_N - vocab.TEXT_VOCAB_SIZE, 0, vocab.VISION_VOCAB_SIZE - 1)
-    tgt_v = jnp.take_along_axis(lv, v_ids[:, None], axis=1)[:, 0]
+    columns, in_codebook = mars.compact_vision_ids(v_ids, cfg)
+    tgt_v = jnp.take_along_axis(lv, columns[:, None], axis=1)[:, 0]
+    tgt_v = jnp.where(in_codebook, tgt_v, layers.MASK_VALUE)
     lse_v = jax.nn.logsumexp(lv, axis=-1)
     if mode == VISION_ONLY:
         return lse_v - jnp.where(target_is_vision, tgt_v, layers.MASK_VALUE)

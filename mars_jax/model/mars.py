@@ -296,18 +296,34 @@ def text_logits(frozen: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
     )
 
 
+def compact_vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """fp32 logits of the first `cfg.codebook_size` codes, then the specials: `[N, n + 8]`
+    (`compact_vision_ids` maps vision ids to its columns)."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
+    head = trainable["vision_head"]
+    if n < codes:
+        head = jnp.concatenate([head[:, :n], head[:, codes:]], axis=1)
+    return jnp.dot(h_NxD.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def compact_vision_ids(vision_ids_N: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """`(columns, in_codebook)`: each vision id's column in `compact_vision_logits`, and
+    whether it has one (codes past `cfg.codebook_size` do not)."""
+    n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
+    is_special = vision_ids_N >= codes
+    columns = jnp.where(is_special, vision_ids_N - codes + n, jnp.minimum(vision_ids_N, n - 1))
+    return columns, is_special | (vision_ids_N < n)
+
+
 def vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
     """fp32 logits of the trainable vision head, `[N, 8200]`.
 
     Only the first `cfg.codebook_size` codes and the specials are computed; the codes a
     smaller VQ does not have get `layers.MASK_VALUE` (zero probability, no gradient).
     """
-    dtype = jnp.dtype(cfg.compute_dtype)
     n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
-    head = trainable["vision_head"]
-    if n < codes:
-        head = jnp.concatenate([head[:, :n], head[:, codes:]], axis=1)
-    logits = jnp.dot(h_NxD.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+    logits = compact_vision_logits(trainable, h_NxD, cfg)
     if n < codes:
         unused = jnp.full((logits.shape[0], codes - n), layers.MASK_VALUE, jnp.float32)
         logits = jnp.concatenate([logits[:, :n], unused, logits[:, n:]], axis=1)

@@ -38,12 +38,13 @@ class ModelConfig:
       `UNFREEZABLE`. Their trained copies live in the trainable tree (`params.py`); the
       frozen tree stays bit-identical. Empty (the paper): the LLM is frozen.
     image_pos_grid: `(rows, cols)` of the in-image position embedding, a deviation from MARS
-      that the small demo model needs (README, "Demo"); `(0, 0)` (the paper): none. Learned
-      row and column rows are added to image tokens, at the code's place in its image: its
-      rotary position minus that of the latest `<img>` / `<lo>` (`mars.image_offsets`),
-      split by `cols` into row and column. 1-D rotary positions are relative and do not give
-      that place. Needs every image `cols` codes wide (high-res codes in stage III; low-res
-      codes take their top-left child's place) and at most `rows` high (`check_image_grid`).
+      that the small demo model needs (README, "Demo"); `(0, 0)` (the paper): none. A learned
+      row embedding and a learned column embedding are added to each image token, at the
+      code's place in its image: its rotary position minus that of the latest `<img>` /
+      `<lo>` (`mars.image_offsets`), split by `cols` into row and column. 1-D rotary
+      positions are relative and do not give that place. Needs every image `cols` codes
+      wide (high-res codes in stage III; low-res codes take their top-left child's place)
+      and at most `rows` high (`check_image_grid`).
     """
 
     num_layers: int = 2

@@ -122,6 +122,13 @@ class AssembleBatch:
 # --------------------------------------------------------------------------- synthetic
 
 
+def synthetic_image_grids(data_config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The (high-res) code grids of synthetic batches: `data.grids`, times `data.hires_scale`
+    in stage III (where `data.grids` are the low-res grids)."""
+    scale = int(data_config.hires_scale) if int(data_config.stage) == 3 else 1
+    return [(int(h) * scale, int(w) * scale) for h, w in data_config.grids]
+
+
 class _SyntheticBatch:
     """Batch ``step`` of a random but well-formed stream; a pure function of (seed, step)."""
 
@@ -129,7 +136,7 @@ class _SyntheticBatch:
         self.stage = int(data_config.stage)
         self.text_len = int(data_config.text_len)
         self.grids = [tuple(int(x) for x in g) for g in data_config.grids]
-        self.scale = int(data_config.hires_scale)
+        self.image_grids = synthetic_image_grids(data_config)  # high-res in stage III
         self.codebook_size = min(int(data_config.codebook_size), vocab.NUM_IMAGE_CODES)
         self.dropout = float(data_config.caption_dropout)
         self.assemble = AssembleBatch(
@@ -140,7 +147,8 @@ class _SyntheticBatch:
 
     def __call__(self, step: int) -> dict:
         # The bucket depends on (seed, step) only: the same layout on every process.
-        grid = self.grids[np.random.default_rng([self.seed, step]).integers(len(self.grids))]
+        bucket = np.random.default_rng([self.seed, step]).integers(len(self.grids))
+        grid, image_grid = self.grids[bucket], self.image_grids[bucket]
         rng = np.random.default_rng([self.seed, step, self.process_index, 1])
         examples = []
         for i in range(self.batch_rows):
@@ -151,11 +159,8 @@ class _SyntheticBatch:
                 "drop": bool(rng.random() < self.dropout),
             }
             if self.stage == 3:
-                hi = (grid[0] * self.scale, grid[1] * self.scale)
                 ex["lo_codes"] = rng.integers(0, self.codebook_size, grid, dtype=np.int32)
-                ex["codes"] = rng.integers(0, self.codebook_size, hi, dtype=np.int32)
-            else:
-                ex["codes"] = rng.integers(0, self.codebook_size, grid, dtype=np.int32)
+            ex["codes"] = rng.integers(0, self.codebook_size, image_grid, dtype=np.int32)
             examples.append(ex)
         return self.assemble(examples)
 

@@ -133,8 +133,8 @@ def head_hidden(trainable: dict, h_NxD: jax.Array, k: int, cfg: ModelConfig) -> 
 
 def fuse_heads(heads: Mapping, num: int) -> dict:
     """Adapters of heads 2..num laid out for `all_head_hidden`: `{"gate_up": [D, 2, num - 1,
-    D], "down": [num - 1, D, D]}`. A decoder makes this once per call, so
-    that each pass runs one matmul for the gates and ups of all heads, not two per head."""
+    D], "down": [num - 1, D, D]}`. A decoder makes this once per call, so that each pass
+    runs one matmul for the gates and ups of all heads, not two per head."""
     if "gate_up" in heads:  # fused already
         return dict(heads)
     gate_up = jnp.stack([heads["gate"][: num - 1], heads["up"][: num - 1]])  # [2, n, D, D]

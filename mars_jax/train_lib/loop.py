@@ -120,12 +120,6 @@ def check_shards_fit_model(shards_dir: str, model_cfg: ModelConfig) -> None:
         model_cfg.check_image_grid(bucket["grid"], f"{shards_dir} bucket {name}")
 
 
-def image_grids(data: ml_collections.ConfigDict) -> list[tuple[int, int]]:
-    """The (high-res) code grids of synthetic batches: `data.grids`, times the stage-III scale."""
-    scale = int(data.hires_scale) if int(data.stage) == 3 else 1
-    return [(int(h) * scale, int(w) * scale) for h, w in data.grids]
-
-
 def prepare(
     config: ml_collections.ConfigDict,
     devices: list[jax.Device] | None = None,
@@ -160,7 +154,9 @@ def prepare(
                 "there (train the previous stage first, or fix the path)"
             )
     if config.data.get("synthetic", False):
-        for grid in image_grids(config.data):
+        from mars_jax.data import pipeline  # noqa: PLC0415
+
+        for grid in pipeline.synthetic_image_grids(config.data):
             model_cfg.check_image_grid(grid, "data.grids (synthetic)")
     elif check_paths:
         check_shards_fit_model(config.data.shards, model_cfg)

@@ -19,6 +19,7 @@ command) ends at 1.1 and beats bicubic: 20.93 dB fast / 21.15 dB exact (docs/NKT
 """
 
 from configs import common
+from mars_jax.demo import shapes
 
 
 def get_config(arg: str | None = None):
@@ -43,6 +44,7 @@ def get_config(arg: str | None = None):
         c.train.grad_accum = 24
     elif preset == "demo":
         c.data.demo_scenes = 8000  # 1,200 steps × 16 see each about 2.4 times
+        c.data.demo_kind_mix = dict(shapes.SCENE_KIND_PROBS)  # the held-out prompts' mix
         c.data.shards = f"data/demo/stage3_{c.data.demo_scenes}"  # built on first use
         c.base.init_from = "runs/demo_stage1"  # the stage-I demo run; see the docstring
         c.sample.every_steps = 0  # the preview samples text→image, which this run does not train

@@ -2,7 +2,7 @@
 
     python -m mars_jax.cascade --base=<stage I/II workdir> --sr=<stage III workdir> \
         --prompt="a red circle on the left" --out=samples/ [--nktp=4] [--nktp-mode=fast|exact] \
-        [--cfg-scale=1.5] [--temperature=1.0] [--sr-cfg-scale=1.0] [--sr-temperature=0] \
+        [--cfg-scale=S] [--temperature=T] [--sr-cfg-scale=1.0] [--sr-temperature=0] \
         [--resolution=256x256] [--sr-sizes=LOWxLOW:HIGHxHIGH] [--seed=0]
 
 As in the paper (§3.4), the stage-III model is conditioned on the *generated* low-res image:
@@ -10,7 +10,8 @@ it is resized to the stage's low-res size (as data preparation does), encoded wi
 stage-III run's VQ tokenizer, and the caption gets the high-res resolution in front
 (`formats.resolution_prompt`, as in stage-III training data). High-res codes come from
 `nktp_sampling.sample_hires_codes` with `--nktp` codes per pass (default: the model's K).
-Writes `low_XXX.png`, `high_XXX.png`, `prompts.txt` and a contact sheet (low-res upscaled
+Text-to-image sampling options left unset take the `--base` run's `sample` settings, as in
+`generate`. Writes `low_XXX.png`, `high_XXX.png`, `prompts.txt` and a contact sheet (low-res upscaled
 by pixel repetition beside the high-res result).
 """
 
@@ -145,10 +146,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--nktp", type=int, default=0, help="codes per pass (0: the model's K)")
     p.add_argument("--nktp-mode", "--nktp_mode", dest="nktp_mode", default="fast")
-    p.add_argument("--cfg-scale", "--cfg_scale", dest="cfg_scale", type=float, default=1.5)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=0)
-    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=1.0)
+    from mars_jax import generate  # noqa: PLC0415
+
+    generate.add_sampling_args(p)  # of the --base model; unset: that run's sample settings
     p.add_argument("--sr-cfg-scale", "--sr_cfg_scale", dest="sr_cfg_scale", type=float, default=1.0)
     p.add_argument(
         "--sr-temperature", "--sr_temperature", dest="sr_temperature", type=float, default=0.0
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     from mars_jax import generate, sampling  # noqa: PLC0415
 
     prompts = generate.read_prompts(args.prompt, args.prompt_file)
+    generate.fill_sampling_args(args, args.base)
     base_scfg = sampling.SamplingConfig(
         cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
     )

@@ -137,6 +137,7 @@ def main(argv):
                 int(config.stage),
                 int(config.data.demo_scenes),
                 vq_dir=config.data.get("demo_vq", ""),
+                kind_mix=config.data.get("demo_kind_mix", None),
             )
     summary = loop.run(config, FLAGS.workdir)
     if jax.process_index() == 0:

@@ -98,3 +98,45 @@ def test_load_prompts_names_the_bad_line(tmp_path):
     path.write_text(good + "\n" + '{"caption": "x", "spec": {"kind": "blob"}}\n')
     with pytest.raises(ValueError, match=r"p.jsonl:2"):
         shapes.load_prompts(str(path))
+
+
+def test_training_kind_mix_changes_training_scenes_but_not_the_held_out_prompts(tmp_path):
+    # The default mix draws the same scenes as before the mix could be chosen.
+    default = shapes.make_dataset(50, seed=2)
+    same = shapes.make_dataset(50, seed=2, kind_mix=dict(shapes.SCENE_KIND_PROBS))
+    assert default.specs == same.specs and default.captions == same.captions
+    heavy = shapes.make_dataset(300, kind_mix={"single": 1, "relation": 3})
+    kinds = [s.kind for s in heavy.specs]
+    assert "count" not in kinds and 0.65 < kinds.count("relation") / len(kinds) < 0.85
+    assert not any(shapes.is_held_out(s) for s in heavy.specs)
+
+    out = str(tmp_path / "demo")
+    mix = "single=0.25,count=0.25,relation=0.5"
+    assert (
+        build.main([f"--out={out}", "--num_train=6", "--num_eval_scenes=3", f"--kind_mix={mix}"])
+        == 0
+    )
+    info = json.loads(open(os.path.join(out, build.INFO_FILE)).read())
+    assert info["kind_mix"] == {"single": 0.25, "count": 0.25, "relation": 0.5}
+    prompts = shapes.load_prompts(os.path.join(out, build.EVAL_FILE))
+    expected = [shapes.SceneSpec.from_json(p["spec"]) for p in shapes.eval_prompts(3)]
+    assert [p["spec"] for p in prompts] == expected
+
+
+@pytest.mark.parametrize(
+    "mix, message",
+    [
+        ({"single": 1, "blob": 1}, r"unknown kinds \['blob'\]"),
+        ({"single": -1, "relation": 2}, "must be >= 0"),
+        ({"single": 0}, "not all 0"),
+    ],
+)
+def test_bad_kind_mix_is_a_clear_error(mix, message):
+    with pytest.raises(ValueError, match=message):
+        shapes.check_kind_mix(mix)
+
+
+def test_build_cli_rejects_a_malformed_kind_mix(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build.main([f"--out={tmp_path}", "--num_train=1", "--kind_mix=single:1"])
+    assert "--kind_mix: expected kind=weight" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Cascade: low-res images → stage-III high-res images on a tiny model and a tiny VQ-GAN."""
 
+import json
 import os
 
 import jax
@@ -85,3 +86,15 @@ def test_parse_sizes():
     assert cascade.parse_sizes("32x16:64x32") == ((16, 32), (32, 64))
     with pytest.raises(ValueError, match="--sr-sizes"):
         cascade.parse_sizes("32x32")
+
+
+def test_cascade_sampling_options_default_to_the_base_runs_sample_settings(tmp_path):
+    base = tmp_path / "stage1"
+    base.mkdir()
+    sample = {"cfg_scale": 2.5, "temperature": 0.4, "top_k": 0, "top_p": 1.0}
+    (base / "config.json").write_text(json.dumps({"sample": sample}))
+    argv = [f"--base={base}", "--sr=unused", "--prompt=x", "--out=o"]
+    args = generate.fill_sampling_args(cascade.parse_args(argv), str(base))
+    assert (args.cfg_scale, args.temperature) == (2.5, 0.4)
+    args = generate.fill_sampling_args(cascade.parse_args([*argv, "--temperature=1.0"]), str(base))
+    assert (args.cfg_scale, args.temperature) == (2.5, 1.0)  # what the user sets wins

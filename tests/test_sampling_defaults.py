@@ -24,9 +24,10 @@ def test_unset_options_take_the_runs_sample_settings(tmp_path):
     assert (args.temperature, args.top_k, args.cfg_scale) == (1.0, 0, 2.0)  # the CLI wins
 
 
-def test_demo_preset_samples_at_its_measured_temperature():
-    assert stage1.get_config("demo").sample.temperature == pytest.approx(0.8)
-    assert stage1.get_config("qwen7b").sample.temperature == 1.0
+def test_demo_preset_samples_at_its_measured_guidance_and_temperature():
+    demo, paper = stage1.get_config("demo").sample, stage1.get_config("qwen7b").sample
+    assert (demo.cfg_scale, demo.temperature) == pytest.approx((2.5, 0.4))
+    assert (paper.cfg_scale, paper.temperature) == (1.5, 1.0)
 
 
 def test_missing_run_config_is_a_clear_error(tmp_path):

@@ -34,6 +34,8 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     assert demo_shards.ensure_demo_shards(shards, 3, 16) == shards  # built: a no-op
     with pytest.raises(ValueError, match=r"data.demo_scenes=20, but .* hold 16 scenes"):
         demo_shards.ensure_demo_shards(shards, 3, 20)  # another count: a clear error
+    with pytest.raises(ValueError, match=r"data.demo_kind_mix=.*were drawn with"):
+        demo_shards.ensure_demo_shards(shards, 3, 16, kind_mix={"relation": 1})
     narrow = ModelConfig.from_dict(c.model).replace(image_pos_grid=(8, 4))
     with pytest.raises(ValueError, match=r"stage3 bucket .*8x8 code grid does not fit"):
         loop.check_shards_fit_model(shards, narrow)  # before compiling, naming the bucket

@@ -24,16 +24,28 @@ from mars_jax.demo import shapes
 
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval_prompts.jsonl"
+INFO_FILE = "build.json"  # the arguments of the build, checked when the scenes are reused
 IMAGE_DIR = "images"
 
 
-def build(out_dir: str, num_train: int, num_eval_scenes: int = 32, seed: int = 0) -> None:
-    """Writes the files; rewriting the same arguments gives byte-identical output."""
+def build(
+    out_dir: str,
+    num_train: int,
+    num_eval_scenes: int = 32,
+    seed: int = 0,
+    kind_mix: dict[str, float] | None = None,
+) -> None:
+    """Writes the files; rewriting the same arguments gives byte-identical output.
+
+    ``kind_mix``: weights of the training scene kinds (default ``shapes.SCENE_KIND_PROBS``);
+    the held-out prompts always follow the default mix, so scores stay comparable.
+    """
+    kind_mix = shapes.check_kind_mix(kind_mix)
     os.makedirs(os.path.join(out_dir, IMAGE_DIR), exist_ok=True)
     train_path = os.path.join(out_dir, TRAIN_FILE)
     with open(train_path + ".tmp", "w", encoding="utf-8") as f:
         for i in tqdm(range(num_train), desc="demo scenes", disable=num_train < 1000):
-            spec, caption, lang = shapes.example(i, seed, "train")
+            spec, caption, lang = shapes.example(i, seed, "train", kind_mix)
             rel = f"{IMAGE_DIR}/{i:06d}.png"
             Image.fromarray(shapes.render(spec)).save(os.path.join(out_dir, rel))
             row = {"key": f"shapes-{seed}-{i}", "image": rel, "caption": caption, "lang": lang}
@@ -44,6 +56,23 @@ def build(out_dir: str, num_train: int, num_eval_scenes: int = 32, seed: int = 0
         for prompt in shapes.eval_prompts(num_eval_scenes, seed):
             f.write(json.dumps(prompt, ensure_ascii=False) + "\n")
     os.replace(eval_path + ".tmp", eval_path)
+    info = {"num_train": num_train, "seed": seed, "kind_mix": kind_mix}
+    with open(os.path.join(out_dir, INFO_FILE), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+
+
+def parse_kind_mix(text: str) -> dict[str, float]:
+    """``"single=0.3,relation=0.7"`` → ``{"single": 0.3, "relation": 0.7}``."""
+    mix = {}
+    for item in text.split(","):
+        name, sep, weight = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected kind=weight, got {item!r}")
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise ValueError(f"weight of {name.strip()!r} is not a number: {weight!r}") from None
+    return mix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_train", type=int, required=True)
     p.add_argument("--num_eval_scenes", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--kind_mix",
+        default="",
+        help="training scene kinds, e.g. single=0.3,count=0.1,relation=0.6 (default: "
+        + ",".join(f"{k}={v}" for k, v in shapes.SCENE_KIND_PROBS.items())
+        + ")",
+    )
     args = p.parse_args(argv)
     if args.num_train < 0 or args.num_eval_scenes < 0:
         p.error("--num_train and --num_eval_scenes must be >= 0")
-    build(args.out, args.num_train, args.num_eval_scenes, args.seed)
+    try:
+        kind_mix = parse_kind_mix(args.kind_mix) if args.kind_mix else None
+        kind_mix = shapes.check_kind_mix(kind_mix)
+    except ValueError as e:
+        p.error(f"--kind_mix: {e}")
+    build(args.out, args.num_train, args.num_eval_scenes, args.seed, kind_mix)
     print(
         f"wrote {args.num_train} training scenes and {2 * args.num_eval_scenes} held-out "
         f"prompts to {args.out}"

@@ -116,6 +116,8 @@ COUNTS_ZH = {2: "两", 3: "三"}
 
 ALL_PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
 
+# How often each kind of scene is drawn: the held-out prompts always use this mix; the
+# training data may use another (`check_kind_mix`, the demo config's `data.demo_kind_mix`).
 SCENE_KIND_PROBS = {"single": 0.4, "count": 0.2, "relation": 0.4}
 _SPLIT_IDS = {"train": 0, "eval": 1}
 
@@ -315,13 +317,36 @@ def is_held_out(spec: SceneSpec) -> bool:
     return (color[0] + 3 * shape[0] + color[1] + 3 * shape[1]) % 7 == 0
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train") -> SceneSpec:
-    """One random scene of the split (rejection sampling on ``is_held_out``)."""
+def check_kind_mix(kind_mix: dict[str, float] | None) -> dict[str, float]:
+    """The mix of scene kinds as probabilities (default ``SCENE_KIND_PROBS``); ValueError
+    naming the bad kind or weight otherwise. Weights need not sum to 1."""
+    if kind_mix is None:
+        return dict(SCENE_KIND_PROBS)
+    if hasattr(kind_mix, "to_dict"):  # an ml_collections ConfigDict
+        kind_mix = kind_mix.to_dict()
+    mix = {str(k): float(v) for k, v in dict(kind_mix).items()}
+    unknown = sorted(set(mix) - set(SCENE_KIND_PROBS))
+    if unknown:
+        raise ValueError(
+            f"scene kind mix: unknown kinds {unknown}; known {sorted(SCENE_KIND_PROBS)}"
+        )
+    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"scene kind mix: weights must be >= 0 and not all 0, got {mix}")
+    total = sum(mix.values())
+    return {k: mix.get(k, 0.0) / total for k in SCENE_KIND_PROBS}
+
+
+def sample_scene(
+    rng: np.random.Generator, split: str = "train", kind_mix: dict[str, float] | None = None
+) -> SceneSpec:
+    """One random scene of the split (rejection sampling on ``is_held_out``); ``kind_mix``:
+    weights of the scene kinds (default ``SCENE_KIND_PROBS``)."""
     if split not in _SPLIT_IDS:
         raise ValueError(f"split {split!r} not in {sorted(_SPLIT_IDS)}")
-    kinds = list(SCENE_KIND_PROBS)
+    probs = check_kind_mix(kind_mix)
+    kinds = list(probs)
     while True:
-        kind = kinds[rng.choice(len(kinds), p=list(SCENE_KIND_PROBS.values()))]
+        kind = kinds[rng.choice(len(kinds), p=list(probs.values()))]
         if kind == "single":
             spec = _sample_single(rng, ALL_PAIRS)
         elif kind == "count":
@@ -392,19 +417,23 @@ class ShapesData:
     specs: list[SceneSpec]
 
 
-def example(index: int, seed: int = 0, split: str = "train") -> tuple[SceneSpec, str, str]:
+def example(
+    index: int, seed: int = 0, split: str = "train", kind_mix: dict[str, float] | None = None
+) -> tuple[SceneSpec, str, str]:
     """Example ``index`` of a split: (spec, caption, lang); about half 'en', half 'zh'."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-    spec = sample_scene(rng, split)
+    spec = sample_scene(rng, split, kind_mix)
     lang = "en" if rng.random() < 0.5 else "zh"
     return spec, caption(spec, lang, rng), lang
 
 
-def make_dataset(num: int, seed: int = 0, split: str = "train") -> ShapesData:
+def make_dataset(
+    num: int, seed: int = 0, split: str = "train", kind_mix: dict[str, float] | None = None
+) -> ShapesData:
     """``num`` rendered training (or held-out) examples, deterministic in ``seed``."""
     specs, captions, langs = [], [], []
     for i in range(num):
-        spec, text, lang = example(i, seed, split)
+        spec, text, lang = example(i, seed, split, kind_mix)
         specs.append(spec)
         captions.append(text)
         langs.append(lang)

@@ -46,20 +46,30 @@ def prepare_options(stage: int, source: str, out: str, vq_dir: str) -> prepare.P
 
 
 def ensure_demo_shards(
-    shards_dir: str, stage: int, num_train: int, seed: int = 0, vq_dir: str = ""
+    shards_dir: str,
+    stage: int,
+    num_train: int,
+    seed: int = 0,
+    vq_dir: str = "",
+    kind_mix: dict[str, float] | None = None,
 ) -> str:
     """Prepared shards of `num_train` demo scenes at `shards_dir` (scenes beside it).
 
     `vq_dir`: another VQ tokenizer than the shipped one (e.g. one retrained by the user).
+    `kind_mix`: weights of the training scene kinds (`shapes.check_kind_mix`).
     """
+    kind_mix = shapes.check_kind_mix(kind_mix)
     manifest_file = os.path.join(shards_dir, "manifest.json")
+    data_dir = scenes_dir(shards_dir)
     if os.path.exists(manifest_file):
         check_scene_count(manifest_file, num_train)
+        check_kind_mix(data_dir, kind_mix)
         return shards_dir
-    data_dir = scenes_dir(shards_dir)
     train_file = os.path.join(data_dir, build.TRAIN_FILE)
-    if not os.path.exists(train_file):
-        build.build(data_dir, num_train, seed=seed)
+    if os.path.exists(train_file):
+        check_kind_mix(data_dir, kind_mix)
+    else:
+        build.build(data_dir, num_train, seed=seed, kind_mix=kind_mix)
     manifest = prepare.run(prepare_options(stage, train_file, shards_dir, vq_dir or demo_vq_dir()))
     if manifest is None:
         raise RuntimeError(f"demo data: {shards_dir} is incomplete after prepare")
@@ -76,6 +86,23 @@ def check_scene_count(manifest_file: str, num_train: int) -> None:
             f"data.demo_scenes={num_train}, but the demo shards at {shards_dir} hold {seen} "
             f"scenes; point data.shards at a new directory (or delete {shards_dir} and "
             f"{scenes_dir(shards_dir)}) to build {num_train}"
+        )
+
+
+def check_kind_mix(data_dir: str, kind_mix: dict[str, float]) -> None:
+    """Raise if the scenes in `data_dir` were drawn with another mix of kinds than asked.
+
+    Scenes written before the mix was recorded used the default mix.
+    """
+    info_file = os.path.join(data_dir, build.INFO_FILE)
+    built = dict(shapes.SCENE_KIND_PROBS)
+    if os.path.exists(info_file):
+        with open(info_file, encoding="utf-8") as f:
+            built = json.load(f)["kind_mix"]
+    if any(abs(built.get(k, 0.0) - v) > 1e-9 for k, v in kind_mix.items()):
+        raise ValueError(
+            f"data.demo_kind_mix={kind_mix}, but the demo scenes at {data_dir} were drawn with "
+            f"{built}; point data.shards at a new directory (or delete it and {data_dir})"
         )
 
 

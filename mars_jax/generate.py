@@ -63,6 +63,9 @@ def load_run(workdir: str, vq_dir: str | None = None) -> LoadedRun:
     config.mesh.shape = (1, 1, 1)
     config.mesh.dcn_shape = (1, 1, 1)
     config.train.global_batch = max(1, int(config.train.grad_accum))
+    # The run's own checkpoint holds every trained weight: the previous stage it started
+    # from (a path relative to where it was trained) is not needed to sample.
+    config.base.init_from = ""
     setup = loop.prepare(config, devices=jax.devices()[:1])
     with jax.set_mesh(setup.mesh):
         frozen, identity = loop.load_frozen(setup)

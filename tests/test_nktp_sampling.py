@@ -159,3 +159,29 @@ def test_decode_dtype_is_float32_on_cpu_and_the_model_dtype_elsewhere():
     assert nktp_sampling.decode_dtype(bf16, "cpu") == "float32"
     assert nktp_sampling.decode_dtype(bf16, "gpu") == "bfloat16"
     assert nktp_sampling.decode_dtype(bf16, "tpu") == "bfloat16"
+
+
+def test_fused_projections_compute_the_same_qkv_and_mlp():
+    """`layers.fuse_projections` (the decoders' layout) against the separate matrices."""
+    from mars_jax.model import layers  # noqa: PLC0415
+
+    _, trainable = _setup()[:2]
+    layer = jax.tree.map(lambda x: x[0], trainable["layers"])  # layer 0
+    fused = layers.fuse_projections(layer)
+    assert "qkv" in fused["vision_attn"] and "q" not in fused["vision_attn"]
+    assert "gate_up" in fused["vision_mlp"] and "gate" not in fused["vision_mlp"]
+    h = jax.random.normal(jax.random.key(3), (5, CFG.width), jnp.float32)
+    cos, sin = layers.rotary_cos_sin(jnp.arange(5), CFG.head_dim, CFG.rope_base)
+    for a, b in zip(
+        layers.qkv_projection(h, fused["vision_attn"], cos, sin, jnp.float32),
+        layers.qkv_projection(h, layer["vision_attn"], cos, sin, jnp.float32),
+        strict=True,
+    ):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layers.swiglu(h, fused["vision_mlp"], jnp.float32),
+        layers.swiglu(h, layer["vision_mlp"], jnp.float32),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -163,7 +163,7 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
 
         @jax.jit
         def run(f, t):
-            cache = decode.init_cache(cfg, r, length + 64 + width)
+            cache = nktp_sampling.unstack_cache(decode.init_cache(cfg, r, length + 64 + width))
             cut = text_len if split else 0
             h, cache = nktp_sampling.prefill(f, t, cache, tokens, positions, valid, cut, cfg)
 

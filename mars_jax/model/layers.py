@@ -51,17 +51,46 @@ def qkv_projection(
     h_NxD: jax.Array, attn: dict, cos_NxDh: jax.Array, sin_NxDh: jax.Array, dtype
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Q, K, V (with bias, rotary on Q and K) of one expert: `[N, H, Dh]`, `[N, KV, Dh]` x2."""
-    q = dense(h_NxD, attn["q"], dtype) + attn["q_bias"].astype(dtype)
-    k = dense(h_NxD, attn["k"], dtype) + attn["k_bias"].astype(dtype)
-    v = dense(h_NxD, attn["v"], dtype) + attn["v_bias"].astype(dtype)
+    if "qkv" in attn:  # `fuse_projections`: one matmul for the three
+        sizes = [attn[f"{n}_bias"].size for n in ("q", "k")]
+        qkv = dense(h_NxD, attn["qkv"], dtype)
+        q, k, v = jnp.split(qkv, [sizes[0], sizes[0] + sizes[1]], axis=-1)
+        q, k, v = (
+            x.reshape(h_NxD.shape[:-1] + attn[f"{n}_bias"].shape)
+            for x, n in zip((q, k, v), ("q", "k", "v"), strict=True)
+        )
+    else:
+        q, k, v = (dense(h_NxD, attn[n], dtype) for n in ("q", "k", "v"))
+    q = q + attn["q_bias"].astype(dtype)
+    k = k + attn["k_bias"].astype(dtype)
+    v = v + attn["v_bias"].astype(dtype)
     return apply_rotary(q, cos_NxDh, sin_NxDh), apply_rotary(k, cos_NxDh, sin_NxDh), v
 
 
 def swiglu(h_NxD: jax.Array, mlp: dict, dtype) -> jax.Array:
     """`down(silu(gate(h)) * up(h))`; Qwen-1 names: gate = w2, up = w1, down = c_proj."""
-    gate = dense(h_NxD, mlp["gate"], dtype)
-    up = dense(h_NxD, mlp["up"], dtype)
+    if "gate_up" in mlp:  # `fuse_projections`: one matmul for both
+        gate, up = jnp.split(dense(h_NxD, mlp["gate_up"], dtype), 2, axis=-1)
+    else:
+        gate, up = dense(h_NxD, mlp["gate"], dtype), dense(h_NxD, mlp["up"], dtype)
     return dense(jax.nn.silu(gate) * up, mlp["down"], dtype)
+
+
+def fuse_projections(layer: dict) -> dict:
+    """A layer's weights with Q, K, V as one `[D, (H + 2 KV) Dh]` matrix (`qkv`) and gate and
+    up as one `[D, 2F]` (`gate_up`), for decoding: a pass of a few tokens then runs 2 matmuls
+    where it ran 5, each with its own dispatch (on CPU, a thread-pool hand-off)."""
+    out = {}
+    for name, group in layer.items():
+        if isinstance(group, dict) and {"q", "k", "v"} <= group.keys():
+            flat = [group[n].reshape(group[n].shape[0], -1) for n in ("q", "k", "v")]
+            rest = {n: w for n, w in group.items() if n not in ("q", "k", "v")}
+            group = {**rest, "qkv": jnp.concatenate(flat, axis=1)}
+        elif isinstance(group, dict) and {"gate", "up", "down"} <= group.keys():
+            gate_up = jnp.concatenate([group["gate"], group["up"]], axis=1)
+            group = {"gate_up": gate_up, "down": group["down"]}
+        out[name] = group
+    return out
 
 
 def out_projection(a_NxHxDh: jax.Array, o_HxDhxD: jax.Array, dtype) -> jax.Array:

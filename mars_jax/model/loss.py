@@ -3,8 +3,9 @@
 The `[tokens, 160136]` fp32 logits of a whole batch never exist at once: the tokens are cut
 into chunks of `cfg.loss_chunk_size`, a `lax.scan` walks over them, and each chunk's
 logits are recomputed in the backward pass. Chunks without any loss-bearing token (e.g. the
-text prefix of text-to-image) are skipped at run time, forward and backward. The log-partition is `logaddexp(lse(text logits), lse(vision logits))`, so the
-two heads' logits are never concatenated either.
+text prefix of text-to-image) are skipped at run time, forward and backward. The
+log-partition is `logaddexp(lse(text logits), lse(vision logits))`, so the two heads'
+logits are never concatenated either.
 """
 
 from __future__ import annotations

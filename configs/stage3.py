@@ -44,8 +44,9 @@ def get_config(arg: str | None = None):
         c.train.grad_accum = 24
     elif preset == "demo":
         c.data.demo_scenes = 8000  # 2,000 steps × 16 see each 4 times
-        c.data.demo_kind_mix = dict(shapes.SCENE_KIND_PROBS)  # the held-out prompts' mix
-        c.data.shards = f"data/demo/stage3_{c.data.demo_scenes}"  # built on first use
+        mix = dict(shapes.SCENE_KIND_PROBS)  # the held-out prompts' mix
+        c.data.demo_kind_mix = mix
+        c.data.shards = common.demo_shards_dir(3, c.data.demo_scenes, mix)  # built on first use
         c.base.init_from = "runs/demo_stage1"  # the stage-I demo run; see the docstring
         c.sample.every_steps = 0  # the preview samples text→image, which this run does not train
         # Sequences are longer than stage I's (text 24 + 18 low-res + 66 high-res) and four

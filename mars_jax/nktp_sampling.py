@@ -272,9 +272,8 @@ def decode_codes(
     batch = rows // 2 if use_cfg else rows
     if not prepared:
         frozen, trainable = _prepare(frozen, trainable, cfg, scfg.codebook_size)
-    cache = decode.init_cache(cfg, rows, prompt_len + num_codes + k)
-    if isinstance(frozen["layers"], (list, tuple)):
-        cache = unstack_cache(cache)
+    # Weights are per layer here (`_prepare`), so the cache is too.
+    cache = unstack_cache(decode.init_cache(cfg, rows, prompt_len + num_codes + k))
     h, cache = prefill(
         frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, text_len, cfg
     )

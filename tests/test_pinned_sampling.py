@@ -1,0 +1,20 @@
+"""Every sampler draws the pinned codes (`tests/pinned_sampling.py`) for fixed seeds."""
+
+import json
+
+import pytest
+
+import pinned_sampling
+
+
+@pytest.fixture(scope="module")
+def drawn():
+    return pinned_sampling.compute()
+
+
+def test_samplers_draw_the_pinned_codes(drawn):
+    with open(pinned_sampling.PIN_FILE) as f:
+        pinned = json.load(f)
+    assert sorted(drawn) == sorted(pinned)
+    differ = [name for name in pinned if drawn[name] != pinned[name]]
+    assert not differ, f"codes changed for {differ}"

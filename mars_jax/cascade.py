@@ -75,8 +75,9 @@ def super_resolve(
     import jax.numpy as jnp  # noqa: PLC0415
 
     from mars_jax import generate, nktp_sampling  # noqa: PLC0415
-    from mars_jax.data import formats, image_ops  # noqa: PLC0415
+    from mars_jax.data import image_ops  # noqa: PLC0415
     from mars_jax.text.tokenizer import load_tokenizer  # noqa: PLC0415
+    from mars_jax.tokens import formats  # noqa: PLC0415
     from mars_jax.vq import model as vq_model  # noqa: PLC0415
 
     f = sr_run.vq_cfg.downsample_factor

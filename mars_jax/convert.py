@@ -33,9 +33,9 @@ import orbax.checkpoint as ocp
 from safetensors import safe_open
 from tqdm import tqdm
 
-from mars_jax import vocab
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 QWEN1 = "qwen1"
 QWEN2 = "qwen2"
@@ -199,7 +199,7 @@ def read_frozen(
     if rows > vocab.TEXT_VOCAB_SIZE:
         raise ConversionError(
             f"tensor {embed_name!r}: {rows} vocabulary rows > the text vocabulary "
-            f"{vocab.TEXT_VOCAB_SIZE} of mars_jax.vocab"
+            f"{vocab.TEXT_VOCAB_SIZE} of mars_jax.tokens.vocab"
         )
     cast = lambda x: np.asarray(x).astype(dtype)
 

@@ -128,8 +128,8 @@ def generate_images(
     """uint8 images `[len(prompts), H, W, 3]`, one per prompt, reproducible by `seed`."""
     import jax.numpy as jnp
 
-    from mars_jax.data import formats
     from mars_jax.text.tokenizer import load_tokenizer
+    from mars_jax.tokens import formats
 
     tok = load_tokenizer()
     factor = run.vq_cfg.downsample_factor

@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import sampling, vocab
+from mars_jax import sampling
 from mars_jax.model import decode
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 
 @dataclasses.dataclass

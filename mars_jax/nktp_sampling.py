@@ -1,7 +1,7 @@
-"""Parallel decoding of stage-III high-res codes with the next-K heads (`model/nktp.py`).
+"""Parallel decoding of stage-III high-res codes with the next-K heads (`model/heads.py`).
 
 The prompt is the `sr` format up to `<img>`: `PAD… text <lo> lo-codes </lo> <img>`. Codes
-come out in the model's sequence order (region-interleaved, `nktp.hires_order`) and are
+come out in the model's sequence order (region-interleaved, `code_order.hires_order`) and are
 returned as a raster grid. Two modes:
 
 - `fast`: every forward pass feeds the k codes drafted by the previous pass and reads heads
@@ -29,12 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import vocab
-from mars_jax.data import formats
-from mars_jax.model import decode, layers, mars, nktp
-from mars_jax.model import layout as layout_lib
+from mars_jax.model import decode, heads, layers, mars
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig, filter_logits, guide
+from mars_jax.tokens import code_order, formats, vocab
+from mars_jax.tokens import layout as layout_lib
 
 MODES = ("fast", "exact")
 
@@ -190,7 +189,7 @@ def hires_offsets(hi_grid: tuple[int, int], model_k: int, k: int) -> np.ndarray:
     minus that of `<img>`, for i < H·W + k (`formats.sr_image_positions`; the `k` extra
     slots hold drafts past the last code)."""
     n = hi_grid[0] * hi_grid[1]
-    order = nktp.hires_order(hi_grid, model_k)
+    order = code_order.hires_order(hi_grid, model_k)
     return np.concatenate([1 + order, n + 1 + np.arange(k)]).astype(np.int32)
 
 
@@ -207,7 +206,7 @@ def with_unconditional(
 
 def _head_code_logits(trainable, h_RxD, num, cfg, scfg, batch, use_cfg) -> jax.Array:
     """Guided code logits of heads 1..num: `[B, num, codebook_size]`."""
-    logits = nktp.all_head_vision_logits(trainable, h_RxD, num, cfg, scfg.codebook_size)
+    logits = heads.all_head_vision_logits(trainable, h_RxD, num, cfg, scfg.codebook_size)
     if not use_cfg:
         return logits
     r = logits.shape[0]
@@ -278,9 +277,9 @@ def decode_codes(
         frozen, trainable, cache, tokens_RxP, positions_RxP, valid_RxP, text_len, cfg
     )
     img_position_R = jnp.asarray(positions_RxP)[:, -1]
-    heads = lambda h_RxD: _head_code_logits(trainable, h_RxD, k, cfg, scfg, batch, use_cfg)
+    head_logits = lambda h_RxD: _head_code_logits(trainable, h_RxD, k, cfg, scfg, batch, use_cfg)
     rng, key = jax.random.split(rng)
-    drafts_BxK, q_BxKxC = _choose(heads(h[:, -1]), key, scfg)
+    drafts_BxK, q_BxKxC = _choose(head_logits(h[:, -1]), key, scfg)
 
     def feed(cache, drafts_BxK, done):
         offsets_K = jax.lax.dynamic_slice(hi_offsets_N, (done,), (k,))
@@ -303,7 +302,7 @@ def decode_codes(
         def step(carry, key):
             cache, drafts_BxK, done = carry
             h, cache = feed(cache, drafts_BxK, done)
-            new_BxK, _ = _choose(heads(h[:, -1]), key, scfg)
+            new_BxK, _ = _choose(head_logits(h[:, -1]), key, scfg)
             return (cache, new_BxK, done + k), drafts_BxK
 
         keys = jax.random.split(rng, num_passes - 1)
@@ -338,7 +337,7 @@ def decode_codes(
         last = accepted - 1
         # All heads only at the last kept position: the next code and the next drafts.
         h_last = jax.lax.dynamic_index_in_dim(h, last, axis=1, keepdims=False)
-        new_BxK, new_q = _choose(heads(h_last), k_draft, scfg)
+        new_BxK, new_q = _choose(head_logits(h_last), k_draft, scfg)
         if not greedy:
             # Code `accepted`: kept draft where this row accepted it, else a residual sample.
             p_last = jax.lax.dynamic_index_in_dim(p_BxTxC, last, axis=1, keepdims=False)
@@ -410,8 +409,8 @@ def prepare_params(
     copies all weights again before its first pass. `codebook_size` and `compute_dtype`
     must be those of the calls (`SamplingConfig.codebook_size`, `decode_dtype`)."""
     cfg = cfg.replace(compute_dtype=compute_dtype or decode_dtype(cfg))
-    if nktp.num_heads(cfg) > 1:
-        nktp.check_heads(cfg, trainable)
+    if heads.num_heads(cfg) > 1:
+        heads.check_heads(cfg, trainable)
     f, t = _prepare_jit(frozen, trainable, cfg, codebook_size)
     return Prepared(frozen=f, trainable=t, dtype=cfg.compute_dtype, codebook_size=codebook_size)
 
@@ -437,14 +436,14 @@ def unstack_cache(cache: dict) -> dict:
 
 def _decode_heads(trainable: dict, num_ids: int | None) -> dict:
     """The vision head cut to the sampler's codebook and the next-K adapters fused
-    (`nktp.fuse_heads`), once per decode call: done inside the passes, both cost a copy of
+    (`heads.fuse_heads`), once per decode call: done inside the passes, both cost a copy of
     the weights in every pass."""
     out = dict(trainable)
     if num_ids:
         out["vision_head"] = trainable["vision_head"][:, :num_ids]
-    if nktp.HEADS in trainable:
-        heads = trainable[nktp.HEADS]
-        out[nktp.HEADS] = nktp.fuse_heads(heads, heads["down"].shape[0] + 1)
+    if heads.HEADS in trainable:
+        adapters = trainable[heads.HEADS]
+        out[heads.HEADS] = heads.fuse_heads(adapters, adapters["down"].shape[0] + 1)
     return out
 
 
@@ -458,7 +457,7 @@ def _in_compute_dtype(tree: dict, cfg: ModelConfig) -> dict:
 def _all_positions(trainable, h_RxTxD, k, cfg, scfg, batch, use_cfg) -> jax.Array:
     """Guided code logits of heads 1..k at each of the T fed positions: `[B, T, k, C]`."""
     r, t, d = h_RxTxD.shape
-    logits = nktp.all_head_vision_logits(
+    logits = heads.all_head_vision_logits(
         trainable, h_RxTxD.reshape(r * t, d), k, cfg, scfg.codebook_size
     )
     logits = logits.reshape(r, t, k, -1)
@@ -486,7 +485,7 @@ def sample_hires_codes(
     """High-res codes `[B, h, w]` (raster order) for captions and low-res codes `[B, hl, wl]`.
 
     `k` (1 … `cfg.nktp_k`) codes are drafted per pass; `mode` is `"fast"` or `"exact"`.
-    The code order is the one the model was trained with (`nktp.hires_order(hi_grid,
+    The code order is the one the model was trained with (`code_order.hires_order(hi_grid,
     cfg.nktp_k)`), whatever `k` is. `compute_dtype`: activations and KV cache of the decode
     (default `decode_dtype(cfg)`: float32 on CPU, else the model's compute dtype).
     `frozen` may be `prepare_params(...)` (then `trainable` is ignored).
@@ -496,7 +495,7 @@ def sample_hires_codes(
     if mode not in MODES:
         raise ValueError(f"nktp mode {mode!r} not in {MODES}")
     cfg.check_image_grid(hi_grid, "super-resolution")
-    if not 1 <= k <= nktp.num_heads(cfg):
+    if not 1 <= k <= heads.num_heads(cfg):
         raise ValueError(f"--nktp={k}: must be in [1, model.nktp_k={cfg.nktp_k}]")
     prepared = isinstance(frozen, Prepared)
     if prepared:
@@ -508,9 +507,11 @@ def sample_hires_codes(
             )
         frozen, trainable = frozen["frozen"], frozen["trainable"]
     elif k > 1:
-        nktp.check_heads(cfg, trainable)
+        heads.check_heads(cfg, trainable)
     hi_grid = (int(hi_grid[0]), int(hi_grid[1]))
-    nktp.hires_order(hi_grid, nktp.num_heads(cfg))  # raises if the grid does not fit K regions
+    code_order.hires_order(
+        hi_grid, heads.num_heads(cfg)
+    )  # raises if the grid does not fit K regions
     rows = sr_prompt_rows(text_ids, lo_codes, text_len, hi_grid)
     use_cfg = scfg.cfg_scale != 1.0
     if use_cfg:
@@ -522,7 +523,7 @@ def sample_hires_codes(
         jnp.asarray(rows["tokens"]),
         jnp.asarray(rows["positions"]),
         jnp.asarray(rows["valid"]),
-        jnp.asarray(hires_offsets(hi_grid, nktp.num_heads(cfg), int(k))),
+        jnp.asarray(hires_offsets(hi_grid, heads.num_heads(cfg), int(k))),
         jax.random.key(seed),
         cfg=cfg,
         scfg=scfg,
@@ -533,7 +534,7 @@ def sample_hires_codes(
         prepared=prepared,
         text_len=int(text_len),
     )
-    raster = nktp.to_raster(np.asarray(codes), hi_grid, nktp.num_heads(cfg))
+    raster = code_order.to_raster(np.asarray(codes), hi_grid, heads.num_heads(cfg))
     return raster, DecodeInfo(
         passes=int(passes), codes=num_codes, k=int(k), mode=mode, dtype=cfg.compute_dtype
     )

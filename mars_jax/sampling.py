@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import vocab
 from mars_jax.model import decode
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,8 @@ import sys
 import jax
 import numpy as np
 
+from mars_jax.model import heads
+
 PIN_FILE = os.path.join(os.path.dirname(__file__), "data", "pinned_codes.json")
 
 
@@ -37,11 +39,10 @@ def _models():
 
 
 def _with_heads(cfg, trainable):
-    from mars_jax.model import nktp
 
-    heads = nktp.init_heads(cfg, jax.random.key(2))
-    heads = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(5), x.shape), heads)
-    return {**trainable, **heads}
+    adapters = heads.init_heads(cfg, jax.random.key(2))
+    adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(5), x.shape), adapters)
+    return {**trainable, **adapters}
 
 
 def compute() -> dict[str, list]:

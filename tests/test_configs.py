@@ -15,9 +15,9 @@ from jax.sharding import AbstractMesh, AxisType
 from ml_collections import config_flags
 
 from configs import stage1, stage2, stage3
-from mars_jax import vocab
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 from mars_jax.train_lib import metrics, schedule, sharding
 from mars_jax.train_lib import state as state_lib
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from mars_jax import convert, vocab
+from mars_jax import convert
 from mars_jax.model import mars
+from mars_jax.tokens import vocab
 
 HF_VOCAB = 1000
 

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
-from mars_jax import vocab
-from mars_jax.data import formats, pipeline
+from mars_jax.data import pipeline
 from mars_jax.data.config import default_data_config
-from mars_jax.model import nktp
+from mars_jax.tokens import code_order, formats, vocab
 
 TEXT = np.array([11, 12, 13])
 CODES = np.array([[0, 1], [2, 8191]])
@@ -67,7 +66,7 @@ def test_sr_positions_follow_the_high_res_raster():
     """Every high-res code sits at a fixed rotary offset from its low-res parent and at -1 / -W
     from its left / upper neighbour, in any generation order; text positions count on."""
     lo_grid, hi_grid = (2, 3), (4, 6)
-    order = nktp.hires_order(hi_grid, 4)  # region-interleaved, as stage III trains
+    order = code_order.hires_order(hi_grid, 4)  # region-interleaved, as stage III trains
     text = [7, 8, 9]
     r = formats.sr_row(text, np.zeros(lo_grid), np.zeros(hi_grid), text_len=5, hi_order=order)
     pos = r["positions"]

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from mars_jax import vocab
-from mars_jax.data import formats, pipeline, precomputed, records, verify
+from mars_jax.data import pipeline, precomputed, records, verify
 from mars_jax.data.config import default_data_config
+from mars_jax.tokens import formats, vocab
 
 N = 40
 CODEBOOK = 16

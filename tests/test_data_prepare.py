@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mars_jax import vocab
-from mars_jax.data import formats, image_ops, pipeline, prepare, records, verify
+from mars_jax.data import image_ops, pipeline, prepare, records, verify
 from mars_jax.data.config import default_data_config
 from mars_jax.text.tokenizer import load_tokenizer
+from mars_jax.tokens import formats, vocab
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.checkpoint import load_vq, save_vq
 from mars_jax.vq.config import VQConfig

@@ -5,10 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax import vocab
-from mars_jax.data import formats
-from mars_jax.model import mars, nktp, params
+from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import code_order, formats, vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_pos_grid=(2, 3))
 
@@ -18,7 +17,7 @@ def test_offsets_are_the_place_in_the_image():
     off = np.asarray(mars.image_offsets(t2i["tokens"], t2i["positions"], t2i["valid"])[0])
     np.testing.assert_array_equal(off[:, :4], -1)  # text before any <img>
     np.testing.assert_array_equal(off[:, 4:], [list(range(8))] * 2)  # <img> 0, codes 1..6, <end>
-    order = nktp.hires_order((4, 4), 4)
+    order = code_order.hires_order((4, 4), 4)
     sr = formats.sr_batch([np.array([5])], [np.zeros((2, 2))], [np.zeros((4, 4))], 2, order)
     off = np.asarray(mars.image_offsets(sr["tokens"], sr["positions"], sr["valid"])[0])[0]
     np.testing.assert_array_equal(off[3:7], [1, 3, 9, 11])  # low-res codes: top-left children

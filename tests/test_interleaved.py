@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax import interleaved, sampling, vocab
+from mars_jax import interleaved, sampling
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 GRID = (2, 2)

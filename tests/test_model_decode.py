@@ -7,9 +7,9 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import vocab
 from mars_jax.model import decode, mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 TEXT_T, STEPS = 5, 7

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.special
 
-from mars_jax import vocab
-from mars_jax.model import layers, loss, mars, params
-from mars_jax.model import layout as L
+from mars_jax.model import heads, layers, loss, mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as L
+from mars_jax.tokens import vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 TEXT_T, CODES = 5, 9
@@ -204,8 +204,8 @@ def test_codebook_size_computes_only_the_vqs_codes():
     small_cfg = full_cfg.replace(codebook_size=100)
     p = params.init_params(full_cfg, jax.random.key(0))
     h = jax.random.normal(jax.random.key(1), (6, full_cfg.width))
-    full = np.asarray(mars.vision_logits(p["trainable"], h, full_cfg))
-    small = np.asarray(mars.vision_logits(p["trainable"], h, small_cfg))
+    full = np.asarray(heads.vision_logits(p["trainable"], h, full_cfg))
+    small = np.asarray(heads.vision_logits(p["trainable"], h, small_cfg))
     codes = vocab.NUM_IMAGE_CODES
     np.testing.assert_allclose(small[:, :100], full[:, :100], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(small[:, codes:], full[:, codes:], rtol=1e-5, atol=1e-5)

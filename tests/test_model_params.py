@@ -6,10 +6,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mars_jax import vocab
-from mars_jax.model import layout as L
 from mars_jax.model import params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as L
+from mars_jax.tokens import vocab
 
 
 def test_config_roundtrip_presets_and_errors():

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax import vocab
-from mars_jax.model import layout as L
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as L
+from mars_jax.tokens import vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 TEXT_T, CODES = 6, 8  # t2i: 6 text + <img> 8 codes <end> = 16 tokens

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from configs import stage1
-from mars_jax import vocab
 from mars_jax.model import decode, mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 from mars_jax.train_lib import loop
 
 GROUPS = ("text_attn", "text_mlp", "o", "ln1", "ln2")

@@ -6,10 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from mars_jax import vocab
-from mars_jax.data import formats
-from mars_jax.model import loss, mars, nktp, params
+from mars_jax.model import heads, loss, mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import code_order, formats, vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", nktp_k=3)
 TEXT_T, LO, HI = 4, (2, 2), (2, 3)
@@ -21,11 +20,11 @@ def _params():
     def init(key):
         k_params, k_heads, k_down = jax.random.split(key, 3)
         p = params.init_params(CFG.replace(nktp_k=1), k_params)  # no heads yet
-        trainable = nktp.extend_trainable(CFG, p["trainable"], k_heads)
+        trainable = heads.extend_trainable(CFG, p["trainable"], k_heads)
         # Non-zero `down`, so heads 2..K differ from head 1.
-        heads = dict(trainable[nktp.HEADS])
-        heads["down"] = 0.05 * jax.random.normal(k_down, heads["down"].shape)
-        return p["frozen"], p["trainable"], {**trainable, nktp.HEADS: heads}
+        adapters = dict(trainable[heads.HEADS])
+        adapters["down"] = 0.05 * jax.random.normal(k_down, adapters["down"].shape)
+        return p["frozen"], p["trainable"], {**trainable, heads.HEADS: adapters}
 
     return init(jax.random.key(0))
 
@@ -34,53 +33,53 @@ def _batch(seed=0):
     rng = np.random.default_rng(seed)
     texts = [rng.integers(0, 5000, 3), rng.integers(0, 5000, 0)]  # second: caption dropped
     lo = [rng.integers(0, 64, LO) for _ in texts]
-    hi = [nktp.to_sequence_order(rng.integers(0, 64, HI), CFG.nktp_k) for _ in texts]
-    batch = formats.sr_batch(texts, lo, hi, TEXT_T, hi_order=nktp.hires_order(HI, CFG.nktp_k))
+    hi = [code_order.to_sequence_order(rng.integers(0, 64, HI), CFG.nktp_k) for _ in texts]
+    batch = formats.sr_batch(texts, lo, hi, TEXT_T, hi_order=code_order.hires_order(HI, CFG.nktp_k))
     return batch, batch.pop("layout")
 
 
 def test_region_interleaved_order():
-    order = nktp.hires_order((4, 4), 4)
+    order = code_order.hires_order((4, 4), 4)
     np.testing.assert_array_equal(order[:4], [0, 2, 8, 10])  # top-left code of each quadrant
     np.testing.assert_array_equal(order[4:8], [1, 3, 9, 11])
     assert sorted(order) == list(range(16))
-    np.testing.assert_array_equal(nktp.hires_order((3, 5), 1), np.arange(15))
-    assert nktp.region_grid((4, 8), 2) == (1, 2)  # halves of a wide grid are left / right
+    np.testing.assert_array_equal(code_order.hires_order((3, 5), 1), np.arange(15))
+    assert code_order.region_grid((4, 8), 2) == (1, 2)  # halves of a wide grid are left / right
     codes = np.random.default_rng(0).integers(0, 100, (2, 4, 6))
-    seq = nktp.to_sequence_order(codes, 4)
+    seq = code_order.to_sequence_order(codes, 4)
     assert seq.shape == codes.shape
-    np.testing.assert_array_equal(nktp.to_raster(seq, (4, 6), 4), codes)
-    np.testing.assert_array_equal(nktp.to_raster(seq.reshape(2, -1), (4, 6), 4), codes)
+    np.testing.assert_array_equal(code_order.to_raster(seq, (4, 6), 4), codes)
+    np.testing.assert_array_equal(code_order.to_raster(seq.reshape(2, -1), (4, 6), 4), codes)
     with pytest.raises(ValueError, match="nktp_k=4"):
-        nktp.hires_order((3, 3), 4)
+        code_order.hires_order((3, 3), 4)
 
 
 def test_params_axes_and_init():
     frozen, plain, trainable = _params()
-    assert nktp.extend_trainable(CFG.replace(nktp_k=1), plain, jax.random.key(0)) is plain
-    assert nktp.logical_axes(CFG.replace(nktp_k=1)) == {}
-    shapes = jax.tree.map(lambda a: a.shape, nktp.abstract_heads(CFG))
-    axes = nktp.logical_axes(CFG)
-    assert jax.tree.structure(shapes[nktp.HEADS], is_leaf=lambda x: isinstance(x, tuple)) == (
-        jax.tree.structure(axes[nktp.HEADS], is_leaf=lambda x: isinstance(x, tuple))
+    assert heads.extend_trainable(CFG.replace(nktp_k=1), plain, jax.random.key(0)) is plain
+    assert heads.logical_axes(CFG.replace(nktp_k=1)) == {}
+    shapes = heads.head_shapes(CFG)
+    axes = heads.logical_axes(CFG)
+    assert jax.tree.structure(shapes[heads.HEADS], is_leaf=lambda x: isinstance(x, tuple)) == (
+        jax.tree.structure(axes[heads.HEADS], is_leaf=lambda x: isinstance(x, tuple))
     )
-    assert all(len(axes[nktp.HEADS][k]) == len(shapes[nktp.HEADS][k]) for k in nktp.ADAPTER_KEYS)
+    assert all(len(axes[heads.HEADS][k]) == len(shapes[heads.HEADS][k]) for k in heads.ADAPTER_KEYS)
     # A fresh head (zero `down`) is a copy of head 1.
-    fresh = nktp.extend_trainable(CFG, plain, jax.random.key(3))
+    fresh = heads.extend_trainable(CFG, plain, jax.random.key(3))
     h = jax.random.normal(jax.random.key(4), (5, CFG.width))
-    logits = nktp.all_head_vision_logits(fresh, h, 3, CFG)
+    logits = heads.all_head_vision_logits(fresh, h, 3, CFG)
     np.testing.assert_array_equal(logits[:, 1], logits[:, 0])
     with pytest.raises(KeyError, match="nktp_heads"):
-        nktp.check_heads(CFG, plain)
+        heads.check_heads(CFG, plain)
 
 
 def test_init_params_includes_the_heads_nktp_k_asks_for():
     p = jax.eval_shape(lambda key: params.init_params(CFG, key), jax.random.key(0))
-    nktp.check_heads(CFG, p["trainable"])
-    want = jax.tree.map(lambda s: s.shape, nktp.abstract_heads(CFG))
-    assert jax.tree.map(lambda s: s.shape, p["trainable"][nktp.HEADS]) == want[nktp.HEADS]
+    heads.check_heads(CFG, p["trainable"])
+    want = heads.head_shapes(CFG)[heads.HEADS]
+    assert {k: v.shape for k, v in p["trainable"][heads.HEADS].items()} == want
     axes = params.logical_axes(CFG)["trainable"]
-    assert axes[nktp.HEADS] == nktp.logical_axes(CFG)[nktp.HEADS]
+    assert axes[heads.HEADS] == heads.logical_axes(CFG)[heads.HEADS]
 
 
 def test_window_masks_at_image_boundaries():
@@ -92,8 +91,8 @@ def test_window_masks_at_image_boundaries():
         tokens[:, end] == vocab.IMAGE_END
     ).all()
     for k in range(1, 4):
-        w = np.asarray(nktp.window_weights(batch["loss_mask"] * batch["valid"], k))
-        t = np.asarray(nktp.window_targets(batch["targets"], k))
+        w = np.asarray(loss.window_weights(batch["loss_mask"] * batch["valid"], k))
+        t = np.asarray(loss.window_targets(batch["targets"], k))
         for pos in range(tokens.shape[1]):
             # Head k at pos predicts tokens[pos + k]: counted iff pos + 1 … pos + k are all
             # high-res codes or <end> of this image.
@@ -102,7 +101,7 @@ def test_window_masks_at_image_boundaries():
             if inside:
                 np.testing.assert_array_equal(t[:, pos], tokens[:, pos + k])
     # First and last counted positions of the deepest head.
-    w3 = np.asarray(nktp.window_weights(batch["loss_mask"], 3))[0]
+    w3 = np.asarray(loss.window_weights(batch["loss_mask"], 3))[0]
     assert w3[start] == 1 and w3[start - 1] == 0 and w3[end - 3] == 1 and w3[end - 2] == 0
 
 
@@ -117,9 +116,9 @@ def test_k1_loss_equals_next_token_loss():
             cfg1 = CFG.replace(nktp_k=1, image_logits=image_logits)
             cfgk = CFG.replace(image_logits=image_logits)
             out.append(loss.task_loss(frozen, plain, batch, layout, cfg1)[:2])
-            out.append(nktp.sr_loss(frozen, plain, batch, layout, cfg1)[:2])
+            out.append(loss.sr_loss(frozen, plain, batch, layout, cfg1)[:2])
             # A K-head model asked for k=1: head 1 alone, the same numbers.
-            out.append(nktp.sr_loss(frozen, trainable, batch, layout, cfgk, k=1)[:2])
+            out.append(loss.sr_loss(frozen, trainable, batch, layout, cfgk, k=1)[:2])
         return out
 
     out = [tuple(float(x) for x in pair) for pair in losses(plain, trainable, batch)]
@@ -139,7 +138,7 @@ def test_head_losses_against_reference():
 
     @jax.jit
     def run(trainable, batch):
-        fn = lambda tr: nktp.sr_loss(frozen, tr, batch, layout, CFG)
+        fn = lambda tr: loss.sr_loss(frozen, tr, batch, layout, CFG)
         (sum_loss, (sum_weight, metrics)), grads = jax.value_and_grad(
             lambda tr: (lambda out: (out[0], out[1:]))(fn(tr)), has_aux=True
         )(trainable)
@@ -153,11 +152,11 @@ def test_head_losses_against_reference():
     tokens, start = batch["tokens"], formats.sr_hires_start(TEXT_T, LO)
     end = tokens.shape[1] - 1
     h = np.asarray(h, np.float64)
-    heads = jax.tree.map(lambda x: np.asarray(x, np.float64), trainable[nktp.HEADS])
+    adapters = jax.tree.map(lambda x: np.asarray(x, np.float64), trainable[heads.HEADS])
     head_w = np.asarray(trainable["vision_head"], np.float64)
     total = float(metrics["ntp_loss"]) * float(sum_weight)
     for k in (2, 3):
-        a = {name: heads[name][k - 2] for name in nktp.ADAPTER_KEYS}
+        a = {name: adapters[name][k - 2] for name in heads.ADAPTER_KEYS}
         lv = (h + _np_swiglu(h, a["gate"], a["up"], a["down"])) @ head_w
         ce = 0.0
         for b in range(tokens.shape[0]):
@@ -171,7 +170,7 @@ def test_head_losses_against_reference():
     np.testing.assert_allclose(sum_loss, total, rtol=1e-4)
     assert float(sum_weight) == float(np.sum(batch["loss_mask"]))
     # Every head's adapter is trained.
-    down = np.asarray(grads[nktp.HEADS]["down"])
+    down = np.asarray(grads[heads.HEADS]["down"])
     assert np.abs(down).reshape(2, -1).max(axis=1).min() > 0
 
 
@@ -180,8 +179,8 @@ def test_all_head_logits_equal_each_head_through_head_hidden():
     h = jax.random.normal(jax.random.key(5), (6, CFG.width))
     head = trainable["vision_head"][:, :40]
     for num in (1, 2, 3):
-        logits = nktp.all_head_vision_logits(trainable, h, num, CFG, 40)
+        logits = heads.all_head_vision_logits(trainable, h, num, CFG, 40)
         assert logits.shape == (6, num, 40)
         for k in range(1, num + 1):
-            want = nktp.head_hidden(trainable, h, k, CFG) @ head
+            want = heads.head_hidden(trainable, h, k, CFG) @ head
             np.testing.assert_allclose(logits[:, k - 1], want, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ from PIL import Image
 from mars_jax import cascade, generate
 from mars_jax.data import image_ops
 from mars_jax.eval import sr
-from mars_jax.model import nktp, params
+from mars_jax.model import heads, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
 from mars_jax.text.tokenizer import load_tokenizer
@@ -27,7 +27,7 @@ def _sr_run():
     def init(key):
         k_params, k_heads = jax.random.split(key)
         p = params.init_params(CFG, k_params)
-        trainable = nktp.extend_trainable(CFG, p["trainable"], k_heads)
+        trainable = heads.extend_trainable(CFG, p["trainable"], k_heads)
         # Distinct vision embeddings and head columns (fresh ones are all nearly equal), so
         # the low-res codes condition the model and the argmax varies.
         k_embed, k_head = jax.random.split(k_heads)

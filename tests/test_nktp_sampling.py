@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax import nktp_sampling, vocab
-from mars_jax.data import formats
-from mars_jax.model import mars, nktp, params
+from mars_jax import nktp_sampling
+from mars_jax.model import heads, mars, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
+from mars_jax.tokens import code_order, formats, vocab
 
 CFG = ModelConfig.tiny(
     compute_dtype="float32", frozen_dtype="float32", nktp_k=4, image_pos_grid=(2, 4)
@@ -26,7 +26,7 @@ def _setup():
     def init(key):
         k_params, k_heads, k_noise = jax.random.split(key, 3)
         p = params.init_params(CFG, k_params)
-        trainable = nktp.extend_trainable(CFG, p["trainable"], k_heads)
+        trainable = heads.extend_trainable(CFG, p["trainable"], k_heads)
         leaves, treedef = jax.tree.flatten(trainable)
         keys = jax.random.split(k_noise, len(leaves))
         noisy = [
@@ -59,7 +59,7 @@ def test_k1_decoding_is_next_token_greedy():
     valid = np.concatenate([rows["valid"], np.zeros((2, n), bool)], 1)
     prompt_len = rows["tokens"].shape[1]
     # The training format's positions (high-res raster places, `formats.sr_image_positions`).
-    order = nktp.hires_order(HI, CFG.nktp_k)
+    order = code_order.hires_order(HI, CFG.nktp_k)
     full = formats.sr_row(texts[0], lo[0], np.zeros(HI, np.int64), TEXT_T, order)["positions"]
     hi_positions = full[prompt_len:-1] - full[prompt_len - 1]
     positions = np.concatenate([rows["positions"], rows["positions"][:, -1:] + hi_positions], 1)
@@ -74,7 +74,7 @@ def test_k1_decoding_is_next_token_greedy():
         t = prompt_len + i
         code = np.asarray(next_code(tokens, valid, t - 1))
         tokens[:, t], valid[:, t] = vocab.code_to_token(code), True
-    ref = nktp.to_raster(vocab.token_to_code(tokens[:, prompt_len:]), HI, CFG.nktp_k)
+    ref = code_order.to_raster(vocab.token_to_code(tokens[:, prompt_len:]), HI, CFG.nktp_k)
     np.testing.assert_array_equal(codes, ref)
 
 
@@ -112,16 +112,16 @@ def test_exact_sampling_keeps_the_next_token_distribution():
     """Speculative sampling: the first two codes follow p(c0) p(c1 | c0) of head 1."""
     frozen, trainable, _, _ = _setup()
     # Drafting heads far from head 1, so keeping drafts unchecked would show.
-    heads = dict(trainable[nktp.HEADS])
-    heads["down"] = jax.random.normal(jax.random.key(7), heads["down"].shape)
-    trainable = {**trainable, nktp.HEADS: heads}
+    adapters = dict(trainable[heads.HEADS])
+    adapters["down"] = jax.random.normal(jax.random.key(7), adapters["down"].shape)
+    trainable = {**trainable, heads.HEADS: adapters}
     rows, c = 1500, 3
     scfg = SamplingConfig(cfg_scale=1.0, temperature=0.3, codebook_size=c)
     lo = np.zeros((rows, 1, 2), np.int64)
     codes, _ = nktp_sampling.sample_hires_codes(
         frozen, trainable, CFG, [[]] * rows, lo, HI, 2, "exact", text_len=TEXT_T, scfg=scfg
     )
-    seq = codes.reshape(rows, -1)[:, nktp.hires_order(HI, CFG.nktp_k)]
+    seq = codes.reshape(rows, -1)[:, code_order.hires_order(HI, CFG.nktp_k)]
     empirical = np.zeros((c, c))
     np.add.at(empirical, (seq[:, 0], seq[:, 1]), 1.0 / rows)
 
@@ -135,7 +135,7 @@ def test_exact_sampling_keeps_the_next_token_distribution():
         positions = np.concatenate([prompt["positions"], img_position + first_code_position], 1)
         positions = positions[:, : tokens.shape[1]]
         h = mars.forward_hidden(frozen, trainable, tokens, positions, valid, None, CFG)
-        logits = nktp.all_head_vision_logits(trainable, h[:, -1], 2, CFG, c)
+        logits = heads.all_head_vision_logits(trainable, h[:, -1], 2, CFG, c)
         return jax.nn.softmax(logits / scfg.temperature, -1)
 
     first = heads_at_end(prompt["tokens"], prompt["valid"])[0]  # [2 heads, c]

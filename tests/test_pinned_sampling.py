@@ -2,9 +2,8 @@
 
 import json
 
-import pytest
-
 import pinned_sampling
+import pytest
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax import sampling, vocab
+from mars_jax import sampling
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 # With in-image position rows, so cached decoding is checked against the full forward pass with them.
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_pos_grid=(2, 3))
@@ -120,7 +121,7 @@ def test_filter_logits_top_k_and_top_p():
 
 def test_prompt_rows_format_matches_training_t2i_rows():
     """The sampler's prompt is the training row's prefix, up to and including <img>."""
-    from mars_jax.data import formats
+    from mars_jax.tokens import formats
 
     ids = [101, 102, 103]
     row = formats.t2i_row(ids, np.arange(6), TEXT_LEN)

@@ -23,7 +23,7 @@ import pytest
 from self_kill import self_killing_train_cmd
 
 from configs import stage2
-from mars_jax import vocab
+from mars_jax.tokens import vocab
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
 from mars_jax.train_lib import loop

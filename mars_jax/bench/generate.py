@@ -19,16 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import sampling, vocab
-from mars_jax.model import mars, params
+from mars_jax import sampling
+from mars_jax.model import heads, mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "codebook"))
 def _next_code_by_recompute(frozen, trainable, tokens, positions, valid, t, *, cfg, codebook):
     hidden = mars.forward_hidden(frozen, trainable, tokens, positions, valid, None, cfg)
     h_Bx1xD = jax.lax.dynamic_slice_in_dim(hidden, t, 1, axis=1)
-    last = mars.logits_from_hidden(frozen, trainable, h_Bx1xD, cfg, vision_only=True)[:, 0]
+    last = heads.logits_from_hidden(frozen, trainable, h_Bx1xD, cfg, vision_only=True)[:, 0]
     return jnp.argmax(sampling.code_logits(last, codebook), axis=-1).astype(jnp.int32)
 
 

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from mars_jax import vocab
 from mars_jax.data import pipeline, precomputed
 from mars_jax.data.config import default_data_config
+from mars_jax.tokens import vocab
 
 
 def _examples(n: int, grid: int, seed: int = 0):

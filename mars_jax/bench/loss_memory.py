@@ -16,9 +16,9 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from mars_jax import vocab
 from mars_jax.model import loss
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 
 def peak_bytes(cfg: ModelConfig, tokens: int) -> tuple[int, object]:

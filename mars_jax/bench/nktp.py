@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mars_jax import nktp_sampling, vocab
-from mars_jax.data import formats
-from mars_jax.model import nktp, params
+from mars_jax import nktp_sampling
+from mars_jax.model import heads, loss, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
+from mars_jax.tokens import code_order, formats, vocab
 
 LO_GRID, HI_GRID = (4, 4), (8, 8)
 CODEBOOK = 64  # codes used by the synthetic task
@@ -69,7 +69,7 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
     @jax.jit
     def step(trainable, opt_state, batch):
         def objective(tr):
-            sum_loss, sum_weight, metrics = nktp.sr_loss(frozen, tr, batch, layout, cfg)
+            sum_loss, sum_weight, metrics = loss.sr_loss(frozen, tr, batch, layout, cfg)
             return sum_loss / jnp.maximum(sum_weight, 1.0), metrics
 
         (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
@@ -79,8 +79,8 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
     metrics = {}
     for _ in range(steps):
         lo, hi = synthetic_sr(rng, batch_size)
-        hi = nktp.to_sequence_order(hi, cfg.nktp_k)
-        order = nktp.hires_order(HI_GRID, cfg.nktp_k)
+        hi = code_order.to_sequence_order(hi, cfg.nktp_k)
+        order = code_order.hires_order(HI_GRID, cfg.nktp_k)
         empty = [np.zeros(0, np.int64)] * batch_size
         b = formats.sr_batch(empty, list(lo), list(hi), TEXT_LEN, hi_order=order)
         b.pop("layout")
@@ -94,7 +94,7 @@ def _trained_synthetic(args):
     key = jax.random.key(args.seed)
     p_all = jax.jit(params.init_params, static_argnums=0)(cfg, key)
     frozen = p_all["frozen"]
-    trainable = nktp.extend_trainable(cfg, p_all["trainable"], jax.random.fold_in(key, 1))
+    trainable = heads.extend_trainable(cfg, p_all["trainable"], jax.random.fold_in(key, 1))
     start = time.perf_counter()
     trainable, metrics = train_briefly(
         cfg, frozen, trainable, args.train_steps, args.train_batch, args.seed
@@ -152,13 +152,13 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
     run them (per pass: the loop's time less the prefill's, over its passes). Prints
     `pass_cost_*` lines; returns them as a dict."""
     from mars_jax.model import decode  # noqa: PLC0415
-    from mars_jax.model import layout as layout_lib  # noqa: PLC0415
+    from mars_jax.tokens import layout as layout_lib  # noqa: PLC0415
 
     f, t = weights["frozen"], weights["trainable"]
     tokens, positions, valid = (jnp.asarray(rows[key]) for key in ("tokens", "positions", "valid"))
     r, length = tokens.shape
 
-    def decode_like(split: bool, width: int = 1, heads: int = 1, count: int = 0):
+    def decode_like(split: bool, width: int = 1, num_heads: int = 1, count: int = 0):
         """Prefill, then `count` passes of `width` tokens: the shape of `decode_codes`."""
 
         @jax.jit
@@ -175,7 +175,7 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
                     f, t, cache, fed, jnp.broadcast_to(at, (r, width)),
                     jnp.ones((r, width), bool), length + i * width, cfg, layout_lib.VISION,
                 )  # fmt: skip
-                logits = nktp.all_head_vision_logits(t, h[:, -1], heads, cfg, codebook)
+                logits = heads.all_head_vision_logits(t, h[:, -1], num_heads, cfg, codebook)
                 return (cache, jnp.argmax(logits[:, 0], -1)[:, None].astype(jnp.int32)), None
 
             start = (cache, jnp.zeros((r, 1), jnp.int32))
@@ -189,9 +189,9 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
         out[f"pass_cost_prefill_ms[{name}]"] = decode_like(split) * 1e3
     prefill_s = out["pass_cost_prefill_ms[split]"] / 1e3
     count = 64 // k
-    for width, heads in ((1, 1), (k, 1), (k, k)):
-        seconds = decode_like(True, width, heads, count) - prefill_s
-        out[f"pass_cost_us[T={width},heads={heads}]"] = seconds / count * 1e6
+    for width, num_heads in ((1, 1), (k, 1), (k, k)):
+        seconds = decode_like(True, width, num_heads, count) - prefill_s
+        out[f"pass_cost_us[T={width},heads={num_heads}]"] = seconds / count * 1e6
     for name, value in out.items():
         print(f"{name}={value:.2f}")
     return out

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import vocab
-from mars_jax.model import layout as layout_lib
 from mars_jax.model import loss, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as layout_lib
+from mars_jax.tokens import vocab
 
 
 def _batch(batch: int, text: int, image: int, seed: int = 0) -> dict:

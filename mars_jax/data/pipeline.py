@@ -31,8 +31,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from mars_jax import vocab
-from mars_jax.data import formats, records
+from mars_jax.data import records
+from mars_jax.tokens import code_order, formats, vocab
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,8 @@ class AssembleBatch:
         if self.stage in (1, 2):
             batch["t2i"] = formats.t2i_batch(texts, codes, T)
         else:
-            from mars_jax.model import nktp  # noqa: PLC0415
-
-            order = nktp.hires_order(np.shape(codes[0]), self.hires_order_k)
-            codes = list(nktp.to_sequence_order(np.stack(codes), self.hires_order_k))
+            order = code_order.hires_order(np.shape(codes[0]), self.hires_order_k)
+            codes = list(code_order.to_sequence_order(np.stack(codes), self.hires_order_k))
             lo = [ex["lo_codes"] for ex in rest]
             batch["sr"] = formats.sr_batch(texts, lo, codes, T, hi_order=order)
         return batch

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from mars_jax import vocab
-from mars_jax.data import formats, image_ops, records, sources
+from mars_jax.data import image_ops, records, sources
+from mars_jax.tokens import formats, vocab
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from mars_jax import vocab
+from mars_jax.tokens import vocab
 
 SCHEMA_VERSION = 1
 MAGIC = b"MJR1"

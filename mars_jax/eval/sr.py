@@ -226,8 +226,8 @@ def model_producer(
     the VQ codebook; the default is greedy, unguided, `k` = the model's K, fast mode.
     """
     from mars_jax import nktp_sampling  # noqa: PLC0415
-    from mars_jax.data import formats  # noqa: PLC0415
     from mars_jax.sampling import SamplingConfig  # noqa: PLC0415
+    from mars_jax.tokens import formats  # noqa: PLC0415
 
     f = vq_cfg.downsample_factor
     scfg = scfg or SamplingConfig(cfg_scale=1.0, temperature=0.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mars_jax.vocab import NUM_IMAGE_CODES
+from mars_jax.tokens.vocab import NUM_IMAGE_CODES
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
 IMAGE_LOGITS = ("full", "vision_only")
@@ -28,7 +28,7 @@ class ModelConfig:
       in the general path, by the layout's segments in the static one) to the vision head's
       8,200 ids, skipping the 151,936-way text head there.
     loss_chunk_size: tokens per chunk of the cross-entropy; 0 computes it unchunked.
-    nktp_k: tokens predicted per position in stage III (heads in `model/nktp.py`); 1 = plain
+    nktp_k: tokens predicted per position in stage III (heads in `model/heads.py`); 1 = plain
       next-token prediction.
     codebook_size: codes of the VQ tokenizer (at most 8,192, the vocabulary's code range). The
       vision head computes logits for these codes and the specials only; the other code ids

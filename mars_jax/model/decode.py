@@ -14,10 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mars_jax import vocab
-from mars_jax.model import layers, mars
-from mars_jax.model import layout as layout_lib
+from mars_jax.model import heads, layers, mars
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as layout_lib
+from mars_jax.tokens import vocab
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
@@ -35,7 +35,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
 
 
 def _logits(frozen, trainable, h_BxD: jax.Array, cfg: ModelConfig, vision_only: bool):
-    return mars.logits_from_hidden(frozen, trainable, h_BxD[:, None], cfg, vision_only)[:, 0]
+    return heads.logits_from_hidden(frozen, trainable, h_BxD[:, None], cfg, vision_only)[:, 0]
 
 
 def prefill(

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from mars_jax import vocab
-from mars_jax.model import layers, mars
-from mars_jax.model import layout as layout_lib
+from mars_jax.model import heads, layers, mars
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as layout_lib
+from mars_jax.tokens import vocab
 
 FULL = "full"  # softmax over all 160,136 ids
 VISION_ONLY = "vision_only"  # softmax over the vision head's 8,200 ids
@@ -43,16 +43,16 @@ def token_cross_entropy(
     """
     # Only the codebook's codes and the specials: the other codes have zero probability, and
     # a masked constant block in the logits made XLA spend seconds constant-folding its max.
-    lv = mars.compact_vision_logits(trainable, h_NxD, cfg)
+    lv = heads.compact_vision_logits(trainable, h_NxD, cfg)
     target_is_vision = targets_N >= vocab.TEXT_VOCAB_SIZE
     v_ids = jnp.clip(targets_N - vocab.TEXT_VOCAB_SIZE, 0, vocab.VISION_VOCAB_SIZE - 1)
-    columns, in_codebook = mars.compact_vision_ids(v_ids, cfg)
+    columns, in_codebook = heads.compact_vision_ids(v_ids, cfg)
     tgt_v = jnp.take_along_axis(lv, columns[:, None], axis=1)[:, 0]
     tgt_v = jnp.where(in_codebook, tgt_v, layers.MASK_VALUE)
     lse_v = jax.nn.logsumexp(lv, axis=-1)
     if mode == VISION_ONLY:
         return lse_v - jnp.where(target_is_vision, tgt_v, layers.MASK_VALUE)
-    lt = mars.text_logits(frozen, h_NxD, cfg)
+    lt = heads.text_logits(frozen, h_NxD, cfg)
     t_ids = jnp.clip(targets_N, 0, vocab.TEXT_VOCAB_SIZE - 1)
     tgt_t = jnp.take_along_axis(lt, t_ids[:, None], axis=1)[:, 0]
     lse = jnp.logaddexp(jax.nn.logsumexp(lt, axis=-1), lse_v)
@@ -195,6 +195,110 @@ def task_loss(
     return sum_loss, sum_weight, metrics
 
 
+# ------------------------------------------------------------------------------ next-K loss (stage III)
+
+
+def window_weights(loss_mask_BxL: jax.Array, k: int) -> jax.Array:
+    """Weights of head k: `prod(loss_mask[t : t + k])` (0 where the window leaves the row)."""
+    w = jnp.asarray(loss_mask_BxL, jnp.float32)
+    out = w
+    length = w.shape[1]
+    for j in range(1, k):
+        shifted = jnp.pad(w[:, j:], ((0, 0), (0, min(j, length))))
+        out = out * shifted
+    return out
+
+
+def window_targets(targets_BxL: jax.Array, k: int) -> jax.Array:
+    """Targets of head k: `targets[t + k - 1]` = `tokens[t + k]` (PAD past the row's end)."""
+    t = jnp.asarray(targets_BxL, jnp.int32)
+    if k == 1:
+        return t
+    length = t.shape[1]
+    shift = min(k - 1, length)
+    return jnp.pad(t[:, shift:], ((0, 0), (0, shift)), constant_values=vocab.PAD)
+
+
+def sr_loss(
+    frozen: dict,
+    trainable: dict,
+    task_batch: Mapping,
+    layout: layout_lib.Layout | None,
+    cfg: ModelConfig,
+    k: int | None = None,
+) -> tuple[jax.Array, jax.Array, dict]:
+    """Next-K loss of an `sr` task batch, with the return convention of `loss.task_loss`.
+
+    `sum_loss` = sum over heads of each head's summed cross-entropy (Gloeckle et al. sum the
+    K losses); `sum_weight` counts each loss token once (head 1's weight), so the trainer's
+    `sum_loss / sum_weight` is the sum of the K per-token losses. Head 1 is computed exactly
+    as `task_loss` does; heads 2..K use the vision-only softmax (their targets are always
+    high-res codes or `<end>`). Metrics: `loss` (the objective), `ntp_loss` (head 1),
+    `head{k}_loss`, `tokens`.
+    """
+    k = heads.num_heads(cfg) if k is None else int(k)
+    if not 1 <= k <= heads.num_heads(cfg):
+        raise ValueError(f"sr_loss: k={k} must be in [1, model.nktp_k={cfg.nktp_k}]")
+    if k > 1:
+        heads.check_heads(cfg, trainable)
+    tokens, positions, valid, targets, weights = unpack_task_batch(task_batch)
+    h_BxLxD = mars.forward_hidden(frozen, trainable, tokens, positions, valid, layout, cfg)
+    b, length, _ = h_BxLxD.shape
+    restrict = cfg.image_logits == "vision_only"
+    if layout is None:
+        bounds = [(None, 0, length)]
+    else:
+        bounds = layout_lib.bounds(layout_lib.target_layout(layout))
+    pieces = [
+        (BY_TARGET if m is None else VISION_ONLY if m == layout_lib.VISION else FULL)
+        if restrict
+        else FULL
+        for m, _, _ in bounds
+    ]
+    # Heads 2..K only ever target high-res codes or <end>: vision target segments.
+    vision_bounds = [(s, e) for m, s, e in bounds if m in (None, layout_lib.VISION)]
+
+    def flat(x, start, stop):
+        return x[:, start:stop].reshape(b * (stop - start), *x.shape[2:])
+
+    head_sums = []
+    ntp = jnp.zeros((), jnp.float32)
+    for mode, (_, start, stop) in zip(pieces, bounds, strict=True):
+        ntp = ntp + chunked_loss_sum(
+            frozen,
+            trainable,
+            flat(h_BxLxD, start, stop),
+            flat(targets, start, stop),
+            flat(weights, start, stop),
+            mode,
+            cfg,
+        )
+    head_sums.append(ntp)
+    sum_weight = jnp.sum(weights)
+    metrics = {}
+    for j in range(2, k + 1):
+        w_j = window_weights(weights, j)
+        t_j = window_targets(targets, j)
+        total = jnp.zeros((), jnp.float32)
+        for start, stop in vision_bounds:
+            h_j = heads.head_hidden(trainable, flat(h_BxLxD, start, stop), j, cfg)
+            total = total + chunked_loss_sum(
+                frozen,
+                trainable,
+                h_j,
+                flat(t_j, start, stop),
+                flat(w_j, start, stop),
+                VISION_ONLY,
+                cfg,
+            )
+        head_sums.append(total)
+        metrics[f"head{j}_loss"] = total / jnp.maximum(jnp.sum(w_j), 1e-9)
+    sum_loss = sum(head_sums[1:], head_sums[0])
+    denom = jnp.maximum(sum_weight, 1e-9)
+    metrics.update({"loss": sum_loss / denom, "ntp_loss": ntp / denom, "tokens": sum_weight})
+    return sum_loss, sum_weight, metrics
+
+
 def total_loss(
     frozen: dict, trainable: dict, batch: Mapping[str, Mapping], layouts, cfg: ModelConfig
 ) -> tuple[jax.Array, dict]:
@@ -211,11 +315,8 @@ def total_loss(
     for name in sorted(batch):
         if name not in layouts:
             raise KeyError(f"no layout for task {name!r}; layouts given for {sorted(layouts)}")
-        fn = task_loss
-        if name == "sr" and cfg.nktp_k > 1:
-            from mars_jax.model import nktp  # noqa: PLC0415 (nktp builds on this module)
-
-            fn = nktp.sr_loss  # next-K-token loss of stage III (docs/NKTP.md)
+        # Stage III with next-K heads: the next-K-token loss (docs/NKTP.md).
+        fn = sr_loss if name == "sr" and cfg.nktp_k > 1 else task_loss
         task_sum, task_weight, task_metrics = fn(frozen, trainable, batch[name], layouts[name], cfg)
         sum_loss, sum_weight = sum_loss + task_sum, sum_weight + task_weight
         metrics.update({f"{name}/{k}": v for k, v in task_metrics.items()})

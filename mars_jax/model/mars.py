@@ -19,10 +19,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mars_jax import vocab
-from mars_jax.model import layers
-from mars_jax.model import layout as layout_lib
+from mars_jax.model import heads, layers
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import layout as layout_lib
+from mars_jax.tokens import vocab
 
 MIXED = "mixed"  # modality of the single segment of the general path
 
@@ -288,65 +288,6 @@ def forward_hidden(
     return jnp.concatenate(segs, axis=1)
 
 
-def text_logits(frozen: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """fp32 logits of the frozen text head, `[N, 151936]`."""
-    dtype = jnp.dtype(cfg.compute_dtype)
-    return jnp.dot(
-        h_NxD.astype(dtype), frozen["text_head"].astype(dtype), preferred_element_type=jnp.float32
-    )
-
-
-def compact_vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """fp32 logits of the first `cfg.codebook_size` codes, then the specials: `[N, n + 8]`
-    (`compact_vision_ids` maps vision ids to its columns)."""
-    dtype = jnp.dtype(cfg.compute_dtype)
-    n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
-    head = trainable["vision_head"]
-    if n < codes:
-        head = jnp.concatenate([head[:, :n], head[:, codes:]], axis=1)
-    return jnp.dot(h_NxD.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
-
-
-def compact_vision_ids(vision_ids_N: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """`(columns, in_codebook)`: each vision id's column in `compact_vision_logits`, and
-    whether it has one (codes past `cfg.codebook_size` do not)."""
-    n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
-    is_special = vision_ids_N >= codes
-    columns = jnp.where(is_special, vision_ids_N - codes + n, jnp.minimum(vision_ids_N, n - 1))
-    return columns, is_special | (vision_ids_N < n)
-
-
-def vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """fp32 logits of the trainable vision head, `[N, 8200]`.
-
-    Only the first `cfg.codebook_size` codes and the specials are computed; the codes a
-    smaller VQ does not have get `layers.MASK_VALUE` (zero probability, no gradient).
-    """
-    n, codes = cfg.codebook_size, vocab.NUM_IMAGE_CODES
-    logits = compact_vision_logits(trainable, h_NxD, cfg)
-    if n < codes:
-        unused = jnp.full((logits.shape[0], codes - n), layers.MASK_VALUE, jnp.float32)
-        logits = jnp.concatenate([logits[:, :n], unused, logits[:, n:]], axis=1)
-    return logits
-
-
-def logits_from_hidden(
-    frozen: dict, trainable: dict, h_BxSxD: jax.Array, cfg: ModelConfig, vision_only: bool = False
-) -> jax.Array:
-    """`concat(text_head(h), vision_head(h))`, `[B, S, 160136]` fp32.
-
-    With `vision_only` the text range is -inf and the text head is not computed.
-    """
-    b, s, d = h_BxSxD.shape
-    h = h_BxSxD.reshape(b * s, d)
-    lv = vision_logits(trainable, h, cfg)
-    if vision_only:
-        lt = jnp.full((b * s, vocab.TEXT_VOCAB_SIZE), -jnp.inf, jnp.float32)
-    else:
-        lt = text_logits(frozen, h, cfg)
-    return jnp.concatenate([lt, lv], axis=-1).reshape(b, s, vocab.VOCAB_SIZE)
-
-
 def forward_logits(
     frozen: dict,
     trainable: dict,
@@ -365,9 +306,11 @@ def forward_logits(
     """
     h_BxLxD = forward_hidden(frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg)
     if cfg.image_logits != "vision_only" or layout is None:
-        return logits_from_hidden(frozen, trainable, h_BxLxD, cfg)
+        return heads.logits_from_hidden(frozen, trainable, h_BxLxD, cfg)
     out = [
-        logits_from_hidden(frozen, trainable, h_BxLxD[:, start:stop], cfg, m == layout_lib.VISION)
+        heads.logits_from_hidden(
+            frozen, trainable, h_BxLxD[:, start:stop], cfg, m == layout_lib.VISION
+        )
         for m, start, stop in layout_lib.bounds(layout_lib.target_layout(layout))
     ]
     return jnp.concatenate(out, axis=1)

@@ -12,9 +12,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mars_jax import vocab
-from mars_jax.model import nktp
+from mars_jax.model import heads
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 
 INIT_STD = 0.02
 # Relative noise on the vision head (see `init_trainable_from_frozen`).
@@ -73,7 +73,7 @@ def trainable_shapes(cfg: ModelConfig) -> dict:
         "vision_embed": (vocab.VISION_VOCAB_SIZE, d),
         "layers": {"vision_attn": stack(_attn_shapes(cfg)), "vision_mlp": stack(_mlp_shapes(cfg))},
         "vision_head": (d, vocab.VISION_VOCAB_SIZE),
-        **nktp.head_shapes(cfg),  # stage III next-K heads (none when nktp_k = 1)
+        **heads.head_shapes(cfg),  # stage III next-K heads (none when nktp_k = 1)
         **_unfrozen(cfg, frozen_shapes(cfg)["layers"]),
         **_image_pos(cfg),
     }
@@ -120,7 +120,7 @@ def logical_axes(cfg: ModelConfig) -> dict:
             "vision_embed": ("vocab", "embed"),
             "layers": {"vision_attn": layer(ATTN_AXES), "vision_mlp": layer(MLP_AXES)},
             "vision_head": ("embed", "vocab"),
-            **nktp.logical_axes(cfg),
+            **heads.logical_axes(cfg),
             **_unfrozen(cfg, frozen_layer_axes),
             **_image_pos(cfg, (None, "embed"), (None, "embed")),
         },
@@ -195,7 +195,7 @@ def init_trainable_from_frozen(
     }
     trainable.update(copy(_unfrozen(cfg, frozen["layers"])))  # `cfg.unfreeze`: exact copies
     trainable.update(image_pos_init(cfg, jax.random.fold_in(rng, 2)))
-    return nktp.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
+    return heads.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
 
 
 def image_pos_init(cfg: ModelConfig, rng: jax.Array) -> dict:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mars_jax import vocab
+from mars_jax.tokens import vocab
 from mars_jax.train_lib import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mars_jax import vocab
+from mars_jax.tokens import vocab
 
 TEXT = "text"
 VISION = "vision"

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mars_jax import vocab
-from mars_jax.model import layout as model_layout
+from mars_jax.tokens import layout as model_layout
+from mars_jax.tokens import vocab
 
 Layout = model_layout.Layout
 TaskRows = dict[str, np.ndarray]
@@ -87,7 +87,7 @@ def sr_image_positions(
     With n = H·W high-res codes: low-res code (u, v) at ``1 + (u·H // h)·W + v·W // w`` (its
     top-left child's place in a raster block of n), ``</lo>`` at n + 1, ``<img>`` at n + 2,
     high-res code (Y, X) at ``n + 3 + Y·W + X`` and ``<end>`` at 2n + 3. ``hi_order[i]`` is
-    the raster index of the i-th high-res code in the sequence (``nktp.hires_order``;
+    the raster index of the i-th high-res code in the sequence (``code_order.hires_order``;
     default raster order).
     """
     (h, w), (hh, ww) = (tuple(int(x) for x in g) for g in (lo_grid_hw, hi_grid_hw))

@@ -47,9 +47,9 @@ def _with_heads(cfg, trainable):
 
 def compute() -> dict[str, list]:
     """Codes of every sampler on both tiny models, as nested lists."""
-    from mars_jax import nktp_sampling
-    from mars_jax import sampling as t2i
-    from mars_jax.sampling import SamplingConfig
+    from mars_jax.sampling import nktp as nktp_sampling
+    from mars_jax.sampling import t2i
+    from mars_jax.sampling.options import SamplingConfig
 
     prompts = [[9707, 1879, 11], [104169, 9370], []]
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import row_reference
 from mars_jax.data import pipeline
 from mars_jax.data.config import default_data_config
 from mars_jax.tokens import code_order, formats, vocab
@@ -16,7 +17,7 @@ def _tok(codes):
 
 
 def test_t2i_row_exact():
-    r = formats.t2i_row(TEXT, CODES, text_len=5)
+    r = row_reference.t2i_row(TEXT, CODES, text_len=5)
     P, IMG, E = vocab.PAD, vocab.IMAGE_START, vocab.IMAGE_END
     assert list(r["tokens"]) == [P, P, 11, 12, 13, IMG, *_tok(CODES), E]
     assert list(r["valid"]) == [False, False] + [True] * 9
@@ -26,18 +27,18 @@ def test_t2i_row_exact():
     assert list(r["loss_mask"]) == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0]
     layout = formats.t2i_layout(5, (2, 2))
     assert layout == (("text", 5), ("vision", 6))
-    formats.check_layout(formats.stack_rows([r], layout))
+    formats.check_layout(row_reference.stack_rows([r], layout))
 
 
 def test_unconditional_t2i_starts_with_image_at_position_zero():
-    r = formats.t2i_row([], CODES, text_len=4)
+    r = row_reference.t2i_row([], CODES, text_len=4)
     first = int(np.argmax(r["valid"]))
     assert r["tokens"][first] == vocab.IMAGE_START and r["positions"][first] == 0
     assert not r["valid"][:4].any()
 
 
 def test_caption_row_exact():
-    r = formats.caption_row(CODES, TEXT, text_len=6)
+    r = row_reference.caption_row(CODES, TEXT, text_len=6)
     P, IMG, E, EOT = vocab.PAD, vocab.IMAGE_START, vocab.IMAGE_END, vocab.ENDOFTEXT
     assert list(r["tokens"]) == [IMG, *_tok(CODES), E, 11, 12, 13, EOT, P, P]
     assert list(r["valid"]) == [True] * 10 + [False] * 2
@@ -45,14 +46,14 @@ def test_caption_row_exact():
     # <end> predicts the first text token; the last text token predicts <eot>.
     assert list(r["loss_mask"]) == [0] * 5 + [1, 1, 1, 1] + [0] * 3
     assert list(r["targets"][5:9]) == [11, 12, 13, EOT]
-    formats.check_layout(formats.stack_rows([r], formats.caption_layout(6, (2, 2))))
+    formats.check_layout(row_reference.stack_rows([r], formats.caption_layout(6, (2, 2))))
 
 
 def test_sr_row_loss_only_on_hires():
     lo = np.array([[5]])
-    r = formats.sr_row(TEXT, lo, CODES, text_len=4)
+    r = row_reference.sr_row(TEXT, lo, CODES, text_len=4)
     layout = formats.sr_layout(4, (1, 1), (2, 2))
-    batch = formats.stack_rows([r], layout)
+    batch = row_reference.stack_rows([r], layout)
     formats.check_layout(batch)
     start = formats.sr_hires_start(4, (1, 1))
     assert r["tokens"][start] == vocab.IMAGE_START
@@ -68,7 +69,7 @@ def test_sr_positions_follow_the_high_res_raster():
     lo_grid, hi_grid = (2, 3), (4, 6)
     order = code_order.hires_order(hi_grid, 4)  # region-interleaved, as stage III trains
     text = [7, 8, 9]
-    r = formats.sr_row(text, np.zeros(lo_grid), np.zeros(hi_grid), text_len=5, hi_order=order)
+    r = row_reference.sr_row(text, np.zeros(lo_grid), np.zeros(hi_grid), text_len=5, hi_order=order)
     pos = r["positions"]
     assert list(pos[2:6]) == [0, 1, 2, 3]  # text, then <lo> (padding does not count)
     lo_pos = pos[6:12].reshape(lo_grid)
@@ -88,12 +89,12 @@ def test_sr_positions_follow_the_high_res_raster():
 
 
 def test_check_layout_rejects_wrong_modality():
-    batch = formats.stack_rows([formats.t2i_row(TEXT, CODES, 5)], formats.t2i_layout(5, (2, 2)))
+    batch = row_reference.stack_rows([row_reference.t2i_row(TEXT, CODES, 5)], formats.t2i_layout(5, (2, 2)))
     batch["tokens"][0, 7] = 42  # a text id inside the vision segment
     with pytest.raises(ValueError, match="text token inside vision segment"):
         formats.check_layout(batch)
     with pytest.raises(ValueError, match="exceed the slot"):
-        formats.t2i_row(np.arange(6), CODES, 5)
+        row_reference.t2i_row(np.arange(6), CODES, 5)
 
 
 def test_task_batch_sizes():
@@ -152,22 +153,22 @@ def test_batch_builders_equal_stacked_rows():
     cases = [
         (
             formats.t2i_batch(texts, codes, T),
-            [formats.t2i_row(t, c, T) for t, c in zip(texts, codes, strict=True)],
+            [row_reference.t2i_row(t, c, T) for t, c in zip(texts, codes, strict=True)],
             formats.t2i_layout(T, grid),
         ),
         (
             formats.caption_batch(codes, [t[:5] for t in texts], T),
-            [formats.caption_row(c, t[:5], T) for t, c in zip(texts, codes, strict=True)],
+            [row_reference.caption_row(c, t[:5], T) for t, c in zip(texts, codes, strict=True)],
             formats.caption_layout(T, grid),
         ),
         (
             formats.sr_batch(texts, lo, codes, T, hi_order=order),
-            [formats.sr_row(t, x, c, T, order) for t, x, c in zip(texts, lo, codes, strict=True)],
+            [row_reference.sr_row(t, x, c, T, order) for t, x, c in zip(texts, lo, codes, strict=True)],
             formats.sr_layout(T, lo_grid, grid),
         ),
     ]
     for got, rows, layout in cases:
-        want = formats.stack_rows(rows, layout)
+        want = row_reference.stack_rows(rows, layout)
         assert got["layout"] == want["layout"] == layout
         for k in formats.ROW_KEYS:
             assert got[k].dtype == want[k].dtype

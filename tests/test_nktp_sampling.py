@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import row_reference
 from mars_jax import nktp_sampling
 from mars_jax.model import heads, mars, params
 from mars_jax.model.config import ModelConfig
@@ -60,7 +61,7 @@ def test_k1_decoding_is_next_token_greedy():
     prompt_len = rows["tokens"].shape[1]
     # The training format's positions (high-res raster places, `formats.sr_image_positions`).
     order = code_order.hires_order(HI, CFG.nktp_k)
-    full = formats.sr_row(texts[0], lo[0], np.zeros(HI, np.int64), TEXT_T, order)["positions"]
+    full = row_reference.sr_row(texts[0], lo[0], np.zeros(HI, np.int64), TEXT_T, order)["positions"]
     hi_positions = full[prompt_len:-1] - full[prompt_len - 1]
     positions = np.concatenate([rows["positions"], rows["positions"][:, -1:] + hi_positions], 1)
 

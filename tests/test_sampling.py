@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import row_reference
 from mars_jax import sampling
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
@@ -124,7 +125,7 @@ def test_prompt_rows_format_matches_training_t2i_rows():
     from mars_jax.tokens import formats
 
     ids = [101, 102, 103]
-    row = formats.t2i_row(ids, np.arange(6), TEXT_LEN)
+    row = row_reference.t2i_row(ids, np.arange(6), TEXT_LEN)
     got = sampling.prompt_rows([ids], TEXT_LEN)
     for key in ("tokens", "positions", "valid"):
         np.testing.assert_array_equal(got[key][0], row[key][: TEXT_LEN + 1])

@@ -58,7 +58,7 @@ def inverse_order(order: np.ndarray) -> np.ndarray:
 def to_sequence_order(codes_hxw: np.ndarray, k: int) -> np.ndarray:
     """Raster codes `[..., h, w]` → the same codes in sequence order, still shaped `[..., h, w]`.
 
-    The data hook: pass the result to `formats.sr_row` / `formats.sr_batch` in place of the
+    The data hook: pass the result to `formats.sr_batch` in place of the
     raster codes (they flatten in memory order, so the grid shape and layout are unchanged).
     """
     codes = np.asarray(codes_hxw)

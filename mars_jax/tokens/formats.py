@@ -100,94 +100,6 @@ def sr_image_positions(
     return np.concatenate([[0], lo, [n + 1, n + 2], n + 3 + raster, [2 * n + 3]]).astype(np.int64)
 
 
-def _finish(
-    tokens: np.ndarray,
-    valid: np.ndarray,
-    is_loss_token: np.ndarray,
-    image_positions: np.ndarray | None = None,
-) -> TaskRows:
-    """Derive positions, next-token targets and the loss mask from one row's tokens.
-
-    ``image_positions``: positions of the row's last ``len(image_positions)`` tokens, relative
-    to the first of them (default: they count on like the rest).
-    """
-    positions = np.where(valid, np.cumsum(valid) - 1, 0)
-    if image_positions is not None:
-        start = tokens.size - image_positions.size
-        positions[start:] = positions[start] + image_positions
-    targets = np.full_like(tokens, vocab.PAD)
-    targets[:-1] = tokens[1:]
-    loss_mask = np.zeros(tokens.shape, np.float32)
-    loss_mask[:-1] = is_loss_token[1:] & valid[1:] & valid[:-1]
-    targets = np.where(valid, targets, vocab.PAD)
-    return {
-        "tokens": tokens.astype(np.int32),
-        "positions": positions.astype(np.int32),
-        "valid": valid,
-        "targets": targets.astype(np.int32),
-        "loss_mask": loss_mask,
-    }
-
-
-def _image_tokens(codes: np.ndarray, start: int, end: int) -> np.ndarray:
-    return np.concatenate([[start], vocab.code_to_token(_as_ids(codes)), [end]])
-
-
-def t2i_row(text_ids: Sequence[int] | np.ndarray, codes: np.ndarray, text_len: int) -> TaskRows:
-    """``PAD… text <img> codes <end>``; text left-padded to ``text_len`` (truncate first)."""
-    text = _as_ids(text_ids)
-    if text.size > text_len:
-        raise ValueError(f"t2i_row: {text.size} text ids exceed the slot of {text_len}")
-    image = _image_tokens(codes, vocab.IMAGE_START, vocab.IMAGE_END)
-    pad = np.full(text_len - text.size, vocab.PAD)
-    tokens = np.concatenate([pad, text, image])
-    valid = np.concatenate([np.zeros(pad.size, bool), np.ones(text.size + image.size, bool)])
-    loss = np.zeros(tokens.shape, bool)
-    loss[text_len + 1 :] = True  # codes and <end>
-    return _finish(tokens, valid, loss)
-
-
-def caption_row(codes: np.ndarray, text_ids: Sequence[int] | np.ndarray, text_len: int) -> TaskRows:
-    """``<img> codes <end> text <eot> PAD…``; text + ``<eot>`` right-padded to ``text_len``."""
-    text = _as_ids(text_ids)
-    if text.size + 1 > text_len:
-        raise ValueError(f"caption_row: {text.size} text ids + <eot> exceed the slot of {text_len}")
-    image = _image_tokens(codes, vocab.IMAGE_START, vocab.IMAGE_END)
-    n_text = text.size + 1
-    tokens = np.concatenate([image, text, [vocab.ENDOFTEXT], np.full(text_len - n_text, vocab.PAD)])
-    valid = np.zeros(tokens.shape, bool)
-    valid[: image.size + n_text] = True
-    loss = np.zeros(tokens.shape, bool)
-    loss[image.size : image.size + n_text] = True  # text and <eot>
-    return _finish(tokens, valid, loss)
-
-
-def sr_row(
-    text_ids: Sequence[int] | np.ndarray,
-    lo_codes: np.ndarray,
-    hi_codes: np.ndarray,
-    text_len: int,
-    hi_order: Sequence[int] | np.ndarray | None = None,
-) -> TaskRows:
-    """``PAD… text <lo> lo-codes </lo> <img> hi-codes <end>``; loss on hi-codes and ``<end>``.
-
-    ``hi_codes`` ``[H, W]`` in sequence order; ``hi_order``: their raster indices
-    (``sr_image_positions``).
-    """
-    text = _as_ids(text_ids)
-    if text.size > text_len:
-        raise ValueError(f"sr_row: {text.size} text ids exceed the slot of {text_len}")
-    lo = _image_tokens(lo_codes, vocab.LOWRES_START, vocab.LOWRES_END)
-    hi = _image_tokens(hi_codes, vocab.IMAGE_START, vocab.IMAGE_END)
-    pad = np.full(text_len - text.size, vocab.PAD)
-    tokens = np.concatenate([pad, text, lo, hi])
-    valid = np.concatenate([np.zeros(pad.size, bool), np.ones(tokens.size - pad.size, bool)])
-    loss = np.zeros(tokens.shape, bool)
-    loss[text_len + lo.size + 1 :] = True
-    lo_grid, hi_grid = np.shape(lo_codes), np.shape(hi_codes)
-    return _finish(tokens, valid, loss, sr_image_positions(lo_grid, hi_grid, hi_order))
-
-
 def _finish_batch(
     tokens: np.ndarray,
     valid: np.ndarray,
@@ -295,17 +207,6 @@ def sr_batch(
     return _finish_batch(tokens, valid, is_loss, layout, image_positions)
 
 
-def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:
-    """Rows of one task → the task batch ``{"tokens", …: [B, L], "layout": layout}``."""
-    length = layout_length(layout)
-    batch = {k: np.stack([r[k] for r in rows]) for k in ROW_KEYS}
-    if batch["tokens"].shape[1] != length:
-        raise ValueError(f"rows of length {batch['tokens'].shape[1]} do not fit layout {layout}")
-    batch["layout"] = layout
-    check_layout(batch)
-    return batch
-
-
 def check_layout(task_batch: dict) -> None:
     """Raise unless every valid token of each segment has that segment's modality.
 
@@ -332,3 +233,45 @@ def check_layout(task_batch: dict) -> None:
         else:
             raise ValueError(f"unknown modality {modality!r} in layout {layout}")
         start += length
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+def t2i_prompt(text_ids: Sequence[Sequence[int]], text_len: int) -> dict[str, np.ndarray]:
+    """``PAD… text <img>`` rows ``[B, text_len + 1]`` (the ``t2i`` format up to ``<img>``):
+    tokens, positions, valid. Captions longer than the slot keep their first ``text_len``
+    ids, as in training; an empty text is the unconditional form."""
+    b = len(text_ids)
+    tokens = np.full((b, text_len + 1), vocab.PAD, np.int32)
+    valid = np.zeros((b, text_len + 1), bool)
+    for row, ids in enumerate(text_ids):
+        ids = _as_ids(ids)[:text_len]
+        tokens[row, text_len - ids.size : text_len] = ids
+        valid[row, text_len - ids.size :] = True
+    tokens[:, text_len] = vocab.IMAGE_START
+    positions = np.where(valid, np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+    return {"tokens": tokens, "positions": positions, "valid": valid}
+
+
+def sr_prompt(
+    text_ids: Sequence[Sequence[int]],
+    lo_codes: np.ndarray,
+    text_len: int,
+    hi_grid: tuple[int, int],
+) -> dict[str, np.ndarray]:
+    """``PAD… text <lo> lo-codes </lo> <img>`` rows (the ``sr`` format up to ``<img>``).
+
+    The low-res codes' positions depend on the high-res grid (``sr_image_positions``).
+    """
+    lo_codes = np.asarray(lo_codes)
+    if lo_codes.ndim != 3 or lo_codes.shape[0] != len(text_ids):
+        raise ValueError(
+            f"lo_codes must be [B, h, w] with B = {len(text_ids)} prompts, got {lo_codes.shape}"
+        )
+    vocab.check_codes_in_range(lo_codes, vocab.NUM_IMAGE_CODES, "low-res codes")
+    texts = [_as_ids(ids)[:text_len] for ids in text_ids]
+    hi = np.zeros((len(texts), int(hi_grid[0]), int(hi_grid[1])), np.int64)
+    batch = sr_batch(texts, list(lo_codes), list(hi), text_len)
+    cut = sr_hires_start(text_len, lo_codes.shape[1:]) + 1
+    return {key: batch[key][:, :cut] for key in ("tokens", "positions", "valid")}

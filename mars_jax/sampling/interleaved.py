@@ -7,9 +7,9 @@ One sequence, one KV cache, decoded token by token with a state machine:
 - `<img>` switches to image mode: exactly `h*w` codes are sampled from the code range
   (vision head only), then `<end>` is forced and decoding returns to text mode.
 
-The step is one jitted `decode_step` per token (two compiled variants: full logits for text,
-vision-only for codes); the Python loop only carries the mode, which is what lets the
-sequence switch modality at a point the model chooses.
+The step is one jitted `decoder.extend` of one token per call, then the joint logits; the
+Python loop only carries the mode, which is what lets the sequence switch modality at a
+point the model chooses.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import sampling
-from mars_jax.model import decode
+from mars_jax.model import decoder
 from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import options
 from mars_jax.tokens import vocab
 
 
@@ -44,16 +44,17 @@ def text_mode_mask() -> np.ndarray:
     return allowed
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "vision_only"))
-def _step(frozen, trainable, cache, token_1, position_1, index, *, cfg, vision_only):
-    return decode.decode_step(
-        frozen, trainable, cache, token_1, position_1, index, cfg, vision_only=vision_only
-    )
-
-
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _prefill(frozen, trainable, cache, tokens, positions, valid, *, cfg):
-    return decode.prefill(frozen, trainable, cache, tokens, positions, valid, None, cfg)
+def _extend(weights, cache, tokens_1xT, positions_1xT, start, *, cfg):
+    """Feed tokens; the joint logits `[1, 160136]` after the last one."""
+    valid = jnp.ones_like(tokens_1xT, bool)
+    h, cache = decoder.extend(weights, cache, tokens_1xT, positions_1xT, valid, start, cfg)
+    return decoder.all_logits(weights, h[:, -1], cfg), cache
+
+
+def code_logits(logits_BxV: jax.Array, codebook_size: int) -> jax.Array:
+    """The image-code range of the joint logits: `[B, codebook_size]`."""
+    return logits_BxV[:, vocab.FIRST_IMAGE_CODE : vocab.FIRST_IMAGE_CODE + codebook_size]
 
 
 def generate_interleaved(
@@ -62,8 +63,8 @@ def generate_interleaved(
     cfg: ModelConfig,
     prompt_ids: Sequence[int],
     grid_hw: tuple[int, int],
-    text_scfg: sampling.SamplingConfig,
-    image_scfg: sampling.SamplingConfig,
+    text_scfg: options.SamplingConfig,
+    image_scfg: options.SamplingConfig,
     max_tokens: int,
     seed: int = 0,
 ) -> list[Segment]:
@@ -73,11 +74,10 @@ def generate_interleaved(
     cfg.check_image_grid(grid_hw, "interleaved generation")
     prompt = np.asarray(prompt_ids, np.int32)[None]
     length = prompt.shape[1]
-    cache = decode.init_cache(cfg, 1, length + max_tokens)
+    weights = decoder.prepare(frozen, trainable, cfg, None, str(cfg.compute_dtype))
+    cache = decoder.init_cache(cfg, 1, length + max_tokens, weights.compute_dtype)
     positions = np.arange(length, dtype=np.int32)[None]
-    logits, cache = _prefill(
-        frozen, trainable, cache, prompt, positions, np.ones_like(prompt, bool), cfg=cfg
-    )
+    logits, cache = _extend(weights, cache, prompt, positions, 0, cfg=cfg)
     text_allowed = jnp.asarray(text_mode_mask())
     num_codes = grid_hw[0] * grid_hw[1]
     rng = jax.random.key(seed)
@@ -85,39 +85,39 @@ def generate_interleaved(
     text: list[int] = []
     index = length
 
-    def feed(token: int, vision_only: bool):
+    def feed(token: int):
         nonlocal logits, cache, index
-        logits, cache = _step(
-            frozen, trainable, cache, jnp.asarray([token], jnp.int32),
-            jnp.asarray([index], jnp.int32), index, cfg=cfg, vision_only=vision_only,
+        logits, cache = _extend(
+            weights, cache, jnp.asarray([[token]], jnp.int32), jnp.asarray([[index]], jnp.int32),
+            index, cfg=cfg,
         )  # fmt: skip
         index += 1
 
     while index < length + max_tokens:
         rng, key = jax.random.split(rng)
         masked = jnp.where(text_allowed, logits, -jnp.inf)
-        token = int(sampling.choose_codes(masked, key, text_scfg)[0])
+        token = int(options.choose(masked, key, text_scfg)[0])
         if token == vocab.ENDOFTEXT:
             break
         if token != vocab.IMAGE_START:
             text.append(token)
-            feed(token, vision_only=False)
+            feed(token)
             continue
         if index + num_codes + 2 > length + max_tokens:
             break  # no room left for a whole image
         if text:
             segments.append(Segment("text", np.asarray(text, np.int32)))
             text = []
-        feed(vocab.IMAGE_START, vision_only=True)
+        feed(vocab.IMAGE_START)
         codes = []
         for _ in range(num_codes):
             rng, key = jax.random.split(rng)
-            code_logits = sampling.code_logits(logits, image_scfg.codebook_size)
-            code = int(sampling.choose_codes(code_logits, key, image_scfg)[0])
+            codes_logits = code_logits(logits, image_scfg.codebook_size)
+            code = int(options.choose(codes_logits, key, image_scfg)[0])
             codes.append(code)
-            feed(int(vocab.code_to_token(code)), vision_only=True)  # next: a code or <end>
+            feed(int(vocab.code_to_token(code)))  # next: a code or <end>
         segments.append(Segment("image", np.asarray(codes, np.int32).reshape(grid_hw)))
-        feed(vocab.IMAGE_END, vision_only=False)
+        feed(vocab.IMAGE_END)
     if text:
         segments.append(Segment("text", np.asarray(text, np.int32)))
     return segments

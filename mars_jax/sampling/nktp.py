@@ -1,0 +1,279 @@
+"""Parallel decoding of stage-III high-res codes with the next-K heads (`model/heads.py`).
+
+The prompt is the `sr` format up to `<img>`: `PAD… text <lo> lo-codes </lo> <img>`. Codes
+come out in the model's sequence order (region-interleaved, `code_order.hires_order`) and are
+returned as a raster grid. Two modes:
+
+- `fast`: every forward pass feeds the k codes drafted by the previous pass and reads heads
+  1..k at the last of them: k codes per pass, each head sampled independently.
+- `exact`: self-speculative verification (blockwise parallel decoding, Stern et al. 2018;
+  speculative sampling, Leviathan et al. 2023). A pass feeds k drafted codes; head 1 at each
+  fed position checks the next draft. Drafts are kept up to the first disagreement, then
+  head 1 supplies the next code and heads 2..k the next drafts. Greedy decoding gives exactly
+  the codes of plain next-token greedy decoding; with temperature > 0 a draft is accepted with
+  probability min(1, p/q) and a rejection is resampled from max(p - q, 0), which keeps the
+  distribution of plain sampling. Rows of a batch advance by the fewest accepted codes.
+
+k = 1 in either mode is plain next-token decoding. Every pass is one `decoder.extend` of the
+drafted codes; only the vision head's logits over the sampler's codebook are computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mars_jax.model import decoder, heads
+from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import options
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.tokens import code_order, formats, vocab
+from mars_jax.tokens import layout as layout_lib
+
+MODES = ("fast", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeInfo:
+    """What a decode cost: forward passes (the prompt's prefill counts as one)."""
+
+    passes: int
+    codes: int
+    k: int
+    mode: str
+    dtype: str = ""  # compute dtype of the decode
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+def hires_offsets(hi_grid: tuple[int, int], model_k: int, k: int) -> np.ndarray:
+    """Position of the i-th high-res code (sequence order of a model with `model_k` heads)
+    minus that of `<img>`, for i < H·W + k (`formats.sr_image_positions`; the `k` extra
+    slots hold drafts past the last code)."""
+    n = hi_grid[0] * hi_grid[1]
+    order = code_order.hires_order(hi_grid, model_k)
+    return np.concatenate([1 + order, n + 1 + np.arange(k)]).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------ choosing
+
+
+def _head_logits(weights, h_RxD, num, cfg, scfg, batch) -> jax.Array:
+    """Guided code logits of heads 1..num: `[B, num, codebook_size]`."""
+    logits = decoder.head_code_logits(weights, h_RxD, num, cfg)
+    return options.guide(logits, batch, scfg.cfg_scale) if scfg.guided else logits
+
+
+def _choose(logits_BxNxC: jax.Array, rng: jax.Array, scfg: SamplingConfig):
+    """Codes `[B, N]` (argmax, or a sample of the filtered softmax) and their probs `[B, N, C]`."""
+    if scfg.temperature == 0.0:
+        return options.choose(logits_BxNxC, rng, scfg), None
+    filtered = options.filtered(logits_BxNxC, scfg)
+    codes = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+    return codes, jax.nn.softmax(filtered, axis=-1)
+
+
+def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
+    tokens = vocab.code_to_token(codes_BxN)
+    return jnp.concatenate([tokens, tokens]) if use_cfg else tokens
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "text_len")
+)
+def decode_codes(
+    weights: decoder.DecodeWeights,
+    tokens_RxP: jax.Array,
+    positions_RxP: jax.Array,
+    valid_RxP: jax.Array,
+    hi_offsets_N: jax.Array,
+    rng: jax.Array,
+    *,
+    cfg: ModelConfig,
+    scfg: SamplingConfig,
+    num_codes: int,
+    k: int,
+    mode: str,
+    text_len: int = 0,
+) -> tuple[jax.Array, jax.Array]:
+    """Codes `[B, num_codes]` in sequence order and the number of forward passes.
+
+    Rows are `[cond; uncond]` when `scfg.guided`. `text_len`: the prompt's text slot
+    (`formats.sr_prompt`), for `decoder.prefill`; the prefill counts as one pass.
+    `hi_offsets_N` (`hires_offsets`): the rotary position of the i-th high-res code minus
+    that of `<img>`, for `num_codes + k` codes (drafts past the last code are discarded).
+    """
+    rows, prompt_len = tokens_RxP.shape
+    use_cfg = scfg.guided
+    batch = rows // 2 if use_cfg else rows
+    cache = decoder.init_cache(cfg, rows, prompt_len + num_codes + k, weights.compute_dtype)
+    h, cache = decoder.prefill(
+        weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len
+    )
+    img_position_R = jnp.asarray(positions_RxP)[:, -1]
+    head_logits = lambda h_RxD: _head_logits(weights, h_RxD, k, cfg, scfg, batch)
+    rng, key = jax.random.split(rng)
+    drafts_BxK, q_BxKxC = _choose(head_logits(h[:, -1]), key, scfg)
+
+    def feed(cache, drafts_BxK, done):
+        offsets_K = jax.lax.dynamic_slice(hi_offsets_N, (done,), (k,))
+        positions = img_position_R[:, None] + offsets_K[None]
+        return decoder.extend(
+            weights,
+            cache,
+            _rows(drafts_BxK, use_cfg),
+            positions,
+            jnp.ones((rows, k), bool),
+            prompt_len + done,
+            cfg,
+            layout_lib.VISION,
+        )
+
+    if mode == "fast":
+        num_passes = -(-num_codes // k)
+
+        def step(carry, key):
+            cache, drafts_BxK, done = carry
+            h, cache = feed(cache, drafts_BxK, done)
+            new_BxK, _ = _choose(head_logits(h[:, -1]), key, scfg)
+            return (cache, new_BxK, done + k), drafts_BxK
+
+        keys = jax.random.split(rng, num_passes - 1)
+        (_, last_BxK, _), emitted = jax.lax.scan(step, (cache, drafts_BxK, 0), keys)
+        codes = jnp.concatenate([emitted.transpose(1, 0, 2).reshape(batch, -1), last_BxK], 1)
+        return codes[:, :num_codes], jnp.asarray(num_passes, jnp.int32)
+
+    greedy = scfg.temperature == 0.0
+    if q_BxKxC is None:
+        q_BxKxC = jnp.zeros((batch, k, 1), jnp.float32)
+    out = jnp.zeros((batch, num_codes + k), jnp.int32)
+
+    def body(state):
+        cache, drafts_BxK, q_BxKxC, out, done, passes, rng = state
+        rng, k_accept, k_fix, k_draft = jax.random.split(rng, 4)
+        h, cache = feed(cache, drafts_BxK, done)
+        # Head 1 at every fed position: position j checks the draft of sequence index done+j+1.
+        head1 = _all_positions(weights, h, 1, cfg, scfg, batch)[:, :, 0]
+        if greedy:
+            verified = jnp.argmax(head1, axis=-1).astype(jnp.int32)
+            match = drafts_BxK[:, 1:] == verified[:, :-1]
+            p_BxTxC = None
+        else:
+            p_BxTxC = jax.nn.softmax(options.filtered(head1, scfg), axis=-1)
+            p_d = jnp.take_along_axis(p_BxTxC[:, :-1], drafts_BxK[:, 1:, None], -1)[..., 0]
+            q_d = jnp.take_along_axis(q_BxKxC[:, 1:], drafts_BxK[:, 1:, None], -1)[..., 0]
+            u = jax.random.uniform(k_accept, p_d.shape)
+            match = u * q_d < p_d
+        row_accepted = 1 + jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
+        accepted = jnp.minimum(jnp.min(row_accepted), num_codes - done)
+        out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
+        last = accepted - 1
+        # All heads only at the last kept position: the next code and the next drafts.
+        h_last = jax.lax.dynamic_index_in_dim(h, last, axis=1, keepdims=False)
+        new_BxK, new_q = _choose(head_logits(h_last), k_draft, scfg)
+        if not greedy:
+            # Code `accepted`: kept draft where this row accepted it, else a residual sample.
+            p_last = jax.lax.dynamic_index_in_dim(p_BxTxC, last, axis=1, keepdims=False)
+            idx = jnp.minimum(accepted, k - 1)
+            q_next = jax.lax.dynamic_index_in_dim(q_BxKxC, idx, axis=1, keepdims=False)
+            q_next = jnp.where(accepted < k, q_next, 0.0)
+            residual = jnp.maximum(p_last - q_next, 0.0)
+            residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_last)
+            fixed = jax.random.categorical(k_fix, jnp.log(residual), axis=-1).astype(jnp.int32)
+            kept = jax.lax.dynamic_index_in_dim(drafts_BxK, idx, axis=1, keepdims=False)
+            first = jnp.where(row_accepted > accepted, kept, fixed)
+            new_BxK = new_BxK.at[:, 0].set(first)
+        else:
+            new_q = q_BxKxC
+        return cache, new_BxK, new_q, out, done + accepted, passes + 1, rng
+
+    # Each pass commits its accepted drafts and head 1's next code (the new first draft), so
+    # the loop stops once only that code is missing: it needs no pass of its own.
+    state = (cache, drafts_BxK, q_BxKxC, out, jnp.int32(0), jnp.int32(1), rng)
+    state = jax.lax.while_loop(lambda s: s[4] + 1 < num_codes, body, state)
+    _, drafts_BxK, _, out, done, passes, _ = state
+    out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
+    return out[:, :num_codes], passes
+
+
+def _all_positions(weights, h_RxTxD, k, cfg, scfg, batch) -> jax.Array:
+    """Guided code logits of heads 1..k at each of the T fed positions: `[B, T, k, C]`."""
+    r, t, d = h_RxTxD.shape
+    logits = decoder.head_code_logits(weights, h_RxTxD.reshape(r * t, d), k, cfg)
+    logits = logits.reshape(r, t, k, -1)
+    return options.guide(logits, batch, scfg.cfg_scale) if scfg.guided else logits
+
+
+def sample_hires_codes(
+    frozen: dict | decoder.DecodeWeights,
+    trainable: dict | None,
+    cfg: ModelConfig,
+    text_ids: Sequence[Sequence[int]],
+    lo_codes: np.ndarray,
+    hi_grid: tuple[int, int],
+    k: int,
+    mode: str = "fast",
+    *,
+    text_len: int,
+    scfg: SamplingConfig | None = None,
+    seed: int = 0,
+    compute_dtype: str | None = None,
+) -> tuple[np.ndarray, DecodeInfo]:
+    """High-res codes `[B, h, w]` (raster order) for captions and low-res codes `[B, hl, wl]`.
+
+    `k` (1 … `cfg.nktp_k`) codes are drafted per pass; `mode` is `"fast"` or `"exact"`.
+    The code order is the one the model was trained with (`code_order.hires_order(hi_grid,
+    cfg.nktp_k)`), whatever `k` is. `compute_dtype`: activations and KV cache of the decode
+    (default `decoder.decode_dtype(cfg)`: float32 on CPU, else the model's compute dtype).
+    `frozen` may be `decoder.prepare(...)`'s weights (then `trainable` is None): made once,
+    they serve many calls.
+    """
+    scfg = scfg or SamplingConfig(cfg_scale=1.0, temperature=0.0)
+    if mode not in MODES:
+        raise ValueError(f"nktp mode {mode!r} not in {MODES}")
+    cfg.check_image_grid(hi_grid, "super-resolution")
+    if not 1 <= k <= heads.num_heads(cfg):
+        raise ValueError(f"--nktp={k}: must be in [1, model.nktp_k={cfg.nktp_k}]")
+    if isinstance(frozen, decoder.DecodeWeights):
+        weights = frozen
+        want = (compute_dtype or weights.compute_dtype, scfg.codebook_size)
+        if (weights.compute_dtype, weights.num_codes) != want:
+            raise ValueError(
+                f"weights prepared for dtype {weights.compute_dtype} and {weights.num_codes} "
+                f"codes, the call asks {want[0]} and {want[1]}"
+            )
+    else:
+        weights = decoder.prepare(frozen, trainable, cfg, scfg.codebook_size, compute_dtype)
+    hi_grid = (int(hi_grid[0]), int(hi_grid[1]))
+    code_order.hires_order(hi_grid, heads.num_heads(cfg))  # raises if K regions do not fit
+    texts = options.with_unconditional(text_ids) if scfg.guided else text_ids
+    lo_rows = np.concatenate([lo_codes, lo_codes]) if scfg.guided else lo_codes
+    rows = formats.sr_prompt(texts, lo_rows, text_len, hi_grid)
+    num_codes = hi_grid[0] * hi_grid[1]
+    codes, passes = decode_codes(
+        weights,
+        jnp.asarray(rows["tokens"]),
+        jnp.asarray(rows["positions"]),
+        jnp.asarray(rows["valid"]),
+        jnp.asarray(hires_offsets(hi_grid, heads.num_heads(cfg), int(k))),
+        jax.random.key(seed),
+        cfg=cfg,
+        scfg=scfg,
+        num_codes=num_codes,
+        k=int(k),
+        mode=mode,
+        text_len=int(text_len),
+    )
+    raster = code_order.to_raster(np.asarray(codes), hi_grid, heads.num_heads(cfg))
+    return raster, DecodeInfo(
+        passes=int(passes), codes=num_codes, k=int(k), mode=mode, dtype=weights.compute_dtype
+    )

@@ -1,0 +1,99 @@
+"""How tokens are drawn (greedy, temperature, top-k, top-p) and classifier-free guidance.
+
+Guidance is `cond + (scale - 1) * (cond - uncond)` on the logits, which is exactly the
+conditional logits at scale 1. The unconditional stream is the caption-dropped form of each
+prompt (an empty text slot), run in the same batch: rows `[cond; uncond]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mars_jax.tokens import vocab
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How codes are drawn. `temperature=0` is greedy; `top_k=0` and `top_p=1` disable them."""
+
+    cfg_scale: float = 1.5
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    codebook_size: int = vocab.NUM_IMAGE_CODES
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.codebook_size <= vocab.NUM_IMAGE_CODES:
+            raise ValueError(
+                f"sampling.codebook_size must be in (0, 8192], got {self.codebook_size}"
+            )
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+
+# The options a run's config names in its `sample` section (configs/common.py).
+RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p")
+
+
+def run_options(sample: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`RUN_OPTIONS` from a run's `sample` config; absent ones take `SamplingConfig`'s defaults."""
+    defaults = SamplingConfig()
+    sample = sample or {}
+    return {
+        name: type(getattr(defaults, name))(sample.get(name, getattr(defaults, name)))
+        for name in RUN_OPTIONS
+    }
+
+
+def with_unconditional(text_ids: Sequence[Sequence[int]]) -> list[Sequence[int]]:
+    """The prompts' texts followed by as many empty texts: the rows `[cond; uncond]`."""
+    return [*text_ids, *([[]] * len(text_ids))]
+
+
+def guide(logits_2BxC: jax.Array, batch: int, scale: float) -> jax.Array:
+    """Guided logits `[B, ...]` from rows `[cond; uncond]` (any trailing shape)."""
+    cond, uncond = logits_2BxC[:batch], logits_2BxC[batch:]
+    return cond + (scale - 1.0) * (cond - uncond)
+
+
+def filter_logits(logits_BxC: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Keep the `top_k` largest and the smallest set whose probability reaches `top_p`."""
+    neg_inf = jnp.finfo(logits_BxC.dtype).min
+    if top_k and top_k < logits_BxC.shape[-1]:
+        kth = jax.lax.top_k(logits_BxC, top_k)[0][:, -1:]
+        logits_BxC = jnp.where(logits_BxC < kth, neg_inf, logits_BxC)
+    if top_p < 1.0:
+        sorted_BxC = jnp.sort(logits_BxC, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_BxC, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = mass_before < top_p  # always keeps the most likely code
+        threshold = jnp.min(jnp.where(keep, sorted_BxC, jnp.inf), axis=-1, keepdims=True)
+        logits_BxC = jnp.where(logits_BxC < threshold, neg_inf, logits_BxC)
+    return logits_BxC
+
+
+def filtered(logits_BxC: jax.Array, scfg: SamplingConfig) -> jax.Array:
+    """Logits divided by the temperature, then top-k / top-p filtered (any leading shape)."""
+    c = logits_BxC.shape[-1]
+    flat = filter_logits(logits_BxC.reshape(-1, c) / scfg.temperature, scfg.top_k, scfg.top_p)
+    return flat.reshape(logits_BxC.shape)
+
+
+def choose(logits_BxC: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> jax.Array:
+    """Ids `[B]` (any leading shape): argmax at temperature 0, else a filtered-softmax sample."""
+    if scfg.temperature == 0.0:
+        return jnp.argmax(logits_BxC, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filtered(logits_BxC, scfg), axis=-1).astype(jnp.int32)

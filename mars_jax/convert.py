@@ -20,7 +20,6 @@ trainable tree to `cfg.trainable_dtype` while restoring, directly into the targe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -29,18 +28,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from safetensors import safe_open
 from tqdm import tqdm
 
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import vocab
+from mars_jax.train_lib import base as base_lib
 
 QWEN1 = "qwen1"
 QWEN2 = "qwen2"
-CONFIG_FILE = "model_config.json"
-INFO_FILE = "base_info.json"
 
 
 class ConversionError(ValueError):
@@ -259,155 +256,10 @@ def read_frozen(
     return frozen, rows
 
 
-def _mean_rows(x: np.ndarray, rows: int, block: int = 4096) -> np.ndarray:
-    """fp32 mean of the first `rows` rows, a block at a time (no full fp32 copy)."""
-    acc = np.zeros(x.shape[1], np.float64)
-    for start in range(0, rows, block):
-        acc += x[start : min(rows, start + block)].astype(np.float32).sum(0, dtype=np.float64)
-    return (acc / rows).astype(np.float32)
-
-
-def _mean_std_columns(x: np.ndarray, cols: int, block: int = 64) -> tuple[np.ndarray, float]:
-    """Per-row mean over the first `cols` columns and the std of all those entries."""
-    means, sq = np.zeros(x.shape[0], np.float64), 0.0
-    for start in range(0, x.shape[0], block):
-        part = x[start : start + block, :cols].astype(np.float32)
-        means[start : start + block] = part.mean(1, dtype=np.float64)
-        sq += float(np.square(part, dtype=np.float64).sum())
-    var = sq / (x.shape[0] * cols) - float(np.mean(means)) ** 2
-    return means.astype(np.float32), float(np.sqrt(max(var, 0.0)))
-
-
-def initial_trainable(cfg: ModelConfig, frozen: dict, rows: int, seed: int = 0) -> dict:
-    """Trainable init of `params.init_trainable_from_frozen`, computed with bounded memory.
-
-    Means are streamed over blocks of the frozen arrays, and the vision experts share the
-    frozen buffers (they are exact copies), so no fp32 copy of the LLM is made.
-    """
-    head_mean, head_std = _mean_std_columns(frozen["text_head"], rows)
-    rng = jax.random.key(seed)
-    return {
-        "vision_embed": np.asarray(
-            params_lib.vision_embed_init(_mean_rows(frozen["embed"], rows), cfg)
-        ),
-        "layers": {
-            "vision_attn": dict(frozen["layers"]["text_attn"]),
-            "vision_mlp": dict(frozen["layers"]["text_mlp"]),
-        },
-        "vision_head": np.asarray(params_lib.vision_head_init(head_mean, head_std, rng, cfg)),
-        **{
-            name: np.asarray(value)
-            for name, value in params_lib.image_pos_init(cfg, jax.random.fold_in(rng, 2)).items()
-        },
-    }
-
-
-# ---- hashing, saving, loading --------------------------------------------------------------
-
-
-def frozen_hash(frozen: dict) -> str:
-    """sha256 over every leaf's path, dtype, shape and bytes (bit-identity of frozen params)."""
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(frozen)[0]:
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
-        digest.update(arr.view(np.uint8).reshape(-1))
-    return digest.hexdigest()
-
-
-def save_base(out_dir: str, cfg: ModelConfig, frozen: dict, trainable: dict, info: dict) -> str:
-    """Write a base checkpoint; returns the frozen hash."""
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    digest = frozen_hash(frozen)
-    # The arrays are not modified while saving: skip Orbax's defensive host copy, which
-    # would double peak memory.
-    registry = ocp.type_handlers.create_type_handler_registry(
-        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False))
-    )
-    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
-    for name, tree in (("frozen", frozen), ("trainable", trainable)):
-        ckptr.save(os.path.join(out_dir, name), args=ocp.args.PyTreeSave(tree), force=True)
-    ckptr.close()
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
-    with open(os.path.join(out_dir, INFO_FILE), "w") as f:
-        json.dump({**info, "frozen_sha256": digest}, f, indent=2)
-    return digest
-
-
-def _stored_config(base_dir: str, cfg: ModelConfig | None) -> ModelConfig:
-    config_path = os.path.join(base_dir, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: not a base checkpoint (written by convert)")
-    with open(config_path) as f:
-        stored = ModelConfig.from_dict(json.load(f))
-    if cfg is None:
-        return stored
-    if params_lib.frozen_shapes(cfg) != params_lib.frozen_shapes(stored):
-        raise ValueError(f"{config_path}: stored shapes {stored} differ from the requested {cfg}")
-    return cfg
-
-
-def _restore(path: str, abstract: dict, shardings: dict | None) -> dict:
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, abstract)
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, target)
-
-
-def load_frozen(
-    base_dir: str, shardings: dict | None = None, cfg: ModelConfig | None = None
-) -> dict:
-    """The frozen tree of a base checkpoint, restored into `shardings` (a frozen-tree of
-    `jax.sharding.Sharding`) in `cfg.frozen_dtype` (default: the stored config)."""
-    base_dir = os.path.abspath(base_dir)
-    cfg = _stored_config(base_dir, cfg)
-    abstract = params_lib.abstract_params(cfg)["frozen"]
-    return _restore(os.path.join(base_dir, "frozen"), abstract, shardings)
-
-
-def load_base(
-    base_dir: str, shardings: dict | None = None, cfg: ModelConfig | None = None
-) -> tuple[ModelConfig, dict, dict, str]:
-    """`(cfg, frozen, trainable, frozen_hash)` of a base checkpoint written by `convert`.
-
-    `shardings`: optional `{"frozen": tree, "trainable": tree}` of `jax.sharding.Sharding`
-    (same structure as the params) to restore each array directly into its shards.
-    `cfg`: the model config to restore with (its dtypes are used); its shapes must match
-    the stored `model_config.json`. Default: the stored config.
-    """
-    base_dir = os.path.abspath(base_dir)
-    cfg = _stored_config(base_dir, cfg)
-    if shardings is not None and set(shardings) != {"frozen", "trainable"}:
-        raise ValueError(
-            "load_base: shardings must be {'frozen': tree, 'trainable': tree}; "
-            "for the frozen tree alone use convert.load_frozen"
-        )
-    with open(os.path.join(base_dir, INFO_FILE)) as f:
-        digest = json.load(f)["frozen_sha256"]
-    abstract = params_lib.abstract_params(cfg)
-    frozen = _restore(
-        os.path.join(base_dir, "frozen"),
-        abstract["frozen"],
-        None if shardings is None else shardings["frozen"],
-    )
-    trainable = _restore(
-        os.path.join(base_dir, "trainable"),
-        abstract["trainable"],
-        None if shardings is None else shardings["trainable"],
-    )
-    return cfg, frozen, trainable, digest
-
-
 # ---- CLI -----------------------------------------------------------------------------------
 
 
-def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", seed: int = 0) -> str:
+def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16") -> str:
     """Convert `hf_dir` into a base checkpoint at `out_dir`; returns the frozen hash."""
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
@@ -417,9 +269,8 @@ def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16", seed: int = 0) -
     family, cfg = model_config_from_hf(hf, config_path, dtype)
     reader = TensorReader(hf_dir)
     frozen, rows = read_frozen(reader, family, cfg, bool(hf.get("tie_word_embeddings", False)))
-    trainable = initial_trainable(cfg, frozen, rows, seed)
     info = {"source": os.path.abspath(hf_dir), "family": family, "text_rows": rows}
-    return save_base(out_dir, cfg, frozen, trainable, info)
+    return base_lib.save_base(out_dir, cfg, frozen, info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,14 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf", required=True, help="Hugging Face checkpoint directory")
     parser.add_argument("--out", required=True, help="output base checkpoint directory")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the vision-head noise")
     args = parser.parse_args(argv)
     try:
-        digest = convert(args.hf, args.out, args.dtype, args.seed)
+        digest = convert(args.hf, args.out, args.dtype)
     except ConversionError as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {os.path.abspath(args.out)} frozen_sha256={digest}")
+    print(f"wrote {os.path.abspath(args.out)} frozen_hash={digest}")
     return 0
 
 

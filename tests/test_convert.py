@@ -9,10 +9,23 @@ import pytest
 from safetensors.numpy import save_file
 
 from mars_jax import convert
-from mars_jax.model import mars
+from mars_jax.model import mars, params
 from mars_jax.tokens import vocab
+from mars_jax.train_lib import base as base_lib
 
 HF_VOCAB = 1000
+
+
+def _load(base_dir):
+    """A base as the trainer sees it: config, frozen tree, the trainable init from it (with
+    the base's real text rows) and the recorded hash."""
+    info = base_lib.read_info(base_dir)
+    cfg = base_lib.stored_config(base_dir)
+    frozen = base_lib.read_frozen(base_dir, cfg=cfg)
+    trainable = params.init_trainable_from_frozen(
+        cfg, frozen, jax.random.key(0), num_text_rows=info["text_rows"]
+    )
+    return cfg, frozen, trainable, info["frozen_hash"]
 
 
 def _qwen2_arrays(rng, layers=2, d=32, heads=4, kv=4, f=48, rows=HF_VOCAB):
@@ -133,9 +146,9 @@ def test_hf_qwen2_logit_parity(tmp_path):
     ids = np.random.default_rng(0).integers(0, HF_VOCAB, (2, 12))
     with torch.no_grad():
         expected = model(torch.tensor(ids)).logits.numpy()
-    cfg, frozen, trainable, digest = convert.load_base(str(out_dir))
+    cfg, frozen, trainable, digest = _load(str(out_dir))
     assert cfg.num_kv_heads == 2 and cfg.compute_dtype == "float32"
-    assert digest == convert.frozen_hash(frozen)
+    assert digest == base_lib.frozen_hash(frozen)
     positions = np.broadcast_to(np.arange(12), ids.shape)
     logits = mars.forward_logits(
         frozen, trainable, ids, positions, np.ones(ids.shape, bool), None, cfg
@@ -159,37 +172,33 @@ def test_qwen1_layout_converts_to_identical_params(tmp_path):
     h2 = convert.convert(str(tmp_path / "q2"), str(tmp_path / "b2"), "float32")
     h1 = convert.convert(str(tmp_path / "q1"), str(tmp_path / "b1"), "float32")
     assert h1 == h2
-    c2, f2, t2, _ = convert.load_base(str(tmp_path / "b2"))
-    c1, f1, t1, _ = convert.load_base(str(tmp_path / "b1"))
+    c2, f2, t2, _ = _load(str(tmp_path / "b2"))
+    c1, f1, t1, _ = _load(str(tmp_path / "b1"))
     assert c1 == c2
     jax.tree.map(np.testing.assert_array_equal, (f1, t1), (f2, t2))
     # Padding rows beyond the checkpoint's vocabulary are zero.
     assert not np.any(np.asarray(f1["embed"][HF_VOCAB:]))
 
 
-def test_load_base_restores_into_shardings_and_dtypes(tmp_path):
+def test_read_frozen_restores_into_shardings_and_dtypes(tmp_path):
     arrays, config = _qwen2_arrays(np.random.default_rng(2))
     _write(tmp_path / "hf", arrays, config)
     convert.convert(str(tmp_path / "hf"), str(tmp_path / "base"), "bfloat16")
     mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
-    from mars_jax.model import params
 
-    cfg = convert.load_base(str(tmp_path / "base"))[0]
+    cfg = base_lib.stored_config(str(tmp_path / "base"))
     spec = lambda axes: jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec(*("fsdp" if a == "vocab" else None for a in axes))
     )
     shardings = jax.tree.map(spec, params.logical_axes(cfg), is_leaf=params.is_axes_leaf)
-    cfg, frozen, trainable, _ = convert.load_base(str(tmp_path / "base"), shardings)
+    frozen = base_lib.read_frozen(str(tmp_path / "base"), shardings["frozen"])
     assert frozen["embed"].dtype == np.dtype("bfloat16")
-    assert trainable["layers"]["vision_attn"]["q"].dtype == np.float32
     assert frozen["embed"].sharding == shardings["frozen"]["embed"]
     assert len(frozen["embed"].addressable_shards) == 8
     assert frozen["embed"].addressable_shards[0].data.shape == (vocab.TEXT_VOCAB_SIZE // 8, 32)
-    alone = convert.load_frozen(str(tmp_path / "base"), shardings["frozen"])
-    jax.tree.map(np.testing.assert_array_equal, alone, frozen)
-    assert alone["text_head"].sharding == shardings["frozen"]["text_head"]
-    with pytest.raises(ValueError, match="load_frozen"):
-        convert.load_base(str(tmp_path / "base"), shardings["frozen"])
+    assert frozen["text_head"].sharding == shardings["frozen"]["text_head"]
+    on_one = base_lib.read_frozen(str(tmp_path / "base"))
+    jax.tree.map(np.testing.assert_array_equal, on_one, frozen)
 
 
 @pytest.mark.parametrize(

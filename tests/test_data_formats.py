@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 import row_reference
+
 from mars_jax.data import pipeline
 from mars_jax.data.config import default_data_config
 from mars_jax.tokens import code_order, formats, vocab

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import row_reference
+
 from mars_jax import nktp_sampling
 from mars_jax.model import heads, mars, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import SamplingConfig
-from mars_jax.tokens import code_order, formats, vocab
+from mars_jax.tokens import code_order, vocab
 
 CFG = ModelConfig.tiny(
     compute_dtype="float32", frozen_dtype="float32", nktp_k=4, image_pos_grid=(2, 4)

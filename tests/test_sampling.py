@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import row_reference
+
 from mars_jax import sampling
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
@@ -122,7 +122,6 @@ def test_filter_logits_top_k_and_top_p():
 
 def test_prompt_rows_format_matches_training_t2i_rows():
     """The sampler's prompt is the training row's prefix, up to and including <img>."""
-    from mars_jax.tokens import formats
 
     ids = [101, 102, 103]
     row = row_reference.t2i_row(ids, np.arange(6), TEXT_LEN)

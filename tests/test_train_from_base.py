@@ -10,6 +10,7 @@ from test_convert import _qwen2_arrays, _write
 from test_train_loop import tiny_config
 
 from mars_jax import convert
+from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import loop
 
 
@@ -28,7 +29,7 @@ def test_trains_on_converted_base_and_keeps_it_bit_identical(base_dir, tmp_path)
     c.train.num_steps = 2
     summary = loop.run(c, str(tmp_path / "run"))
     assert summary["step"] == 2
-    loaded = convert.load_frozen(base_dir)
+    loaded = base_lib.read_frozen(base_dir)
     after = jax.device_get(summary["frozen"])
     want = jax.tree.map(lambda w, g: np.asarray(w).astype(np.asarray(g).dtype), loaded, after)
     chex.assert_trees_all_equal(after, want)  # bit-identical, leaf by leaf

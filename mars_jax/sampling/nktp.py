@@ -87,9 +87,7 @@ def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
 # ------------------------------------------------------------------------------ decoding
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "text_len")
-)
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_codes", "k", "mode", "text_len"))
 def decode_codes(
     weights: decoder.DecodeWeights,
     tokens_RxP: jax.Array,
@@ -116,9 +114,7 @@ def decode_codes(
     use_cfg = scfg.guided
     batch = rows // 2 if use_cfg else rows
     cache = decoder.init_cache(cfg, rows, prompt_len + num_codes + k, weights.compute_dtype)
-    h, cache = decoder.prefill(
-        weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len
-    )
+    h, cache = decoder.prefill(weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len)
     img_position_R = jnp.asarray(positions_RxP)[:, -1]
     head_logits = lambda h_RxD: _head_logits(weights, h_RxD, k, cfg, scfg, batch)
     rng, key = jax.random.split(rng)

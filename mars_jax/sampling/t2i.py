@@ -43,9 +43,7 @@ def sample_codes(
     rows, prompt_len = tokens_RxP.shape
     batch = rows // 2 if scfg.guided else rows
     cache = decoder.init_cache(cfg, rows, prompt_len + num_codes, weights.compute_dtype)
-    h, cache = decoder.prefill(
-        weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len
-    )
+    h, cache = decoder.prefill(weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len)
     next_position_R = positions_RxP[:, -1] + 1
 
     def pick(h_RxD, key):

@@ -1,8 +1,14 @@
-"""The frozen LLM of a run: where it comes from, how it is placed on the mesh, its identity.
+"""The frozen LLM of a run: the base-checkpoint format, where it comes from, its identity.
 
-``base.checkpoint`` names a converted Qwen base (``python -m mars_jax.convert``); when empty,
-the frozen params are a random init from ``base.seed`` (tiny/demo presets). The identity
-``{"source", "hash"}`` is stored in every checkpoint and checked on resume.
+A base checkpoint (written by ``python -m mars_jax.convert``) is a folder with
+``model_config.json``, ``base_info.json`` (source, family, ``text_rows``: the rows of the
+embedding that are real tokens, ``frozen_hash``) and the ``frozen/`` Orbax tree. The
+trainable init is not stored: the trainer derives it from the frozen tree
+(``params.init_trainable_from_frozen`` with ``text_rows``), on the mesh.
+
+``base.checkpoint`` names such a folder; when empty, the frozen params are a random init
+from ``base.seed`` (tiny/demo presets). The identity ``{"source", "hash"}`` is stored in
+every checkpoint and checked on resume.
 
 The hash is computed on the devices, shard by shard, without gathering: for every leaf the
 bit patterns are summed with position-dependent odd weights in wrap-around uint32 arithmetic
@@ -20,6 +26,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+
+from mars_jax.model import params as params_lib
+from mars_jax.model.config import ModelConfig
+from mars_jax.train_lib import workdir as workdir_lib
 
 
 def check_base_exists(path: str) -> None:
@@ -44,13 +55,13 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
     return jnp.sum(words * weight, dtype=jnp.uint32)
 
 
-_fingerprints = jax.jit(lambda tree: jax.tree.map(_leaf_fingerprint, tree))
+_fingerprint = jax.jit(_leaf_fingerprint)
 
 
 def frozen_hash(frozen: Any) -> str:
-    """Content hash of the frozen params (mesh-independent)."""
-    sums = _fingerprints(frozen)
-    sums = jax.tree.map(lambda s: int(np.asarray(jax.device_get(s))), sums)
+    """Content hash of the frozen params (mesh-independent): sharded arrays on their devices,
+    or host arrays (the converter), one leaf at a time."""
+    sums = jax.tree.map(lambda x: int(np.asarray(jax.device_get(_fingerprint(x)))), frozen)
     flat = jax.tree_util.tree_flatten_with_path(frozen)[0]
     described = [
         (jax.tree_util.keystr(p), list(x.shape), str(x.dtype), s)
@@ -66,4 +77,100 @@ def identity(source: str, frozen: Any) -> dict:
 def to_bf16(tree: Any) -> Any:
     return jax.tree.map(
         lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+# ---- the base-checkpoint format ------------------------------------------------------------
+
+CONFIG_FILE = "model_config.json"
+INFO_FILE = "base_info.json"
+
+
+def save_base(out_dir: str, cfg: ModelConfig, frozen: dict, info: dict) -> str:
+    """Write a base checkpoint of host arrays; returns the frozen hash."""
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    digest = frozen_hash(frozen)
+    # The arrays are not modified while saving: skip Orbax's defensive host copy, which
+    # would double peak memory.
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False))
+    )
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+    ckptr.save(os.path.join(out_dir, "frozen"), args=ocp.args.PyTreeSave(frozen), force=True)
+    ckptr.close()
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+    with open(os.path.join(out_dir, INFO_FILE), "w") as f:
+        json.dump({**info, "frozen_hash": digest}, f, indent=2)
+    return digest
+
+
+def read_info(base_dir: str) -> dict:
+    """``base_info.json`` of a base checkpoint."""
+    path = os.path.join(base_dir, INFO_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not a base checkpoint (written by convert)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def stored_config(base_dir: str, cfg: ModelConfig | None = None) -> ModelConfig:
+    """The base's model config; with ``cfg``, ``cfg`` itself once its shapes are checked."""
+    config_path = os.path.join(base_dir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: not a base checkpoint (written by convert)")
+    with open(config_path) as f:
+        stored = ModelConfig.from_dict(json.load(f))
+    if cfg is None:
+        return stored
+    if params_lib.frozen_shapes(cfg) != params_lib.frozen_shapes(stored):
+        raise ValueError(f"{config_path}: stored shapes {stored} differ from the requested {cfg}")
+    return cfg
+
+
+def read_frozen(
+    base_dir: str, shardings: dict | None = None, cfg: ModelConfig | None = None
+) -> dict:
+    """The frozen tree of a base checkpoint, restored into ``shardings`` (a frozen tree of
+    ``jax.sharding.Sharding``; default one device) in ``cfg.frozen_dtype`` (default: the
+    stored config)."""
+    base_dir = os.path.abspath(base_dir)
+    cfg = stored_config(base_dir, cfg)
+    abstract = params_lib.abstract_params(cfg)["frozen"]
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.join(base_dir, "frozen"), target)
+
+
+def text_rows(base_config: Any) -> int | None:
+    """Rows of the base's embedding that are real tokens (None for a random base)."""
+    path = base_config.checkpoint
+    return int(read_info(os.fspath(workdir_lib.resolve(path)))["text_rows"]) if path else None
+
+
+def load_frozen(base_config: Any, model_cfg: ModelConfig, shardings: Any) -> tuple[Any, dict]:
+    """The frozen LLM of ``base_config`` (``base.checkpoint``, else a random init from
+    ``base.seed``) in bf16 on ``shardings``, and its identity ``{"source", "hash"}``."""
+    path = base_config.checkpoint
+    if path:
+        frozen = read_frozen(path, shardings, cfg=model_cfg)
+        frozen = jax.jit(to_bf16, out_shardings=shardings)(frozen)
+        source = os.fspath(workdir_lib.resolve(path))
+    else:
+        seed = int(base_config.seed)
+        init = _random_init(model_cfg, shardings)
+        frozen = init(jax.random.key(seed))
+        source = f"random:{seed}"
+    return frozen, identity(source, frozen)
+
+
+def _random_init(model_cfg: ModelConfig, shardings: Any):
+    return jax.jit(
+        lambda key: to_bf16(params_lib.init_frozen(model_cfg, key)), out_shardings=shardings
     )

@@ -233,7 +233,7 @@ def get_step(setup: Setup, layouts: dict):
     return _STEPS[key]
 
 
-def _cached_init(setup: Setup, name: str, build):
+def _cached_init(setup: Setup, name: Any, build):
     key = (setup.key, name)
     if key not in _INITS:
         _INITS[key] = build()
@@ -252,37 +252,21 @@ def split_layouts(batch: dict) -> tuple[dict, dict]:
 
 def load_frozen(setup: Setup) -> tuple[Any, dict]:
     """Frozen LLM on the mesh (bf16) and its identity."""
-    path = setup.config.base.checkpoint
-    if path:
-        from mars_jax import convert  # noqa: PLC0415
-
-        frozen = convert.load_frozen(path, setup.frozen_shardings, cfg=setup.model_cfg)
-        frozen = jax.jit(base_lib.to_bf16, out_shardings=setup.frozen_shardings)(frozen)
-        source = os.fspath(workdir_lib.resolve(path))
-    else:
-        seed = int(setup.config.base.seed)
-        init = _cached_init(
-            setup,
-            "frozen",
-            lambda: jax.jit(
-                lambda key: base_lib.to_bf16(params_lib.init_frozen(setup.model_cfg, key)),
-                out_shardings=setup.frozen_shardings,
-            ),
-        )
-        frozen = init(jax.random.key(seed))
-        source = f"random:{seed}"
-    return frozen, base_lib.identity(source, frozen)
+    return base_lib.load_frozen(setup.config.base, setup.model_cfg, setup.frozen_shardings)
 
 
 def initial_trainable(setup: Setup, frozen: Any) -> Any:
     """Vision parts from the frozen text parts, then overwritten by ``base.init_from``."""
     shardings = setup.state_shardings["trainable"]
     seed = int(setup.config.train.seed)
+    rows = base_lib.text_rows(setup.config.base)  # the base's real tokens (None: random base)
     init = _cached_init(
         setup,
-        "trainable",
+        ("trainable", rows),
         lambda: jax.jit(
-            lambda f, key: params_lib.init_trainable_from_frozen(setup.model_cfg, f, key),
+            lambda f, key: params_lib.init_trainable_from_frozen(
+                setup.model_cfg, f, key, num_text_rows=rows
+            ),
             out_shardings=shardings,
         ),
     )

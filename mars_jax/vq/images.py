@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from mars_jax import outputs
+from mars_jax.vq import model
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _JSONL_KEYS = ("path", "image", "file", "file_name")
 
@@ -77,13 +80,10 @@ def load_images(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[tuple
 def save_grid(path: str, rows: Sequence[np.ndarray], pad: int = 2) -> None:
     """Writes rows of uint8 ``[N, H, W, 3]`` images as one PNG (row i above row i+1)."""
     n = max(len(r) for r in rows)
-    h, w = rows[0].shape[1:3]
-    canvas = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y : y + h, x : x + w] = image
-    Image.fromarray(canvas).save(path)
+    tiles = np.concatenate(
+        [np.concatenate([r, np.full((n - len(r), *r.shape[1:]), 255, np.uint8)]) for r in rows]
+    )
+    outputs.save_png(path, outputs.contact_sheet(tiles, columns=n, pad=pad, background=255))
 
 
 def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
@@ -94,3 +94,13 @@ def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """float [-1, 1] → uint8 [0, 255] (clipped, rounded)."""
     return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def encode_uint8(params: dict, cfg, images_uint8: np.ndarray) -> np.ndarray:
+    """VQ codes ``[N, h, w]`` of uint8 RGB images ``[N, H, W, 3]``."""
+    return np.asarray(model.encode(params, cfg, to_unit_range(np.asarray(images_uint8))))
+
+
+def decode_uint8(params: dict, cfg, codes_Nxhxw) -> np.ndarray:
+    """uint8 RGB images ``[N, H, W, 3]`` of VQ codes ``[N, h, w]``."""
+    return to_uint8(np.asarray(model.decode(params, cfg, np.asarray(codes_Nxhxw, np.int32))))

@@ -24,7 +24,7 @@ exact NKTP mode (``--nktp_mode``). ``--out`` writes a contact sheet (low-res | b
 stage III | truth). The last line is ``sr_psnr=<a> bicubic_psnr=<b> ...``.
 
 Generation is a seam: the library functions take an ``ImageProducer`` (captions, seed →
-uint8 images); the CLI's one is ``mars_jax.generate.generate_images`` on ``--checkpoint``
+uint8 images); the CLI's one is ``sampling.images.generate_images`` on ``--checkpoint``
 with the sampling flags (same names and defaults as ``mars_jax.generate``).
 """
 
@@ -40,8 +40,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mars_jax import generate, runs
 from mars_jax.demo import checker, shapes
-from mars_jax.eval import features, fid
+from mars_jax.eval import features, fid, sr
+from mars_jax.sampling import images as images_lib
+from mars_jax.sampling import options
+from mars_jax.text.tokenizer import load_tokenizer
 
 # (captions, seed) -> uint8 [len(captions), H, W, 3]
 ImageProducer = Callable[[Sequence[str], int], np.ndarray]
@@ -174,13 +178,11 @@ def sampler_producer(
     batch_size: int = 16,
 ) -> ImageProducer:
     """The default seam: ``mars_jax.generate`` on a training workdir, imported when used."""
-    from mars_jax import generate, sampling  # noqa: PLC0415  (heavy; only the CLI needs it)
-
-    run = generate.load_run(checkpoint, vq_dir)
-    scfg = sampling.SamplingConfig(**(scfg_kwargs or {}))
+    run = runs.load_run(checkpoint, vq_dir)
+    scfg = options.SamplingConfig(**(scfg_kwargs or {}))
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
-        return generate.generate_images(run, list(captions), scfg, seed, batch_size=batch_size)
+        return images_lib.generate_images(run, list(captions), scfg, seed, batch_size=batch_size)
 
     return produce
 
@@ -206,13 +208,9 @@ def evaluate_sr(args: argparse.Namespace) -> int:
     (`--out` ending in `.png`: that file). The last line is `sr_psnr=<a> bicubic_psnr=<b>
     ...` (fast mode first; exact mode's as `sr_exact_psnr=`).
     """
-    from mars_jax import cascade, generate
-    from mars_jax.eval import sr
-    from mars_jax.text.tokenizer import load_tokenizer
-
     modes = sr.MODES if args.nktp_mode == "both" else (args.nktp_mode,)
-    run = generate.load_run(args.checkpoint, args.vq)
-    sizes = cascade.sr_sizes_of_run(run)
+    run = runs.load_run(args.checkpoint, args.vq)
+    sizes = run.sr_sizes
     if not sizes:
         raise ValueError(f"--checkpoint={args.checkpoint}: not a stage-III run (no low-res sizes)")
     lo_hw, hi_hw = sizes[0]
@@ -258,8 +256,6 @@ def evaluate_sr(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mars_jax import generate  # noqa: PLC0415  (imports jax; only the CLI needs it)
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir")
     p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr"))

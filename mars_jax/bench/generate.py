@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import sampling
 from mars_jax.model import heads, mars, params
 from mars_jax.model.config import ModelConfig
-from mars_jax.tokens import vocab
+from mars_jax.sampling import interleaved, t2i
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.tokens import formats, vocab
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "codebook"))
@@ -30,7 +31,7 @@ def _next_code_by_recompute(frozen, trainable, tokens, positions, valid, t, *, c
     hidden = mars.forward_hidden(frozen, trainable, tokens, positions, valid, None, cfg)
     h_Bx1xD = jax.lax.dynamic_slice_in_dim(hidden, t, 1, axis=1)
     last = heads.logits_from_hidden(frozen, trainable, h_Bx1xD, cfg, vision_only=True)[:, 0]
-    return jnp.argmax(sampling.code_logits(last, codebook), axis=-1).astype(jnp.int32)
+    return jnp.argmax(interleaved.code_logits(last, codebook), axis=-1).astype(jnp.int32)
 
 
 def recompute_decode(frozen, trainable, cfg, rows, num_codes, codebook):
@@ -78,12 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     frozen, trainable = weights["frozen"], weights["trainable"]
     codebook = 1024
     prompts = [list(range(100, 100 + args.text_len // 2))] * args.batch
-    rows = sampling.prompt_rows(prompts, args.text_len)
+    rows = formats.t2i_prompt(prompts, args.text_len)
     num_codes = args.grid * args.grid
-    scfg = sampling.SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=codebook)
+    scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=codebook)
 
     def cached():
-        return sampling.generate_codes(
+        return t2i.generate_codes(
             frozen, trainable, cfg, prompts, args.text_len, (args.grid, args.grid), scfg, 0
         )
 

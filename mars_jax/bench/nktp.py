@@ -16,7 +16,7 @@ on the same prompts, compiled before timing:
 With `--checkpoint`, the model is that stage-III run (no training here) and the prompts are
 held-out demo scenes: their captions and the VQ codes of their low-res images, as
 `evaluate --bench=sr` makes them; code accuracy is then against the scenes' own high-res
-codes. Decoding runs in `nktp_sampling.decode_dtype` (float32 on CPU; `--dtype` to force).
+codes. Decoding runs in `decoder.decode_dtype` (float32 on CPU; `--dtype` to force).
 
 Prints forward passes and wall-clock time of each, `nktp_forward_passes_ratio=` (fast, K / 1)
 and last `nktp_speedup=` (fast mode, wall-clock K = 1 / K).
@@ -33,11 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mars_jax import nktp_sampling
-from mars_jax.model import heads, loss, params
+from mars_jax import runs
+from mars_jax.eval import sr
+from mars_jax.model import decoder, heads, loss, params
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import SamplingConfig
+from mars_jax.sampling import nktp as nktp_sampling
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import code_order, formats, vocab
+from mars_jax.tokens import layout as layout_lib
+from mars_jax.vq import images as vq_images
 
 LO_GRID, HI_GRID = (4, 4), (8, 8)
 CODEBOOK = 64  # codes used by the synthetic task
@@ -108,12 +113,8 @@ def _trained_synthetic(args):
 
 def _from_checkpoint(workdir: str, batch: int):
     """A stage-III run and `batch` held-out demo scenes: captions, low-res codes, truth."""
-    from mars_jax import cascade, generate  # noqa: PLC0415
-    from mars_jax.eval import sr  # noqa: PLC0415
-    from mars_jax.text.tokenizer import load_tokenizer  # noqa: PLC0415
-
-    run = generate.load_run(workdir)
-    sizes = cascade.sr_sizes_of_run(run)
+    run = runs.load_run(workdir)
+    sizes = run.sr_sizes
     if not sizes:
         raise ValueError(f"--checkpoint={workdir}: not a stage-III run (no low-res sizes)")
     lo_hw, hi_hw = sizes[0]
@@ -122,7 +123,7 @@ def _from_checkpoint(workdir: str, batch: int):
     hi_grid = (hi_hw[0] // f, hi_hw[1] // f)
     tok = load_tokenizer()
     texts = [tok.encode(formats.resolution_prompt(hi_hw[1], hi_hw[0], c)) for c in captions]
-    lo = sr._vq_encode(run.vq_params, run.vq_cfg, sr.downsample(images, lo_hw))
+    lo = vq_images.encode_uint8(run.vq_params, run.vq_cfg, sr.downsample(images, lo_hw))
     hi_true = sr._vq_encode(run.vq_params, run.vq_cfg, images)
     return (
         run.model_cfg, run.frozen, run.trainable, texts, lo, hi_true, hi_grid, run.text_len,
@@ -151,10 +152,6 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
     tokens with the heads read at the last one, timed in a loop of passes as the decoders
     run them (per pass: the loop's time less the prefill's, over its passes). Prints
     `pass_cost_*` lines; returns them as a dict."""
-    from mars_jax.model import decode  # noqa: PLC0415
-    from mars_jax.tokens import layout as layout_lib  # noqa: PLC0415
-
-    f, t = weights["frozen"], weights["trainable"]
     tokens, positions, valid = (jnp.asarray(rows[key]) for key in ("tokens", "positions", "valid"))
     r, length = tokens.shape
 
@@ -162,26 +159,26 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
         """Prefill, then `count` passes of `width` tokens: the shape of `decode_codes`."""
 
         @jax.jit
-        def run(f, t):
-            cache = nktp_sampling.unstack_cache(decode.init_cache(cfg, r, length + 64 + width))
+        def run(weights):
+            cache = decoder.init_cache(cfg, r, length + 64 + width, weights.compute_dtype)
             cut = text_len if split else 0
-            h, cache = nktp_sampling.prefill(f, t, cache, tokens, positions, valid, cut, cfg)
+            h, cache = decoder.prefill(weights, cache, tokens, positions, valid, cfg, cut)
 
             def body(carry, i):
                 cache, code = carry
                 fed = vocab.code_to_token(jnp.broadcast_to(code, (r, width)))
                 at = length + i * width + jnp.arange(width)[None]
-                h, cache = nktp_sampling.extend(
-                    f, t, cache, fed, jnp.broadcast_to(at, (r, width)),
+                h, cache = decoder.extend(
+                    weights, cache, fed, jnp.broadcast_to(at, (r, width)),
                     jnp.ones((r, width), bool), length + i * width, cfg, layout_lib.VISION,
                 )  # fmt: skip
-                logits = heads.all_head_vision_logits(t, h[:, -1], num_heads, cfg, codebook)
+                logits = decoder.head_code_logits(weights, h[:, -1], num_heads, cfg)
                 return (cache, jnp.argmax(logits[:, 0], -1)[:, None].astype(jnp.int32)), None
 
             start = (cache, jnp.zeros((r, 1), jnp.int32))
             return jax.lax.scan(body, start, jnp.arange(count))[0][1], h
 
-        seconds, _, _ = time_decode(lambda: jax.block_until_ready(run(f, t)), repeats)
+        seconds, _, _ = time_decode(lambda: jax.block_until_ready(run(weights)), repeats)
         return seconds
 
     out = {}
@@ -222,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi_true = synthetic_sr(rng, args.batch)
         texts = [[] for _ in range(args.batch)]
         hi_grid, text_len, codebook = HI_GRID, TEXT_LEN, CODEBOOK
-    dtype = args.dtype or nktp_sampling.decode_dtype(cfg)
+    dtype = args.dtype or decoder.decode_dtype(cfg)
     print(
         f"decoding {args.batch} prompt(s) of {hi_grid[0]}x{hi_grid[1]} codes on "
         f"{jax.default_backend()} in {dtype} (model compute dtype {cfg.compute_dtype})"
@@ -230,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=codebook)
     # The decode's copy of the weights (cast, per layer), made once as a sampler would for
     # many prompts; all three decoders use it, so none pays for it in its timings.
-    weights = nktp_sampling.prepare_params(frozen, trainable, cfg, codebook, dtype)
+    weights = decoder.prepare(frozen, trainable, cfg, codebook, dtype)
 
-    def decoder(k, mode):
+    def decode_fn(k, mode):
         return lambda: nktp_sampling.sample_hires_codes(
             weights, None, cfg, texts, lo, hi_grid, k, mode, text_len=text_len, scfg=scfg,
             compute_dtype=dtype,
@@ -240,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for name, k, mode in (("ntp", 1, "fast"), ("fast", args.k, "fast"), ("exact", args.k, "exact")):
-        seconds, cpu_seconds, (codes, info) = time_decode(decoder(k, mode), args.repeats)
+        seconds, cpu_seconds, (codes, info) = time_decode(decode_fn(k, mode), args.repeats)
         results[name] = (seconds, codes, info, cpu_seconds)
         accuracy = float(np.mean(codes == hi_true))
         print(
@@ -259,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nktp_forward_passes_ratio_{name}={info.passes / base_info.passes:.3f}")
         print(f"nktp_speedup_{name}={base_s / seconds:.2f}")
     if args.pass_costs:
-        rows = nktp_sampling.sr_prompt_rows(texts, lo, text_len, hi_grid)
+        rows = formats.sr_prompt(texts, lo, text_len, hi_grid)
         pass_costs(cfg.replace(compute_dtype=dtype), weights, rows, codebook, args.k, text_len,
                    args.repeats)  # fmt: skip
     fast_s, _, fast_info, _ = results["fast"]

@@ -10,7 +10,7 @@ it (`image_ops.resize_cover_crop`), encoded with the VQ tokenizer, and:
   can reach through this tokenizer.
 
 Each is scored against the ground truth by PSNR (dB, 8-bit peak), MSE (8-bit pixel values)
-and mean L1 (pixels in [0, 1]), over all images and per caption language. The producer is a seam: `model_producer` wraps `nktp_sampling.sample_hires_codes`;
+and mean L1 (pixels in [0, 1]), over all images and per caption language. The producer is a seam: `model_producer` wraps `sampling.nktp.sample_hires_codes`;
 tests pass stand-ins.
 """
 
@@ -22,7 +22,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from mars_jax import outputs
 from mars_jax.data import image_ops
+from mars_jax.demo import shapes
+from mars_jax.model import decoder
+from mars_jax.sampling import nktp
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.tokens import formats
+from mars_jax.vq import images as vq_images
 
 MODES = ("fast", "exact")
 
@@ -70,19 +77,6 @@ def downsample(images_uint8: np.ndarray, lo_hw: tuple[int, int]) -> np.ndarray:
     )
 
 
-def _vq_encode(vq_params, vq_cfg, images_uint8: np.ndarray) -> np.ndarray:
-    from mars_jax.vq import model as vq_model  # noqa: PLC0415 (jax import only when used)
-
-    return np.asarray(vq_model.encode(vq_params, vq_cfg, image_ops.to_model_input(images_uint8)))
-
-
-def _vq_decode(vq_params, vq_cfg, codes: np.ndarray) -> np.ndarray:
-    from mars_jax.vq import model as vq_model  # noqa: PLC0415
-
-    images = np.asarray(vq_model.decode(vq_params, vq_cfg, np.asarray(codes, np.int32)))
-    return ((images + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-
-
 def run_sr_bench(
     produce: SRProducer,
     vq_cfg,
@@ -113,11 +107,13 @@ def run_sr_bench(
     images = {m: [] for m in (*METHODS, "lowres")}
     for start in range(0, hi.shape[0], batch_size):
         gt = hi[start : start + batch_size]
-        lo_codes = _vq_encode(vq_params, vq_cfg, downsample(gt, lo_hw))
-        lo_decoded = _vq_decode(vq_params, vq_cfg, lo_codes)
+        lo_codes = vq_images.encode_uint8(vq_params, vq_cfg, downsample(gt, lo_hw))
+        lo_decoded = vq_images.decode_uint8(vq_params, vq_cfg, lo_codes)
         images["lowres"].append(lo_decoded)
         images["bicubic"].append(bicubic_upsample(lo_decoded, gt.shape[1:3]))
-        images["vq_recon"].append(_vq_decode(vq_params, vq_cfg, _vq_encode(vq_params, vq_cfg, gt)))
+        images["vq_recon"].append(
+            vq_images.decode_uint8(vq_params, vq_cfg, vq_images.encode_uint8(vq_params, vq_cfg, gt))
+        )
         batch_captions = list(captions[start : start + batch_size])
         sr_codes = np.asarray(produce(batch_captions, lo_codes, hi_grid, seed + start))
         if sr_codes.shape != (gt.shape[0], *hi_grid):
@@ -125,7 +121,7 @@ def run_sr_bench(
                 f"sr bench: producer returned codes {sr_codes.shape}, expected "
                 f"{(gt.shape[0], *hi_grid)}"
             )
-        images["sr"].append(_vq_decode(vq_params, vq_cfg, sr_codes))
+        images["sr"].append(vq_images.decode_uint8(vq_params, vq_cfg, sr_codes))
     result: dict = {"num_images": int(hi.shape[0]), "images": {}, "per_lang": {}}
     images = {m: np.concatenate(v) for m, v in images.items()}
     result["images"] = images
@@ -179,8 +175,6 @@ def contact_sheet(result: dict, hi_images_uint8: np.ndarray, num: int = 8, scale
 
     The low-res decode is shown at the high-res size by pixel repetition (nearest).
     """
-    from mars_jax import generate  # noqa: PLC0415
-
     hi = np.asarray(hi_images_uint8)[:num]
     lo = result["images"]["lowres"][:num]
     rep = hi.shape[1] // lo.shape[1]
@@ -191,7 +185,7 @@ def contact_sheet(result: dict, hi_images_uint8: np.ndarray, num: int = 8, scale
         hi,
     ]
     tiles = np.stack(columns, axis=1).reshape(-1, *hi.shape[1:])
-    return generate.contact_sheet(tiles, columns=len(columns), scale=scale)
+    return outputs.contact_sheet(tiles, columns=len(columns), scale=scale)
 
 
 def demo_ground_truth(
@@ -202,8 +196,6 @@ def demo_ground_truth(
     `num` scenes; each appears once per language in `langs` (the same scene is captioned in
     English and Chinese), scenes in order, languages inside a scene in `langs` order.
     """
-    from mars_jax.demo import shapes  # noqa: PLC0415
-
     prompts = [p for p in shapes.eval_prompts(num, seed) if p["lang"] in langs]
     images = np.stack([shapes.render(shapes.SceneSpec.from_json(p["spec"])) for p in prompts])
     return images, [p["caption"] for p in prompts], [p["lang"] for p in prompts]
@@ -220,27 +212,23 @@ def model_producer(
     mode: str = "fast",
     scfg=None,
 ) -> SRProducer:
-    """An `SRProducer` from a stage-III model (`nktp_sampling.sample_hires_codes`).
+    """An `SRProducer` from a stage-III model (`sampling.nktp.sample_hires_codes`).
 
     Captions get the high-res resolution in front, as in stage-III data; codes are limited to
     the VQ codebook; the default is greedy, unguided, `k` = the model's K, fast mode.
     """
-    from mars_jax import nktp_sampling  # noqa: PLC0415
-    from mars_jax.sampling import SamplingConfig  # noqa: PLC0415
-    from mars_jax.tokens import formats  # noqa: PLC0415
-
     f = vq_cfg.downsample_factor
     scfg = scfg or SamplingConfig(cfg_scale=1.0, temperature=0.0)
     scfg = dataclasses.replace(scfg, codebook_size=vq_cfg.codebook_size)
     k = k or model_cfg.nktp_k
 
-    weights = nktp_sampling.prepare_params(frozen, trainable, model_cfg, scfg.codebook_size)
+    weights = decoder.prepare(frozen, trainable, model_cfg, scfg.codebook_size)
 
     def produce(captions: Sequence[str], lo_codes: np.ndarray, hi_grid, seed: int):
         texts = [
             tokenize(formats.resolution_prompt(hi_grid[1] * f, hi_grid[0] * f, c)) for c in captions
         ]
-        codes, _ = nktp_sampling.sample_hires_codes(
+        codes, _ = nktp.sample_hires_codes(
             weights,
             None,
             model_cfg,

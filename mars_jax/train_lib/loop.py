@@ -25,13 +25,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from mars_jax import preview
 from mars_jax.model import loss as loss_lib
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
-from mars_jax.train_lib import distributed, metrics, schedule, sharding
+from mars_jax.train_lib import distributed, metrics, preview, schedule, sharding
 from mars_jax.train_lib import state as state_lib
 from mars_jax.train_lib import step as step_lib
 from mars_jax.train_lib import workdir as workdir_lib

@@ -14,32 +14,28 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from mars_jax import generate, sampling
+from mars_jax import outputs
+from mars_jax.data import manifest as manifest_lib
 from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import options, t2i
+from mars_jax.text.tokenizer import load_tokenizer
+from mars_jax.vq import images as vq_images
+from mars_jax.vq.checkpoint import load_vq
 
 
 def _vq_and_grid(config: ml_collections.ConfigDict):
     """The run's VQ tokenizer and first code grid, from the shards' manifest."""
-    from mars_jax.data.pipeline import load_manifest
-    from mars_jax.vq.checkpoint import load_vq
-
-    vq_dir = config.sample.get("vq", "")
-    grid = None
+    vq_dir, grid = config.sample.get("vq", ""), None
     if config.data.get("shards"):
-        manifest = load_manifest(config.data.shards)
-        vq_dir = vq_dir or manifest["vq"]["dir"]
-        grids = sorted(tuple(int(x) for x in b["grid"]) for b in manifest["buckets"].values())
-        grid = grids[0]
+        manifest = manifest_lib.load_manifest(config.data.shards)
+        vq_dir = vq_dir or manifest_lib.vq_dir(manifest)
+        grid = manifest_lib.grids(manifest)[0]
     if not vq_dir:
         return None, None, None
     vq_cfg, vq_params = load_vq(vq_dir)
-    if grid is None:
-        side = vq_cfg.resolution // vq_cfg.downsample_factor
-        grid = (side, side)
-    return vq_cfg, vq_params, grid
+    return vq_cfg, vq_params, grid or manifest_lib.default_grid(vq_cfg)
 
 
 class Previewer:
@@ -50,15 +46,13 @@ class Previewer:
         self.every = int(config.sample.get("every_steps", 0))
         self.model_cfg = model_cfg
         self.text_len = int(config.data.text_len)
-        self.scfg = sampling.SamplingConfig(**sampling.run_options(config.sample))
+        self.scfg = options.SamplingConfig(**options.run_options(config.sample))
         self.seed = int(config.sample.get("seed", 0))
         self.enabled = bool(self.prompts) and self.every > 0
         if self.enabled:
             self.vq_cfg, self.vq_params, self.grid = _vq_and_grid(config)
             self.enabled = self.vq_cfg is not None
         if self.enabled:
-            from mars_jax.text.tokenizer import load_tokenizer
-
             self.ids = [load_tokenizer().encode(p) for p in self.prompts]
             self.scfg = dataclasses.replace(self.scfg, codebook_size=self.vq_cfg.codebook_size)
 
@@ -67,15 +61,15 @@ class Previewer:
 
     def __call__(self, step: int, frozen: dict, trainable: dict, writer) -> str | None:
         """Sample, then (process 0) write `samples/step_<N>/` and a TensorBoard image."""
-        codes = sampling.generate_codes(
+        codes = t2i.generate_codes(
             frozen, trainable, self.model_cfg, self.ids, self.text_len, self.grid, self.scfg,
             self.seed,
         )  # fmt: skip
-        images = generate.vq_decode_uint8(self.vq_params, self.vq_cfg, jnp.asarray(codes))
+        images = vq_images.decode_uint8(self.vq_params, self.vq_cfg, codes)
         if jax.process_index() != 0:
             return None
         out_dir = os.path.join(os.fspath(writer.dirs.local), "samples", f"step_{step:07d}")
-        sheet = generate.save_samples(out_dir, self.prompts, images)
-        scale = max(1, 128 // images.shape[1])
-        writer.image("samples", generate.contact_sheet(images, scale=scale), step)
+        sheet = outputs.save_samples(out_dir, self.prompts, images)
+        scale = outputs.sheet_scale(images.shape[1])
+        writer.image("samples", outputs.contact_sheet(images, scale=scale), step)
         return sheet

@@ -41,7 +41,9 @@ def _models():
 def _with_heads(cfg, trainable):
 
     adapters = heads.init_heads(cfg, jax.random.key(2))
-    adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(5), x.shape), adapters)
+    adapters = jax.tree.map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(5), x.shape), adapters
+    )
     return {**trainable, **adapters}
 
 

@@ -105,8 +105,6 @@ def sr_row(
     return _finish(tokens, valid, loss, sr_image_positions(lo_grid, hi_grid, hi_order))
 
 
-
-
 def stack_rows(rows: Sequence[TaskRows], layout: Layout) -> dict:
     """Rows of one task → the task batch ``{"tokens", …: [B, L], "layout": layout}``."""
     length = layout_length(layout)

@@ -6,9 +6,11 @@ import io
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax import nktp_sampling
 from mars_jax.bench import nktp as bench
-from mars_jax.model import decode
+from mars_jax.model import decoder
+from mars_jax.sampling import nktp as nktp_sampling
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.tokens import formats
 
 
 def test_bench_prints_passes_ratio_then_speedup_last():
@@ -27,12 +29,12 @@ def test_prepared_weights_decode_the_same_codes():
         type("A", (), {"k": 4, "seed": 0, "train_steps": 0, "train_batch": 1})()
     )
     lo, _ = bench.synthetic_sr(np.random.default_rng(0), 2)
-    scfg = nktp_sampling.SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=64)
+    scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=64)
     args = ([[], []], lo, bench.HI_GRID, 4, "exact")
     plain, _ = nktp_sampling.sample_hires_codes(
         frozen, trainable, cfg, *args, text_len=bench.TEXT_LEN, scfg=scfg
     )
-    weights = nktp_sampling.prepare_params(frozen, trainable, cfg, 64)
+    weights = decoder.prepare(frozen, trainable, cfg, 64)
     prepared, info = nktp_sampling.sample_hires_codes(
         weights, None, cfg, *args, text_len=bench.TEXT_LEN, scfg=scfg
     )
@@ -45,21 +47,19 @@ def test_split_prefill_equals_mixed_and_pass_costs_print():
     )
     cfg = cfg.replace(compute_dtype="float32")
     lo, _ = bench.synthetic_sr(np.random.default_rng(0), 2)
-    rows = nktp_sampling.sr_prompt_rows([[5, 6], []], lo, bench.TEXT_LEN, bench.HI_GRID)
-    weights = nktp_sampling.prepare_params(frozen, trainable, cfg, 64, "float32")
+    rows = formats.sr_prompt([[5, 6], []], lo, bench.TEXT_LEN, bench.HI_GRID)
+    weights = decoder.prepare(frozen, trainable, cfg, 64, "float32")
     args = [jnp.asarray(rows[k]) for k in ("tokens", "positions", "valid")]
     out = {}
     for text_len in (0, bench.TEXT_LEN):
-        cache = decode.init_cache(cfg, 2, args[0].shape[1] + 4)
-        out[text_len] = nktp_sampling.prefill(
-            weights["frozen"], weights["trainable"], cache, *args, text_len, cfg
-        )
+        cache = decoder.init_cache(cfg, 2, args[0].shape[1] + 4, "float32")
+        out[text_len] = decoder.prefill(weights, cache, *args, cfg, text_len)
     h_mixed, cache_mixed = out[0]
     h_split, cache_split = out[bench.TEXT_LEN]
     np.testing.assert_allclose(h_split[:, -1], h_mixed[:, -1], rtol=1e-5, atol=1e-5)
     valid = np.asarray(rows["valid"])  # pad slots hold whatever; compare the valid ones
     for name in ("k", "v"):
-        got, want = np.asarray(cache_split[name]), np.asarray(cache_mixed[name])
+        got, want = np.stack(cache_split[name]), np.stack(cache_mixed[name])
         np.testing.assert_allclose(
             got[:, :, : valid.shape[1]][:, valid], want[:, :, : valid.shape[1]][:, valid],
             rtol=1e-5, atol=1e-5,

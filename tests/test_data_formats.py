@@ -89,7 +89,9 @@ def test_sr_positions_follow_the_high_res_raster():
 
 
 def test_check_layout_rejects_wrong_modality():
-    batch = row_reference.stack_rows([row_reference.t2i_row(TEXT, CODES, 5)], formats.t2i_layout(5, (2, 2)))
+    batch = row_reference.stack_rows(
+        [row_reference.t2i_row(TEXT, CODES, 5)], formats.t2i_layout(5, (2, 2))
+    )
     batch["tokens"][0, 7] = 42  # a text id inside the vision segment
     with pytest.raises(ValueError, match="text token inside vision segment"):
         formats.check_layout(batch)
@@ -163,7 +165,10 @@ def test_batch_builders_equal_stacked_rows():
         ),
         (
             formats.sr_batch(texts, lo, codes, T, hi_order=order),
-            [row_reference.sr_row(t, x, c, T, order) for t, x, c in zip(texts, lo, codes, strict=True)],
+            [
+                row_reference.sr_row(t, x, c, T, order)
+                for t, x, c in zip(texts, lo, codes, strict=True)
+            ],
             formats.sr_layout(T, lo_grid, grid),
         ),
     ]

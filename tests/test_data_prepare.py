@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mars_jax.data import image_ops, pipeline, prepare, records, verify
+from mars_jax.data import pipeline, prepare, records, verify
 from mars_jax.data.config import default_data_config
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats, vocab
+from mars_jax.vq import images as vq_images
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.checkpoint import load_vq, save_vq
 from mars_jax.vq.config import VQConfig
@@ -131,7 +132,7 @@ def test_stage1_records_match_direct_encoding(stage1, raw):
     # Independent crop: resize the short side to 16 with PIL, centre-crop by hand.
     small = img.resize((27, 16), Image.Resampling.BICUBIC, reducing_gap=3.0)
     crop = np.asarray(small)[:, 5:21]
-    want = vq_model.encode(params, cfg, image_ops.to_model_input(crop[None]))[0]
+    want = vq_images.encode_uint8(params, cfg, crop[None])[0]
     np.testing.assert_array_equal(recs["k3"]["codes"], np.asarray(want))
     tok = load_tokenizer()
     assert tok.decode(recs["k0"]["text_ids"]) == "a red square" == recs["k0"]["caption"]

@@ -5,16 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax import interleaved, sampling
 from mars_jax.model import mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import interleaved
+from mars_jax.sampling.options import SamplingConfig
 from mars_jax.tokens import vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 GRID = (2, 2)
 CODEBOOK = 32
-GREEDY_TEXT = sampling.SamplingConfig(temperature=0.0)
-GREEDY_IMAGE = sampling.SamplingConfig(temperature=0.0, codebook_size=CODEBOOK)
+GREEDY_TEXT = SamplingConfig(temperature=0.0)
+GREEDY_IMAGE = SamplingConfig(temperature=0.0, codebook_size=CODEBOOK)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ model is the frozen-LLM model), are used by training, full-forward and cached de
 alike, and get gradients from image tokens.
 """
 
-import functools
-
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -14,8 +12,9 @@ import numpy as np
 import pytest
 
 from configs import stage1
-from mars_jax.model import decode, mars, params
+from mars_jax.model import decoder, mars, params
 from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import nktp as nktp_sampling
 from mars_jax.tokens import vocab
 from mars_jax.train_lib import loop
 
@@ -92,16 +91,19 @@ def test_cached_decoding_uses_the_copies():
     tokens, positions, valid = _batch(np.random.default_rng(2))
     full = mars.forward_logits(frozen, trainable, tokens, positions, valid, LAYOUT, CFG)
     prompt = 6  # text + <img>
-    cache = decode.init_cache(CFG, 2, tokens.shape[1])
-    prefill = functools.partial(decode.prefill, layout=(("text", 5), ("vision", 1)), cfg=CFG)
-    logits, cache = prefill(
-        frozen, trainable, cache, tokens[:, :prompt], positions[:, :prompt], valid[:, :prompt]
+    weights = decoder.prepare(frozen, trainable, CFG, None, str(CFG.compute_dtype))
+    cache = decoder.init_cache(CFG, 2, tokens.shape[1], weights.compute_dtype)
+    h, cache = decoder.prefill(
+        weights, cache, tokens[:, :prompt], positions[:, :prompt], valid[:, :prompt], CFG, 5
     )
+    logits = decoder.all_logits(weights, h[:, -1], CFG)
     np.testing.assert_allclose(logits, full[:, prompt - 1], rtol=1e-4, atol=1e-4)
     for i in range(prompt, tokens.shape[1]):
-        logits, cache = decode.decode_step(
-            frozen, trainable, cache, tokens[:, i], positions[:, i], i, CFG
-        )
+        h, cache = decoder.extend(
+            weights, cache, tokens[:, i : i + 1], positions[:, i : i + 1], valid[:, i : i + 1],
+            i, CFG,
+        )  # fmt: skip
+        logits = decoder.all_logits(weights, h[:, -1], CFG)
         np.testing.assert_allclose(logits, full[:, i], rtol=1e-4, atol=1e-4)
 
 
@@ -124,8 +126,6 @@ def test_training_run_updates_copies_and_keeps_frozen_bit_identical(tmp_path):
 
 def test_nktp_sampler_uses_the_copies():
     """The multi-token sampler (weights prepared once per call) decodes with the copies."""
-    from mars_jax import nktp_sampling  # noqa: PLC0415
-
     p = params.init_params(CFG, jax.random.key(0))
     frozen, trainable = p["frozen"], _perturbed(p["trainable"], scale=0.5)
     lo = np.random.default_rng(4).integers(0, 64, (2, 2, 2))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import row_reference
 
-from mars_jax import nktp_sampling
-from mars_jax.model import heads, mars, params
+from mars_jax.model import decoder, heads, mars, params
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import SamplingConfig
-from mars_jax.tokens import code_order, vocab
+from mars_jax.sampling import nktp as nktp_sampling
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.tokens import code_order, formats, vocab
 
 CFG = ModelConfig.tiny(
     compute_dtype="float32", frozen_dtype="float32", nktp_k=4, image_pos_grid=(2, 4)
@@ -54,7 +54,7 @@ def test_k1_decoding_is_next_token_greedy():
     codes, info = _sample(1, "fast")
     assert info.passes == HI[0] * HI[1]
     # Reference: greedy by full forward recompute (general path, no cache) in sequence order.
-    rows = nktp_sampling.sr_prompt_rows(texts, lo, TEXT_T, HI)
+    rows = formats.sr_prompt(texts, lo, TEXT_T, HI)
     n = HI[0] * HI[1]
     tokens = np.concatenate([rows["tokens"], np.zeros((2, n), np.int32)], 1)
     valid = np.concatenate([rows["valid"], np.zeros((2, n), bool)], 1)
@@ -127,7 +127,7 @@ def test_exact_sampling_keeps_the_next_token_distribution():
     np.add.at(empirical, (seq[:, 0], seq[:, 1]), 1.0 / rows)
 
     # Exact joint from full forward passes; and what unchecked drafts would give.
-    prompt = nktp_sampling.sr_prompt_rows([[]], lo[:1], TEXT_T, HI)
+    prompt = formats.sr_prompt([[]], lo[:1], TEXT_T, HI)
     first_code_position = nktp_sampling.hires_offsets(HI, CFG.nktp_k, 2)[0]
     img_position = prompt["positions"][:, -1:]
 
@@ -157,9 +157,9 @@ def test_exact_sampling_keeps_the_next_token_distribution():
 def test_decode_dtype_is_float32_on_cpu_and_the_model_dtype_elsewhere():
     bf16 = ModelConfig.tiny(nktp_k=2)
     assert bf16.compute_dtype == "bfloat16"
-    assert nktp_sampling.decode_dtype(bf16, "cpu") == "float32"
-    assert nktp_sampling.decode_dtype(bf16, "gpu") == "bfloat16"
-    assert nktp_sampling.decode_dtype(bf16, "tpu") == "bfloat16"
+    assert decoder.decode_dtype(bf16, "cpu") == "float32"
+    assert decoder.decode_dtype(bf16, "gpu") == "bfloat16"
+    assert decoder.decode_dtype(bf16, "tpu") == "bfloat16"
 
 
 def test_fused_projections_compute_the_same_qkv_and_mlp():

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import row_reference
 
-from mars_jax import sampling
-from mars_jax.model import mars, params
+from mars_jax.model import decoder, mars, params
 from mars_jax.model.config import ModelConfig
-from mars_jax.tokens import vocab
+from mars_jax.sampling import interleaved, options, t2i
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.tokens import formats, vocab
 
 # With in-image position rows, so cached decoding is checked against the full forward pass with them.
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32", image_pos_grid=(2, 3))
@@ -36,9 +37,9 @@ def greedy_by_recompute(frozen, trainable, rows, num_codes, scale):
     out = []
     for _ in range(num_codes):
         logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)[:, -1]
-        code = sampling.code_logits(logits, CODEBOOK)
+        code = interleaved.code_logits(logits, CODEBOOK)
         if scale != 1.0:
-            code = sampling.guide(code, batch, scale)
+            code = options.guide(code, batch, scale)
         pick = np.asarray(jnp.argmax(code, axis=-1))
         out.append(pick[:batch])
         pick = np.concatenate([pick, pick]) if scale != 1.0 else pick
@@ -51,37 +52,36 @@ def greedy_by_recompute(frozen, trainable, rows, num_codes, scale):
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_kv_cache_greedy_equals_full_recompute(weights, scale):
     frozen, trainable = weights
-    scfg = sampling.SamplingConfig(cfg_scale=scale, temperature=0.0, codebook_size=CODEBOOK)
-    got = sampling.generate_codes(frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed=0)
-    rows = sampling.prompt_rows(PROMPTS, TEXT_LEN)
+    scfg = SamplingConfig(cfg_scale=scale, temperature=0.0, codebook_size=CODEBOOK)
+    got = t2i.generate_codes(frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed=0)
+    rows = formats.t2i_prompt(PROMPTS, TEXT_LEN)
     if scale != 1.0:
-        rows = sampling.with_unconditional(rows)
+        rows = formats.t2i_prompt(options.with_unconditional(PROMPTS), TEXT_LEN)
     want = greedy_by_recompute(frozen, trainable, rows, GRID[0] * GRID[1], scale)
     np.testing.assert_array_equal(got.reshape(len(PROMPTS), -1), want)
 
 
 def test_cfg_scale_one_equals_conditional_sampling(weights):
+    """Scale 1 draws exactly the conditional codes: the guidance formula returns the
+    conditional logits, and the sampler then runs no unconditional rows at all."""
     frozen, trainable = weights
-    rows = sampling.prompt_rows(PROMPTS, TEXT_LEN)
-    both = sampling.with_unconditional(rows)
-    scfg = sampling.SamplingConfig(cfg_scale=1.0, temperature=1.0, codebook_size=CODEBOOK)
-    common = dict(cfg=CFG, scfg=scfg, num_codes=6)
-    key = jax.random.key(3)
-    cond_only = sampling.sample_codes(
-        frozen, trainable, rows["tokens"], rows["positions"], rows["valid"], key,
-        use_cfg=False, **common,
+    logits = jax.random.normal(jax.random.key(0), (6, 5, CODEBOOK))
+    np.testing.assert_array_equal(options.guide(logits, 3, 1.0), logits[:3])
+    scfg = SamplingConfig(cfg_scale=1.0, temperature=1.0, codebook_size=CODEBOOK)
+    weights_ = decoder.prepare(frozen, trainable, CFG, CODEBOOK, str(CFG.compute_dtype))
+    rows = formats.t2i_prompt(PROMPTS, TEXT_LEN)
+    cond_only = t2i.sample_codes(
+        weights_, rows["tokens"], rows["positions"], rows["valid"], jax.random.key(3),
+        cfg=CFG, scfg=scfg, num_codes=6, text_len=TEXT_LEN,
     )  # fmt: skip
-    with_uncond = sampling.sample_codes(
-        frozen, trainable, both["tokens"], both["positions"], both["valid"], key,
-        use_cfg=True, **common,
-    )  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(cond_only), np.asarray(with_uncond))
+    got = t2i.generate_codes(frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed=3)
+    np.testing.assert_array_equal(np.asarray(cond_only), got.reshape(len(PROMPTS), -1))
 
 
 def test_same_seed_same_codes_other_seed_differs(weights):
     frozen, trainable = weights
-    scfg = sampling.SamplingConfig(cfg_scale=1.5, temperature=1.0, codebook_size=CODEBOOK)
-    run = lambda seed: sampling.generate_codes(
+    scfg = SamplingConfig(cfg_scale=1.5, temperature=1.0, codebook_size=CODEBOOK)
+    run = lambda seed: t2i.generate_codes(
         frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed
     )
     a, b, c = run(7), run(7), run(8)
@@ -94,14 +94,14 @@ def test_no_text_token_inside_an_image(weights):
     frozen, trainable = weights
     loud = dict(frozen, text_head=frozen["text_head"] * 1e4)
     for temperature in (0.0, 1.0):
-        scfg = sampling.SamplingConfig(
+        scfg = SamplingConfig(
             cfg_scale=1.5, temperature=temperature, top_k=5, codebook_size=CODEBOOK
         )
-        codes = sampling.generate_codes(loud, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, 0)
+        codes = t2i.generate_codes(loud, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, 0)
         assert codes.shape == (len(PROMPTS), *GRID)
         assert codes.min() >= 0 and codes.max() < CODEBOOK
     # The same logits, unrestricted, would have picked a text token.
-    rows = sampling.prompt_rows(PROMPTS, TEXT_LEN)
+    rows = formats.t2i_prompt(PROMPTS, TEXT_LEN)
     logits = mars.forward_logits(
         loud, trainable, rows["tokens"], rows["positions"], rows["valid"], None, CFG
     )[:, -1]
@@ -110,13 +110,13 @@ def test_no_text_token_inside_an_image(weights):
 
 def test_filter_logits_top_k_and_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-    kept_k = np.isfinite(np.asarray(sampling.filter_logits(logits, 2, 1.0))) & (
-        np.asarray(sampling.filter_logits(logits, 2, 1.0)) > -1e30
+    kept_k = np.isfinite(np.asarray(options.filter_logits(logits, 2, 1.0))) & (
+        np.asarray(options.filter_logits(logits, 2, 1.0)) > -1e30
     )
     np.testing.assert_array_equal(kept_k[0], [True, True, False, False])
-    kept_p = np.asarray(sampling.filter_logits(logits, 0, 0.7)) > -1e30
+    kept_p = np.asarray(options.filter_logits(logits, 0, 0.7)) > -1e30
     np.testing.assert_array_equal(kept_p[0], [True, True, False, False])
-    kept_p = np.asarray(sampling.filter_logits(logits, 0, 0.9)) > -1e30
+    kept_p = np.asarray(options.filter_logits(logits, 0, 0.9)) > -1e30
     np.testing.assert_array_equal(kept_p[0], [True, True, True, False])
 
 
@@ -125,8 +125,8 @@ def test_prompt_rows_format_matches_training_t2i_rows():
 
     ids = [101, 102, 103]
     row = row_reference.t2i_row(ids, np.arange(6), TEXT_LEN)
-    got = sampling.prompt_rows([ids], TEXT_LEN)
+    got = formats.t2i_prompt([ids], TEXT_LEN)
     for key in ("tokens", "positions", "valid"):
         np.testing.assert_array_equal(got[key][0], row[key][: TEXT_LEN + 1])
-    uncond = sampling.prompt_rows([[]], TEXT_LEN)
+    uncond = formats.t2i_prompt([[]], TEXT_LEN)
     assert uncond["valid"][0].sum() == 1 and uncond["positions"][0, -1] == 0

@@ -284,10 +284,10 @@ def test_init_from_previous_stage_loads_final_trainable(ref):
 
 
 def test_a_run_samples_without_the_stage_it_started_from(ref, tmp_path):
-    """`generate.load_run` needs only the run's own checkpoint: the previous stage's workdir
+    """`runs.load_run` needs only the run's own checkpoint: the previous stage's workdir
     (`base.init_from`, often a relative path) may be gone or elsewhere."""
-    from mars_jax import generate  # noqa: PLC0415
-    from mars_jax.demo import shards as demo_shards  # noqa: PLC0415
+    from mars_jax import runs
+    from mars_jax.demo import shards as demo_shards
 
     previous = tmp_path / "stage1"
     shutil.copytree(ref["workdir"], previous)
@@ -297,7 +297,7 @@ def test_a_run_samples_without_the_stage_it_started_from(ref, tmp_path):
     workdir = str(tmp_path / "stage2")
     summary = loop.run(config, workdir)
     shutil.rmtree(previous)
-    run = generate.load_run(workdir, vq_dir=demo_shards.demo_vq_dir())
+    run = runs.load_run(workdir, vq_dir=demo_shards.demo_vq_dir())
     assert run.step == 1
     assert_trees_equal(run.trainable, summary["state"]["trainable"])
 

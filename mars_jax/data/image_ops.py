@@ -76,8 +76,3 @@ def hires_size(lo_hw: tuple[int, int], long_side: int, multiple: int) -> tuple[i
     """Stage III high-res size: the low-res aspect, long side ``long_side``, both sides rounded."""
     scale = long_side / max(lo_hw)
     return tuple(max(multiple, round(s * scale / multiple) * multiple) for s in lo_hw)
-
-
-def to_model_input(images_NxHxWx3: np.ndarray) -> np.ndarray:
-    """uint8 → float32 in [-1, 1] (the VQ-GAN's input range)."""
-    return images_NxHxWx3.astype(np.float32) / 127.5 - 1.0

@@ -43,6 +43,7 @@ import numpy as np
 
 from mars_jax.data import image_ops, records, sources
 from mars_jax.tokens import formats, vocab
+from mars_jax.vq import images as vq_images
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,6 @@ class _ShardWorker:
 
     def encode(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
         """Batched VQ encode (one jit per image size; the last batch is padded)."""
-        from mars_jax.vq import model as vq_model
 
         out = []
         bs = self.opts.batch_size
@@ -232,9 +232,7 @@ class _ShardWorker:
             n = len(chunk)
             if n < bs:
                 chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
-            codes = np.asarray(
-                vq_model.encode(self.vq_params, self.vq_cfg, image_ops.to_model_input(chunk))
-            )
+            codes = np.asarray(vq_images.encode_uint8(self.vq_params, self.vq_cfg, chunk))
             out += list(codes[:n])
         return out
 

@@ -1,4 +1,5 @@
-"""KV-cache decoding equals greedy decoding by full forward recompute."""
+"""The one decoder (`model/decoder.py`): cached greedy decoding, one token or several per
+extend, equals greedy decoding by full forward recompute."""
 
 import functools
 
@@ -7,13 +8,12 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.model import decode, mars, params
+from mars_jax.model import decoder, mars, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import vocab
 
 CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 TEXT_T, STEPS = 5, 7
-PROMPT_LAYOUT = (("text", TEXT_T), ("vision", 1))  # left-padded text ▸ <img>
 
 
 @jax.jit
@@ -41,23 +41,30 @@ def test_cached_greedy_decoding_equals_full_recompute():
     prompt[1, :3] = vocab.PAD
     total = prompt.shape[1] + STEPS
 
-    # Cached decoding.
-    prefill = jax.jit(functools.partial(decode.prefill, layout=PROMPT_LAYOUT, cfg=CFG))
-    step_fn = jax.jit(functools.partial(decode.decode_step, cfg=CFG))
-    cache = decode.init_cache(CFG, 2, total)
-    logits, cache = prefill(
-        frozen, trainable, cache, prompt, np.maximum(np.cumsum(valid, 1) - 1, 0), valid
+    # Cached decoding: the prompt's text and <img> parts, then one token per extend.
+    weights = decoder.prepare(frozen, trainable, CFG, None, "float32")
+    cache = decoder.init_cache(CFG, 2, total, "float32")
+    positions = np.maximum(np.cumsum(valid, 1) - 1, 0)
+
+    @jax.jit
+    def logits_after(weights, cache, tokens, positions, valid, start):
+        h, cache = decoder.extend(weights, cache, tokens, positions, valid, start, CFG)
+        return decoder.all_logits(weights, h[:, -1], CFG), cache
+
+    h, cache = jax.jit(functools.partial(decoder.prefill, cfg=CFG, text_len=TEXT_T))(
+        weights, cache, prompt, positions, valid
     )
+    logits = decoder.all_logits(weights, h[:, -1], CFG)
     position = valid.sum(1)
     cached_tokens, cached_logits = [], [logits]
     for i in range(STEPS):
         token = _greedy(logits, i)
         cached_tokens.append(token)
         if i + 1 < STEPS:
-            prev_cache = cache
-            logits, cache = step_fn(
-                frozen, trainable, cache, token, position + i, prompt.shape[1] + i
-            )
+            logits, cache = logits_after(
+                weights, cache, token[:, None], (position + i)[:, None],
+                np.ones((2, 1), bool), prompt.shape[1] + i,
+            )  # fmt: skip
             cached_logits.append(logits)
 
     # Full recompute at every step, on a fixed-length buffer (later slots are ignored).
@@ -75,14 +82,17 @@ def test_cached_greedy_decoding_equals_full_recompute():
         token = np.asarray(_greedy(ref, i))
         np.testing.assert_array_equal(cached_tokens[i], token)
         tokens[:, t], full_valid[:, t] = token, True
-    # vision_only: same vision logits, text range -inf.
-    last = cached_tokens[-2]
-    vis, _ = jax.jit(functools.partial(decode.decode_step, cfg=CFG, vision_only=True))(
-        frozen, trainable, prev_cache, last, position + STEPS - 2, prompt.shape[1] + STEPS - 2
-    )
-    assert np.all(np.isneginf(vis[:, : vocab.TEXT_VOCAB_SIZE]))
-    np.testing.assert_allclose(
-        vis[:, vocab.TEXT_VOCAB_SIZE :], cached_logits[-1][:, vocab.TEXT_VOCAB_SIZE :], atol=1e-5
-    )
+    # Several tokens in one extend (as the stage-III drafts are fed): the same last logits.
+    cache = decoder.init_cache(CFG, 2, total, "float32")
+    _, cache = decoder.prefill(weights, cache, prompt, positions, valid, CFG, TEXT_T)
+    fed = np.stack(cached_tokens[:-1], 1)
+    at = position[:, None] + np.arange(STEPS - 1)[None]
+    many, _ = logits_after(weights, cache, fed, at, np.ones(fed.shape, bool), prompt.shape[1])
+    np.testing.assert_allclose(many, cached_logits[-1], atol=1e-4, rtol=0)
+    # Weights cut to a codebook: the same code logits.
+    cut = decoder.prepare(frozen, trainable, CFG, 64, "float32")
+    h = jnp.asarray(np.random.default_rng(1).normal(size=(3, CFG.width)), jnp.float32)
+    full_codes = decoder.all_logits(weights, h, CFG)[:, vocab.FIRST_IMAGE_CODE :][:, :64]
+    np.testing.assert_allclose(decoder.code_logits(cut, h, CFG), full_codes, atol=1e-5)
     generated = np.stack(cached_tokens, 1)
     assert vocab.is_vision(generated).any() and (~vocab.is_vision(generated)).any()

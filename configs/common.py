@@ -17,11 +17,7 @@ A config is an ``ml_collections.ConfigDict`` with the sections
 Presets: ``qwen7b`` mirrors the paper, ``tiny`` is for tests, ``demo`` trains on CPU in
 minutes on the synthetic shapes data.
 
-Memory of the ``qwen7b`` presets on 64 devices (``python -m mars_jax.train --compile_only
---num_devices=64``, XLA:CPU ``memory_analysis``, remat policy ``full``): stage I, 64 images
-per device in 4 micro-batches: 55.3 GiB/device (1 micro-batch: 212 GiB); stage II, 8
-micro-batches: 54.5 GiB (4: 107 GiB); stage III at 512 px, 24 micro-batches of one image:
-35.1 GiB. All fit an 80 GiB A100/H100.
+Measurements behind the presets' settings: docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -46,23 +42,17 @@ FSDP_RULES = (
 )
 
 
-# Weights of the demo's training scene kinds (`mars_jax.demo.shapes.check_kind_mix`). The
-# held-out prompts keep the default mix (0.4 / 0.2 / 0.4). Text-to-image stages train on
-# more two-object relations, the hardest prompts: 1,700 steps, guidance 2.5, temperature 0.4,
-# 256 held-out prompts (two sets) scored 0.92 / 0.81 and 0.89 / 0.80 (color / shape) with
-# this mix, 0.86 / 0.78 (first set) with the default one, 0.87 / 0.80 and 0.84 / 0.78 with
-# 0.25 / 0.2 / 0.55 (1,800 steps). Counts suffer (count right 0.46 / 0.57 vs 0.60).
+# Training mix of the demo's scene kinds: more two-object relations, the hardest prompts
+# (held-out prompts keep the default mix; docs/RESULTS.md).
 DEMO_KIND_MIX = {"single": 0.3, "count": 0.1, "relation": 0.6}
 
 
-def demo_shards_dir(stage: int, num_scenes: int, kind_mix: dict[str, float]) -> str:
-    """Where the demo shards of these scenes are built (on first use; the mix is named
-    unless it is the default one)."""
-    from mars_jax.demo import shapes  # noqa: PLC0415
-
+def demo_shards_dir(stage: int, num_scenes: int, kind_mix: dict[str, float] | None) -> str:
+    """Where the demo shards of these scenes are built (on first use); a training mix of
+    scene kinds other than the default (None) is named, weights in the mix's order."""
     name = f"data/demo/stage{stage}_{num_scenes}"
-    if kind_mix != shapes.SCENE_KIND_PROBS:
-        name += "_mix" + "-".join(str(round(100 * kind_mix[k])) for k in shapes.SCENE_KIND_PROBS)
+    if kind_mix is not None:
+        name += "_mix" + "-".join(str(round(100 * w)) for w in kind_mix.values())
     return name
 
 
@@ -135,7 +125,7 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
 
 def demo_preview_prompts() -> list[str]:
     """Held-out demo prompts (color × shape pairs never trained on), two per language."""
-    from mars_jax.demo import shapes  # noqa: PLC0415
+    from mars_jax.demo import shapes
 
     prompts = shapes.eval_prompts(num_scenes=2, seed=0)
     return [p["caption"] for p in prompts]
@@ -156,45 +146,22 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.checkpoint.keep = 2
     elif preset == "demo":
         c.model.image_logits = "vision_only"
-        # Shapes scenes built on first use (mars_jax/demo/shards.py; 40,000 in ~50 s). With
-        # 8,000 the 1,300-step run saw each scene 5 times and memorised them: loss on seen
-        # scenes 0.53 vs 0.64 on unseen ones of the training distribution, 0.82 held out;
-        # with 40,000 (each seen about once) 0.61 / 0.59 / 0.74.
+        # Shapes scenes built on first use (mars_jax/demo/shards.py); each seen about once.
         c.data.demo_scenes = 40000
         c.data.demo_kind_mix = dict(DEMO_KIND_MIX)
         c.data.shards = demo_shards_dir(c.stage, c.data.demo_scenes, DEMO_KIND_MIX)
         c.data.num_epochs = 10  # the iterator ends after these passes (num_steps ends first)
-        # The demo has no pretrained LLM: its "LLM" is a random init. Image tokens cannot
-        # learn to read captions through random frozen keys and values in a CPU budget (the
-        # loss with true and with shuffled captions stayed equal over 1,000 steps), so the
-        # text-to-image demo stages also train copies of the LLM's layers (a deviation from
-        # MARS, `ModelConfig.unfreeze`; the embeddings and the text head stay frozen).
-        # Stage III starts from the stage-I run, trained copies included.
+        # Its "LLM" is a random init that image tokens cannot read captions through: train
+        # copies of its layers (a deviation from MARS; `ModelConfig.unfreeze`).
         c.model.unfreeze = ("text_attn", "text_mlp", "o", "ln1", "ln2")
-        # The demo VQ has 512 codes: the vision head skips the other 7,680 (30% of the
-        # step's FLOPs).
-        c.model.codebook_size = 512
+        c.model.codebook_size = 512  # the demo VQ's codes: the vision head skips the rest
         c.data.codebook_size = 512  # synthetic batches (benchmarks)
-        # XLA:CPU has no native bf16 matmul: float32 compute made the demo step ~10%
-        # faster (bench.train_step: 0.49 vs 0.52-0.57 s). Weights stay stored in bf16.
-        c.model.compute_dtype = "float32"
-        # 1-D rotary positions are relative: a code learns where in the image it is only by
-        # attending back to <img>. Learned row and column embeddings for the place in the
-        # 8x8 grid (`ModelConfig.image_pos_grid`, a deviation from MARS; stage III: the
-        # high-res grid) lifted a 1,300-step run's position, color and shape scores
-        # (README, "Demo").
-        c.model.image_pos_grid = (8, 8)
-        # The frozen random text head cannot learn to caption (the caption loss stays at
-        # ~ln(vocab)); the demo trains text→image only.
-        c.data.caption_ratio = 0.0
+        c.model.compute_dtype = "float32"  # XLA:CPU has no fast bf16 matmul
+        c.model.image_pos_grid = (8, 8)  # a code's place in the 8x8 grid (deviation from MARS)
+        c.data.caption_ratio = 0.0  # a frozen random text head cannot learn to caption
         c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets
         c.sample.every_steps = 200
-        # Sampling, measured on the 1,700-step run (256 held-out prompts, two sets, color /
-        # shape): guidance 2.5 and temperature 0.4 → 0.92 / 0.81 and 0.89 / 0.80; 2.5 and
-        # 0.5 → 0.92 / 0.82, 0.89 / 0.76; 2.5 and 0.3 → 0.88 / 0.83, 0.89 / 0.78; 2.0 and 0.5
-        # → 0.85 / 0.75, 0.87 / 0.81; 3.0 and 0.5 → 0.85 / 0.71; 1.5 and 0.8 (the earlier
-        # default, best for the weaker 1,300-step model) → 0.81 / 0.70. `generate`,
-        # `evaluate` and `cascade` use these unless told otherwise.
+        # The best measured sampling; `generate`, `evaluate` and `cascade` use it by default.
         c.sample.cfg_scale = 2.5
         c.sample.temperature = 0.4
         c.sample.prompts = demo_preview_prompts()
@@ -206,13 +173,9 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         # resolution first ("64x64 …", 4 more).
         c.data.text_len = 16 if c.stage == 1 else 24
         c.train.global_batch = 32
-        # ~3 steps/s on the 2-core CPU: the README's command ends within ~12 minutes.
-        c.train.num_steps = 1700
+        c.train.num_steps = 1700  # the README's first command within the CPU budget
         c.train.log_every = 10
-        # Peak lr, measured with row and column in-image embeddings (128 held-out prompts,
-        # then 256 others): 2e-3 → 0.65 / 0.35; 1e-3 → 0.72 / 0.56, 0.70 / 0.55;
-        # 6e-4 → 0.77 / 0.60, 0.79 / 0.61; 4e-4 → 0.70 / 0.57, 0.76 / 0.60 (color / shape).
-        c.optim.peak_lr = 6e-4
+        c.optim.peak_lr = 6e-4  # the best of 2e-3, 1e-3, 6e-4, 4e-4
         c.optim.warmup_ratio = 0.05
         c.optim.end_lr_ratio = 0.1  # still learning at the end of the CPU budget
         c.checkpoint.every_steps = 100

@@ -10,16 +10,10 @@ README's first command), whose model already draws scenes from captions; the nex
 start fresh. The paper's stage III continues stage II; the demo skips the stage-II run (its
 64-px scenes have one aspect ratio, so stage II would add ~10 minutes and nothing new).
 
-Measured (2-core CPU, 600 steps, `evaluate --bench=sr`, 64 held-out scenes): from the random
-base init the next-token loss of the high-res codes ended at 3.4 and greedy decoding drew
-mostly background (PSNR 14.75 dB fast vs bicubic 16.60); continuing a 1,300-step stage-I run
-it ended at 1.5 and drew the caption's objects near their places, 15.87 dB fast / 15.67 dB
-exact, in 5 min 40 s. This preset (2,000 steps, 10 min 9 s after the README's stage-I
-command) ends at 0.60 and beats bicubic: 24.55 dB fast / 24.79 dB exact (docs/NKTP.md).
+Measurements: docs/RESULTS.md.
 """
 
 from configs import common
-from mars_jax.demo import shapes
 
 
 def get_config(arg: str | None = None):
@@ -44,14 +38,11 @@ def get_config(arg: str | None = None):
         c.train.grad_accum = 24
     elif preset == "demo":
         c.data.demo_scenes = 8000  # 2,000 steps × 16 see each 4 times
-        mix = dict(shapes.SCENE_KIND_PROBS)  # the held-out prompts' mix
-        c.data.demo_kind_mix = mix
-        c.data.shards = common.demo_shards_dir(3, c.data.demo_scenes, mix)  # built on first use
+        c.data.demo_kind_mix = None  # the held-out prompts' (default) mix
+        c.data.shards = common.demo_shards_dir(3, c.data.demo_scenes, None)  # built on first use
         c.base.init_from = "runs/demo_stage1"  # the stage-I demo run; see the docstring
         c.sample.every_steps = 0  # the preview samples text→image, which this run does not train
-        # Sequences are longer than stage I's (text 24 + 18 low-res + 66 high-res) and four
-        # heads are trained: batch 16 keeps the run near 10 CPU minutes. 2,000 steps: 24.55
-        # dB fast / 24.79 exact; 1,200 steps: 20.34 / 20.81 (bicubic 16.60).
+        # Longer sequences and four heads: batch 16 keeps the run near 10 CPU minutes.
         c.train.global_batch = 16
         c.train.num_steps = 2000
         c.optim.peak_lr = 2e-3

@@ -57,7 +57,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mars_jax.train_lib import distributed  # noqa: E402
+from mars_jax.demo import shards as demo_shards  # noqa: E402
+from mars_jax.train_lib import distributed, loop  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/stageN.py:<preset>", lock_config=False)
@@ -72,8 +73,6 @@ flags.DEFINE_bool("distributed", False, "multi-process: auto-detect the cluster 
 
 def compile_only(config) -> float:
     """Compile the configured step on the current devices; print memory; return GiB/device."""
-    from mars_jax.train_lib import loop  # noqa: PLC0415
-
     setup = loop.prepare(config, check_paths=False)
     print(
         f"mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
@@ -125,20 +124,9 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
-    from mars_jax.train_lib import loop  # noqa: PLC0415
-
     config = FLAGS.config
-    if config.data.get("demo_scenes", 0) and not config.data.get("synthetic", False):
-        from mars_jax.demo.shards import ensure_demo_shards  # noqa: PLC0415
-
-        if jax.process_index() == 0:  # the demo runs on one host
-            ensure_demo_shards(
-                config.data.shards,
-                int(config.stage),
-                int(config.data.demo_scenes),
-                vq_dir=config.data.get("demo_vq", ""),
-                kind_mix=config.data.get("demo_kind_mix", None),
-            )
+    if jax.process_index() == 0:  # the demo runs on one host
+        demo_shards.ensure_for_config(config)
     summary = loop.run(config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(f"finished at step {summary['step']} ({summary['reason']})")

@@ -164,7 +164,7 @@ def test_decode_dtype_is_float32_on_cpu_and_the_model_dtype_elsewhere():
 
 def test_fused_projections_compute_the_same_qkv_and_mlp():
     """`layers.fuse_projections` (the decoders' layout) against the separate matrices."""
-    from mars_jax.model import layers  # noqa: PLC0415
+    from mars_jax.model import layers
 
     _, trainable = _setup()[:2]
     layer = jax.tree.map(lambda x: x[0], trainable["layers"])  # layer 0

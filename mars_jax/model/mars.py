@@ -1,4 +1,4 @@
-"""SemVIE forward pass (paper §3.3, DESIGN.md "SemVIE layer"): frozen Qwen + vision experts.
+"""SemVIE forward pass (paper §3.3, eq. 3–4): frozen Qwen + vision experts.
 
 Two paths share one layer body:
 

@@ -169,7 +169,7 @@ def init_frozen(cfg: ModelConfig, rng: jax.Array) -> dict:
 def init_trainable_from_frozen(
     cfg: ModelConfig, frozen: dict, rng: jax.Array, *, num_text_rows: int | None = None
 ) -> dict:
-    """Vision parameters initialised from the text ones (DESIGN.md, "Vocabulary").
+    """Vision parameters initialised from the text ones (paper §3.3).
 
     - vision embedding rows: the mean of the real text embedding rows (the first
       `num_text_rows`, default all), so new tokens start at the centre of the text cloud;

@@ -1,6 +1,6 @@
 """Sequence formats: one example's text ids and VQ codes → the static-layout rows of a task.
 
-Formats (DESIGN.md "Sequence formats", ARCHITECTURE.md "Layouts and batches"):
+Formats (docs/ARCHITECTURE.md, "Layouts and batches"):
 
 - ``t2i``     ``PAD… text <img> codes <end>``          layout ``(("text", T), ("vision", n + 2))``
 - ``caption`` ``<img> codes <end> text <eot> PAD…``    layout ``(("vision", n + 2), ("text", T))``

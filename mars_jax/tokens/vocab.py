@@ -1,4 +1,4 @@
-"""The single id space shared by text and image tokens (DESIGN.md, "Vocabulary").
+"""The single id space shared by text and image tokens (paper §3.3).
 
 Text ids come first (the Qwen vocabulary padded to 151,936), then 8,192 VQ-GAN codes,
 then 8 multimodal specials. Everything at or above ``TEXT_VOCAB_SIZE`` is processed by the

@@ -111,7 +111,7 @@ def assert_same_across_processes(name: str, digest_hex: str) -> None:
     """Fail on every process when processes disagree on ``digest_hex`` (e.g. the config hash)."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
 
     mine = np.frombuffer(bytes.fromhex(digest_hex)[:16], dtype=np.uint32).copy()
     gathered = np.asarray(multihost_utils.process_allgather(mine))

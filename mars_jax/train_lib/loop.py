@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from mars_jax.data import pipeline
 from mars_jax.model import loss as loss_lib
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
@@ -78,8 +79,6 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
     global_batch = int(config.train.global_batch)
     shards = data.get("shards", "")
     if shards and not data.get("synthetic", False):
-        from mars_jax.data import pipeline  # noqa: PLC0415
-
         manifest = workdir_lib.resolve(shards) / "manifest.json"
         if not manifest.exists() and not int(data.get("num_examples", 0)):
             raise FileNotFoundError(
@@ -104,7 +103,6 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
 def check_shards_fit_model(shards_dir: str, model_cfg: ModelConfig) -> None:
     """Fail before compiling when the data's VQ has more codes than the model's vision head,
     or its grids do not fit `model.image_pos_grid`."""
-    from mars_jax.data import pipeline  # noqa: PLC0415
 
     if not os.path.exists(os.path.join(shards_dir, "manifest.json")):
         return  # the pipeline reports missing shards
@@ -153,8 +151,6 @@ def prepare(
                 "there (train the previous stage first, or fix the path)"
             )
     if config.data.get("synthetic", False):
-        from mars_jax.data import pipeline  # noqa: PLC0415
-
         for grid in pipeline.synthetic_image_grids(config.data):
             model_cfg.check_image_grid(grid, "data.grids (synthetic)")
     elif check_paths:
@@ -306,7 +302,7 @@ class _Preemption:
         """True on every process once any process has been asked to stop."""
         if jax.process_count() == 1:
             return self.requested
-        from jax.experimental import multihost_utils  # noqa: PLC0415
+        from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
         return bool(np.any(flags))
@@ -317,7 +313,6 @@ class _Preemption:
 
 
 def make_iterator(config: ml_collections.ConfigDict):
-    from mars_jax.data import pipeline  # noqa: PLC0415
 
     return pipeline.make_train_iterator(
         config.data,
@@ -480,7 +475,6 @@ def _write(writer, step, out, dt, tokens, mfu) -> dict:
 
 def abstract_batch(setup: Setup) -> tuple[dict, dict]:
     """One synthetic batch's shapes as sharded ``ShapeDtypeStruct``s, and its layouts."""
-    from mars_jax.data import pipeline  # noqa: PLC0415
 
     data = ml_collections.ConfigDict(setup.config.data.to_dict())
     data.synthetic = True

@@ -172,8 +172,8 @@ class MetricsWriter:
         self._bar = None
         if not enabled:
             return
-        from tensorboardX import SummaryWriter  # noqa: PLC0415
-        from tqdm import tqdm  # noqa: PLC0415
+        from tensorboardX import SummaryWriter
+        from tqdm import tqdm
 
         self.dirs = workdir_lib.log_dirs(workdir) if dirs is None else dirs
         self._upload_every_s = upload_every_s

@@ -71,7 +71,7 @@ def make_mesh(
             f"got {len(devices)} devices"
         )
     ici_shape = resolve_mesh_shape(shape, len(devices) // num_granules)
-    from jax.experimental import mesh_utils  # noqa: PLC0415 (only needed for hybrid meshes)
+    from jax.experimental import mesh_utils  # only hybrid meshes need it
 
     # TPU slices are the granules of multi-slice runs; elsewhere (GPU/CPU nodes) processes are.
     process_is_granule = devices[0].platform != "tpu"

@@ -93,7 +93,7 @@ def test_check_layout_rejects_wrong_modality():
         [row_reference.t2i_row(TEXT, CODES, 5)], formats.t2i_layout(5, (2, 2))
     )
     batch["tokens"][0, 7] = 42  # a text id inside the vision segment
-    with pytest.raises(ValueError, match="text token inside vision segment"):
+    with pytest.raises(ValueError, match="is not vision but lies in the vision segment"):
         formats.check_layout(batch)
     with pytest.raises(ValueError, match="exceed the slot"):
         row_reference.t2i_row(np.arange(6), CODES, 5)

@@ -80,5 +80,13 @@ def test_layouts():
     valid = np.ones(tokens.shape, bool)
     with pytest.raises(ValueError, match=r"batch 7: token 7 .* vision segment \[2, 5\)"):
         L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")
-    valid[0, 4] = False  # padding may hold any id
+    tokens[0, 4] = vocab.FIRST_IMAGE_CODE
+    L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")
+    valid[0, 4] = False
+    with pytest.raises(ValueError, match=r"padding inside the vision segment \[2, 5\)"):
+        L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")
+    valid[0, 4], valid[0, 0] = True, False
+    with pytest.raises(ValueError, match=r"padding that is not PAD in \[0, 2\)"):
+        L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")
+    tokens[0, 0] = vocab.PAD
     L.check_tokens(tokens, valid, (("text", 2), ("vision", 3)), "batch 7")

@@ -208,31 +208,11 @@ def sr_batch(
 
 
 def check_layout(task_batch: dict) -> None:
-    """Raise unless every valid token of each segment has that segment's modality.
-
-    Padding must be text-slot ``PAD`` (``valid=False``) and only inside text segments.
-    """
-    tokens, valid, layout = task_batch["tokens"], task_batch["valid"], task_batch["layout"]
-    if tokens.shape[-1] != layout_length(layout):
-        raise ValueError(f"tokens of length {tokens.shape[-1]} do not match layout {layout}")
-    start = 0
-    for modality, length in layout:
-        seg_tokens = tokens[..., start : start + length]
-        seg_valid = valid[..., start : start + length]
-        is_vis = vocab.is_vision(seg_tokens)
-        if modality == "vision":
-            if not seg_valid.all():
-                raise ValueError(f"padding inside vision segment at [{start}, {start + length})")
-            if not is_vis.all():
-                raise ValueError(f"text token inside vision segment at [{start}, {start + length})")
-        elif modality == "text":
-            if (is_vis & seg_valid).any():
-                raise ValueError(f"vision token inside text segment at [{start}, {start + length})")
-            if (seg_tokens[~seg_valid] != vocab.PAD).any():
-                raise ValueError(f"padding that is not PAD at [{start}, {start + length})")
-        else:
-            raise ValueError(f"unknown modality {modality!r} in layout {layout}")
-        start += length
+    """Raise unless every valid token of each segment has that segment's modality and
+    padding is text-slot ``PAD`` (``layout.check_tokens``)."""
+    model_layout.check_tokens(
+        task_batch["tokens"], task_batch["valid"], task_batch["layout"], "task batch"
+    )
 
 
 # ------------------------------------------------------------------------------ prompts

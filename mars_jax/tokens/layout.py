@@ -83,7 +83,8 @@ def _shifted_lengths(layout: Layout) -> list[int]:
 
 
 def check_tokens(tokens_BxL: np.ndarray, valid_BxL: np.ndarray, layout: Layout, where: str) -> None:
-    """Raise naming `where` if a valid token lies in a segment of the other modality."""
+    """Raise naming `where` unless every valid token has its segment's modality, and padding
+    (`valid=False`) is `PAD` inside text segments only: the one check of a batch's layout."""
     tokens_BxL, valid_BxL = np.asarray(tokens_BxL), np.asarray(valid_BxL, bool)
     if tokens_BxL.shape[-1] != length(layout):
         raise ValueError(
@@ -91,12 +92,16 @@ def check_tokens(tokens_BxL: np.ndarray, valid_BxL: np.ndarray, layout: Layout, 
             f" ({layout})"
         )
     for modality, start, stop in bounds(layout):
-        seg_vision = vocab.is_vision(tokens_BxL[..., start:stop])
-        wrong = (seg_vision != (modality == VISION)) & valid_BxL[..., start:stop]
+        seg_tokens, seg_valid = tokens_BxL[..., start:stop], valid_BxL[..., start:stop]
+        wrong = (vocab.is_vision(seg_tokens) != (modality == VISION)) & seg_valid
         if wrong.any():
             idx = np.argwhere(wrong)[0]
             raise ValueError(
-                f"{where}: token {int(tokens_BxL[..., start:stop][tuple(idx)])} at index "
+                f"{where}: token {int(seg_tokens[tuple(idx)])} at index "
                 f"{tuple(int(i) for i in idx[:-1])}+{start + int(idx[-1])} is not {modality} "
                 f"but lies in the {modality} segment [{start}, {stop}) of layout {layout}"
             )
+        if modality == VISION and not seg_valid.all():
+            raise ValueError(f"{where}: padding inside the vision segment [{start}, {stop})")
+        if (seg_tokens[~seg_valid] != vocab.PAD).any():
+            raise ValueError(f"{where}: padding that is not PAD in [{start}, {stop})")

@@ -198,11 +198,6 @@ def load_manifest(shards_dir: str) -> dict:
     return manifest
 
 
-def dataset_size(data_config: ml_collections.ConfigDict) -> int:
-    """Records in ``data.shards`` (one epoch, all processes), e.g. for epoch-based step counts."""
-    return int(load_manifest(data_config.shards)["counts"]["written"])
-
-
 def truncation_stats(manifest: dict, text_len: int) -> dict[str, int]:
     """How many records' texts exceed the text slot (from the manifest's length histograms)."""
     out = {}

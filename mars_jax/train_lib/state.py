@@ -105,14 +105,3 @@ def jit_init_state(tx: optax.GradientTransformation, shardings: dict):
         in_shardings=(shardings["trainable"], shardings["rng"]),
         out_shardings=shardings,
     )
-
-
-def init_state(
-    trainable: Any, seed: int, tx: optax.GradientTransformation, shardings: dict
-) -> dict:
-    """Fresh state on the mesh."""
-    return jit_init_state(tx, shardings)(trainable, rng_from_seed(seed))
-
-
-def count_params(tree: Any) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -238,6 +238,12 @@ def all_logits(weights: DecodeWeights, h_NxD: jax.Array, cfg: ModelConfig) -> ja
     return heads.logits_from_hidden(weights.frozen, weights.trainable, h_NxD[:, None], cfg)[:, 0]
 
 
+def text_logits(weights: DecodeWeights, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """fp32 logits `[N, 151936]` of the frozen text head."""
+    cfg = cfg.replace(compute_dtype=weights.compute_dtype)
+    return heads.text_logits(weights.frozen, h_NxD, cfg)
+
+
 def head_code_logits(
     weights: DecodeWeights, h_NxD: jax.Array, num: int, cfg: ModelConfig
 ) -> jax.Array:

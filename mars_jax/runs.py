@@ -1,10 +1,17 @@
-"""Load a trained run for sampling: its config, weights, VQ tokenizer and image sizes.
+"""Load a trained model for sampling: a training run, one step of it, or an exported bundle.
 
-A run directory holds `config.json` (the resolved config) and Orbax checkpoints; the frozen
-LLM is reloaded from the base the run recorded and checked against the recorded hash. The
-image grids (stage I/II) and the low-/high-res sizes (stage III) come from the training
-data's manifest. Nothing of the training loop is imported: sampling needs neither the
-optimizer nor the data pipeline.
+`--checkpoint` may name
+
+- a run directory (`config.json`, `run_info.json`, `checkpoints/`), local or a URL such as
+  `gs://bucket/run`; `--step` picks a checkpoint (default: the latest);
+- a step of a run, `<run>/checkpoints/<N>`;
+- a bundle written by `python -m mars_jax.export` (`bundle.json`): self-contained weights,
+  VQ tokenizer, image sizes and sampling defaults, loadable without the training data or
+  the base checkpoint.
+
+A run's frozen LLM is reloaded from the base it recorded and checked against the recorded
+hash. Nothing of the training loop is imported: sampling needs neither the optimizer nor
+the data pipeline.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
 from mars_jax.data import manifest as manifest_lib
 from mars_jax.model import params as params_lib
@@ -24,57 +32,123 @@ from mars_jax.sampling.images import TrainedModel
 from mars_jax.sampling.options import run_options
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
+from mars_jax.train_lib import run_info
+from mars_jax.train_lib import workdir as workdir_lib
 from mars_jax.vq.checkpoint import load_vq
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_FORMAT = "mars_jax.bundle/1"
 
 
 @dataclasses.dataclass
 class LoadedRun(TrainedModel):
-    """A `TrainedModel` with the run's resolved config and the step it was loaded from."""
+    """A `TrainedModel` with where it came from: the run's resolved config, the step."""
 
     config: Any = None  # ml_collections.ConfigDict
     step: int = 0
+    stage: int = 1
+    sample: dict = dataclasses.field(default_factory=dict)  # sampling defaults
+    source: str = ""  # the run or bundle directory
 
 
-def read_config(workdir: str) -> dict:
-    """The resolved config a run saved (`config.json`), as a dict."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--checkpoint={workdir}: no config.json (not a training workdir)")
-    with open(path) as f:
-        return json.load(f)
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """What `--checkpoint` names: `kind` is "run" or "bundle"."""
+
+    kind: str
+    root: str
+    step: int | None
 
 
-def sample_defaults(workdir: str) -> dict[str, Any]:
-    """The sampling options of a run's `sample` section (absent ones: library defaults)."""
-    return run_options(read_config(workdir).get("sample"))
+def locate(path: str, step: int | None = None) -> Location:
+    """Resolve `--checkpoint` (and `--step`) without loading anything."""
+    root = workdir_lib.resolve(path)
+    if (root / BUNDLE_FILE).exists():
+        if step is not None:
+            raise ValueError(f"--step: {path} is a bundle of one step; drop --step")
+        return Location("bundle", os.fspath(root), None)
+    if (root / "config.json").exists():
+        return Location("run", os.fspath(root), step)
+    parent = root.parent
+    if parent.name == ckpt_lib.CHECKPOINT_DIR and root.name.isdigit():
+        run = parent.parent
+        if (run / "config.json").exists():
+            if step is not None and step != int(root.name):
+                raise ValueError(f"--step={step}: --checkpoint names step {root.name}")
+            return Location("run", os.fspath(run), int(root.name))
+    if not root.exists():
+        raise FileNotFoundError(f"--checkpoint={path}: no such directory")
+    raise FileNotFoundError(
+        f"--checkpoint={path}: not a training run (no config.json), a step of one "
+        f"(<run>/{ckpt_lib.CHECKPOINT_DIR}/<N>) or a bundle (no {BUNDLE_FILE})"
+    )
 
 
-def load_run(workdir: str, vq_dir: str | None = None) -> LoadedRun:
-    """Frozen + trainable params of the latest checkpoint in `workdir`, on one device."""
-    config = ml_collections.ConfigDict(read_config(workdir))
-    model_cfg = ModelConfig.from_dict(config.model)
+def _read_json(root: str, name: str) -> dict:
+    return json.loads((workdir_lib.resolve(root) / name).read_text())
+
+
+def read_config(path: str) -> dict:
+    """The resolved config of a run or bundle, as a dict."""
+    where = locate(path)
+    return _read_json(where.root, "config.json")
+
+
+def sample_defaults(path: str) -> dict[str, Any]:
+    """The sampling options a run or bundle was tuned with (absent ones: library defaults)."""
+    return run_options(read_config(path).get("sample"))
+
+
+def describe(path: str, step: int | None = None) -> dict[str, Any]:
+    """What sampling needs to check its flags before loading weights: stage, grids, sizes,
+    VQ factor-free facts (`run_info.json` or the bundle's)."""
+    where = locate(path, step)
+    if where.kind == "bundle":
+        return _read_json(where.root, BUNDLE_FILE)
+    info = run_info.read(where.root)
+    if info is None:  # a run trained before run_info.json: its data's manifest
+        config = ml_collections.ConfigDict(_read_json(where.root, "config.json"))
+        info = run_info.describe(config)
+    return info
+
+
+def _on_one_device(tree: Any) -> Any:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, tree)
+
+
+def load_run(path: str, step: int | None = None, vq_dir: str | None = None) -> LoadedRun:
+    """A run (its `step`, default the latest) or a bundle, on one device."""
+    where = locate(path, step)
+    if where.kind == "bundle":
+        return _load_bundle(where.root, vq_dir)
+    return _load_run(where.root, where.step, vq_dir)
+
+
+def _load_run(root: str, step: int | None, vq_dir: str | None) -> LoadedRun:
+    config = ml_collections.ConfigDict(_read_json(root, "config.json"))
+    info = describe(root)
+    model_cfg = ModelConfig.from_dict(config.model)
     abstract = params_lib.abstract_params(model_cfg)
-    on_device = lambda tree: jax.tree.map(lambda _: device, tree)
-    frozen, identity = base_lib.load_frozen(config.base, model_cfg, on_device(abstract["frozen"]))
-    manager = ckpt_lib.make_manager(workdir, 1, 0, False)
-    step = manager.latest_step()
+    base_config = ml_collections.ConfigDict(config.base.to_dict())
+    base_config.checkpoint = info.get("base_checkpoint") or base_config.checkpoint
+    frozen, identity = base_lib.load_frozen(
+        base_config, model_cfg, _on_one_device(abstract["frozen"])
+    )
+    manager = ckpt_lib.make_manager(root, 1, 0, False)
+    step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"--checkpoint={workdir}: no checkpoint under checkpoints/")
-    ckpt_lib.check_base(ckpt_lib.read_base_identity(manager, step), identity, workdir)
+        raise FileNotFoundError(f"--checkpoint={root}: no checkpoint under checkpoints/")
+    ckpt_lib.check_base(ckpt_lib.read_base_identity(manager, step), identity, root)
     manager.close()
     trainable, missing = ckpt_lib.load_trainable_from(
-        workdir, abstract["trainable"], on_device(abstract["trainable"])
+        root, abstract["trainable"], _on_one_device(abstract["trainable"]), step, "--checkpoint"
     )
     if missing:
-        raise ValueError(f"--checkpoint={workdir}: checkpoint lacks trainable params {missing}")
-    grids, sr_sizes = [], []
-    if config.data.get("shards"):
-        manifest = manifest_lib.load_manifest(config.data.shards)
-        vq_dir = vq_dir or manifest_lib.vq_dir(manifest)
-        grids, sr_sizes = manifest_lib.grids(manifest), manifest_lib.sr_sizes(manifest)
+        raise ValueError(f"--checkpoint={root}: checkpoint lacks trainable params {missing}")
+    vq_dir = vq_dir or info.get("vq_dir", "")
     if not vq_dir:
-        raise ValueError(f"--checkpoint={workdir}: the run names no VQ tokenizer; pass --vq=<dir>")
+        raise ValueError(f"--checkpoint={root}: the run names no VQ tokenizer; pass --vq=<dir>")
     vq_cfg, vq_params = load_vq(vq_dir)
     return LoadedRun(
         frozen=frozen,
@@ -83,8 +157,49 @@ def load_run(workdir: str, vq_dir: str | None = None) -> LoadedRun:
         text_len=int(config.data.text_len),
         vq_cfg=vq_cfg,
         vq_params=vq_params,
-        grids=grids or [manifest_lib.default_grid(vq_cfg)],
-        sr_sizes=sr_sizes,
+        grids=[tuple(g) for g in info["grids"]] or [manifest_lib.default_grid(vq_cfg)],
+        sr_sizes=[(tuple(lo), tuple(hi)) for lo, hi in info.get("sr_sizes", [])],
+        resolution_prefix=int(config.stage) >= 2,
         config=config,
         step=int(step),
+        stage=int(config.stage),
+        sample=run_options(config.get("sample")),
+        source=root,
+    )
+
+
+def _load_bundle(root: str, vq_dir: str | None) -> LoadedRun:
+    info = _read_json(root, BUNDLE_FILE)
+    if info.get("format") != BUNDLE_FORMAT:
+        raise ValueError(
+            f"{root}/{BUNDLE_FILE}: format {info.get('format')!r}, not {BUNDLE_FORMAT}"
+        )
+    config = ml_collections.ConfigDict(_read_json(root, "config.json"))
+    model_cfg = ModelConfig.from_dict(config.model)
+    abstract = params_lib.abstract_params(model_cfg)
+    shardings = _on_one_device(abstract)
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    with ocp.StandardCheckpointer() as ckptr:
+        weights = ckptr.restore(os.path.join(root, "params"), target)
+    identity = base_lib.identity(info["base"]["source"], weights["frozen"])
+    if identity["hash"] != info["base"]["hash"]:
+        raise ValueError(f"{root}: its frozen weights do not match the hash in {BUNDLE_FILE}")
+    vq_cfg, vq_params = load_vq(vq_dir or os.path.join(root, "vq"))
+    return LoadedRun(
+        frozen=weights["frozen"],
+        trainable=weights["trainable"],
+        model_cfg=model_cfg,
+        text_len=int(info["text_len"]),
+        vq_cfg=vq_cfg,
+        vq_params=vq_params,
+        grids=[tuple(g) for g in info["grids"]],
+        sr_sizes=[(tuple(lo), tuple(hi)) for lo, hi in info["sr_sizes"]],
+        resolution_prefix=int(info["stage"]) >= 2,
+        config=config,
+        step=int(info["step"]),
+        stage=int(info["stage"]),
+        sample=dict(info["sample"]),
+        source=root,
     )

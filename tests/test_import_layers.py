@@ -36,6 +36,7 @@ LAYERS = {
     "evaluate": 7,
     "convert": 7,
     "export": 7,
+    "cli": 7,
 }
 ENTRY_LAYER = 7
 

@@ -4,6 +4,7 @@ decoding, and the stage-III cascade (text → low-res image → high-res image, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from mars_jax.data import image_ops
 from mars_jax.model import decoder
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import nktp, t2i
+from mars_jax.sampling import caption, nktp, t2i
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats
@@ -31,6 +32,9 @@ class TrainedModel:
     vq_params: dict
     grids: list[tuple[int, int]]  # code grids it was trained on (stage III: high-res)
     sr_sizes: list = dataclasses.field(default_factory=list)  # stage III: (lo_hw, hi_hw) pairs
+    # Stage II/III captions start with the output resolution ("256x384 caption"), stage I's
+    # do not: samplers write prompts the way the model was trained.
+    resolution_prefix: bool = False
 
 
 def parse_resolution(text: str, factor: int) -> tuple[int, int]:
@@ -59,6 +63,39 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
     return (lo_h, lo_w), (hi_h, hi_w)
 
 
+def choose_grid(
+    resolution: str | None,
+    grids: Sequence[tuple[int, int]],
+    factor: int,
+    resolution_prefix: bool,
+) -> tuple[int, int]:
+    """The code grid to sample: `resolution` (`WIDTHxHEIGHT`), which must be one the model
+    trained on, or its first grid. Checkable before any weight is loaded."""
+    trained = [tuple(int(x) for x in g) for g in grids]
+    if not resolution:
+        return trained[0]
+    if not resolution_prefix:
+        raise ValueError(
+            f"--resolution={resolution}: this model was trained at one resolution "
+            f"({trained[0][1] * factor}x{trained[0][0] * factor}) without a resolution prompt"
+        )
+    grid = parse_resolution(resolution, factor)
+    if grid not in trained:
+        sizes = ", ".join(f"{w * factor}x{h * factor}" for h, w in trained)
+        raise ValueError(f"--resolution={resolution}: not one the model trained on ({sizes})")
+    return grid
+
+
+def prompt_texts(
+    prompts: Sequence[str], grid: tuple[int, int], factor: int, resolution_prefix: bool
+) -> list[str]:
+    """Prompts as the model was trained on them: with the output resolution in front for
+    stage II/III models (`formats.resolution_prompt`)."""
+    if not resolution_prefix:
+        return list(prompts)
+    return [formats.resolution_prompt(grid[1] * factor, grid[0] * factor, p) for p in prompts]
+
+
 def generate_images(
     model: TrainedModel,
     prompts: Sequence[str],
@@ -69,18 +106,13 @@ def generate_images(
 ) -> np.ndarray:
     """uint8 images `[len(prompts), H, W, 3]`, one per prompt, reproducible by `seed`.
 
-    `resolution` (`WIDTHxHEIGHT`, stage-II models) sets the code grid and goes into the
-    prompt as in training (`formats.resolution_prompt`); default: the first trained grid.
+    `resolution` (`WIDTHxHEIGHT`, stage-II/III models) picks one of the trained grids
+    (default: the first); the prompts get the training format (`prompt_texts`).
     """
     tok = load_tokenizer()
     factor = model.vq_cfg.downsample_factor
-    if resolution:
-        grid = parse_resolution(resolution, factor)
-        prompts = [
-            formats.resolution_prompt(grid[1] * factor, grid[0] * factor, p) for p in prompts
-        ]
-    else:
-        grid = model.grids[0]
+    grid = choose_grid(resolution, model.grids, factor, model.resolution_prefix)
+    prompts = prompt_texts(prompts, grid, factor, model.resolution_prefix)
     scfg = dataclasses.replace(scfg, codebook_size=model.vq_cfg.codebook_size)
     weights = decoder.prepare(
         model.frozen, model.trainable, model.model_cfg, scfg.codebook_size,
@@ -94,6 +126,17 @@ def generate_images(
         )
         out.append(vq_images.decode_uint8(model.vq_params, model.vq_cfg, codes))
     return np.concatenate(out)
+
+
+def matching_sr_size(
+    sr_sizes: Sequence, image_hw: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The stage-III `(lo_hw, hi_hw)` bucket whose aspect ratio is closest to `image_hw`'s
+    (a 256×384 base image keeps its shape instead of being cropped square)."""
+    if not sr_sizes:
+        raise ValueError("the stage-III model names no low-/high-res sizes; pass --sr-sizes")
+    aspect = image_hw[1] / image_hw[0]
+    return min(sr_sizes, key=lambda size: abs(math.log(size[0][1] / size[0][0] / aspect)))
 
 
 def super_resolve(
@@ -136,3 +179,43 @@ def super_resolve(
         out.append(vq_images.decode_uint8(model.vq_params, model.vq_cfg, codes))
         infos.append(info)
     return np.concatenate(out), infos
+
+
+def encode_for_prompt(model: TrainedModel, images_uint8: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """VQ codes `[h, w]` of each image at the model's first trained size (resized and
+    centre-cropped, as data preparation does), to put into a prompt."""
+    if not len(images_uint8):
+        return []
+    f = model.vq_cfg.downsample_factor
+    h, w = model.grids[0]
+    pixels = np.stack(
+        [image_ops.resize_cover_crop(Image.fromarray(x), (h * f, w * f)) for x in images_uint8]
+    )
+    return list(vq_images.encode_uint8(model.vq_params, model.vq_cfg, pixels))
+
+
+def caption_images(
+    model: TrainedModel,
+    images_uint8: Sequence[np.ndarray],
+    scfg: SamplingConfig,
+    max_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[str]:
+    """A caption per image (image → text, the stage-I captioning task).
+
+    Each image is resized and centre-cropped to the model's first trained size, as data
+    preparation does, then VQ-encoded.
+    """
+    tok = load_tokenizer()
+    weights = decoder.prepare(
+        model.frozen, model.trainable, model.model_cfg, None, str(model.model_cfg.compute_dtype)
+    )
+    out = []
+    for start in range(0, len(images_uint8), batch_size):
+        codes = np.stack(encode_for_prompt(model, images_uint8[start : start + batch_size]))
+        ids = caption.caption_codes(
+            weights, None, model.model_cfg, codes, scfg, max_tokens, seed + start
+        )
+        out += [tok.decode(row) for row in ids]
+    return out

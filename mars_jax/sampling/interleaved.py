@@ -57,6 +57,16 @@ def code_logits(logits_BxV: jax.Array, codebook_size: int) -> jax.Array:
     return logits_BxV[:, vocab.FIRST_IMAGE_CODE : vocab.FIRST_IMAGE_CODE + codebook_size]
 
 
+def prompt_with_images(text_ids: Sequence[int], image_codes: Sequence[np.ndarray]) -> list[int]:
+    """The prompt's text, then each image as `<img> codes <end>` (paper §4.6: generation
+    from text and image inputs)."""
+    ids = [int(t) for t in text_ids]
+    for codes in image_codes:
+        ids += [vocab.IMAGE_START, *vocab.code_to_token(np.asarray(codes).reshape(-1)).tolist()]
+        ids.append(vocab.IMAGE_END)
+    return ids
+
+
 def generate_interleaved(
     frozen: dict,
     trainable: dict,

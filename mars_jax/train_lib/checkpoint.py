@@ -112,8 +112,15 @@ def restore(
     return restored.state
 
 
-def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -> tuple[Any, set]:
-    """Final trainable params of a previous stage's run (``base.init_from``).
+def load_trainable_from(
+    workdir: str,
+    abstract_trainable: Any,
+    shardings: Any,
+    step: int | None = None,
+    flag: str = "base.init_from",
+) -> tuple[Any, set]:
+    """Trainable params of a run's checkpoint ``step`` (default: its last), e.g. a previous
+    stage's (``base.init_from``); ``flag`` names the setting in error messages.
 
     Leaves present in both trees are restored onto ``shardings``; returns ``(tree, missing)``
     where ``tree`` holds only the restored leaves (a nested dict) and ``missing`` the paths
@@ -122,18 +129,20 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"base.init_from={workdir!r}: no checkpoints at {directory} (train the previous "
+            f"{flag}={workdir!r}: no checkpoints at {directory} (train the previous "
             "stage first, or fix the path)"
         )
     steps = ocp.utils.checkpoint_steps(directory)
     if not steps:
-        raise FileNotFoundError(f"base.init_from={workdir!r}: {directory} holds no checkpoint")
-    step = max(steps)
+        raise FileNotFoundError(f"{flag}={workdir!r}: {directory} holds no checkpoint")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{flag}={workdir!r}: no step {step} (steps: {sorted(steps)})")
+    step = max(steps) if step is None else step
     state_dir = directory / str(step) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(state_dir).item_metadata
     if "trainable" not in meta:
-        raise FileNotFoundError(f"base.init_from={workdir!r}: step {step} has no trainable params")
+        raise FileNotFoundError(f"{flag}={workdir!r}: step {step} has no trainable params")
     saved_tree = meta["trainable"]
 
     def intersect(target, saved, path=""):
@@ -150,7 +159,7 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
             return out, missing
         if tuple(getattr(saved, "shape", ())) != tuple(target.shape):
             raise ValueError(
-                f"base.init_from={workdir!r}: trainable {path} has shape "
+                f"{flag}={workdir!r}: trainable {path} has shape "
                 f"{tuple(getattr(saved, 'shape', ()))} there but {tuple(target.shape)} here"
             )
         return target, set()

@@ -31,7 +31,7 @@ from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
-from mars_jax.train_lib import distributed, metrics, preview, schedule, sharding
+from mars_jax.train_lib import distributed, metrics, preview, run_info, schedule, sharding
 from mars_jax.train_lib import state as state_lib
 from mars_jax.train_lib import step as step_lib
 from mars_jax.train_lib import workdir as workdir_lib
@@ -344,6 +344,7 @@ def run(
         root = workdir_lib.resolve(workdir)
         root.mkdir(parents=True, exist_ok=True)
         (root / "config.json").write_text(json.dumps(json.loads(setup.config_json), indent=2))
+        run_info.write(workdir, config)
     iterator = make_iterator(config) if iterator is None else iterator
 
     with jax.set_mesh(setup.mesh):

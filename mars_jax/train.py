@@ -132,5 +132,13 @@ def main(argv):
         print(f"finished at step {summary['step']} ({summary['reason']})")
 
 
+def run() -> None:
+    """Console script `mars-train` (same flags as `python -m mars_jax.train`)."""
+    n = _early_num_devices(sys.argv)
+    if n:  # before any JAX backend starts
+        _set_host_device_count(n)
+    app.run(main)
+
+
 if __name__ == "__main__":
     app.run(main)

@@ -48,10 +48,27 @@ def _set_host_device_count(n: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def _resolve_config_path(argv: list[str]) -> None:
+    """`--config=configs/stageN.py:preset` from any directory: a `configs/` path that does
+    not exist here is taken from the installed `configs` package."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--config="):
+            continue
+        path, sep, preset = arg.split("=", 1)[1].partition(":")
+        if os.path.exists(path) or not path.startswith("configs/"):
+            continue
+        import configs
+
+        installed = os.path.join(os.path.dirname(configs.__file__), path[len("configs/") :])
+        if os.path.exists(installed):
+            argv[i] = f"--config={installed}{sep}{preset}"
+
+
 if __name__ == "__main__" and "jax" not in sys.modules:
     _n = _early_num_devices(sys.argv)
     if _n:
         _set_host_device_count(_n)
+    _resolve_config_path(sys.argv)
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -137,6 +154,7 @@ def run() -> None:
     n = _early_num_devices(sys.argv)
     if n:  # before any JAX backend starts
         _set_host_device_count(n)
+    _resolve_config_path(sys.argv)
     app.run(main)
 
 

@@ -18,14 +18,14 @@ import sys
 
 from tqdm import tqdm
 
-from mars_jax import cli, runs
+from mars_jax import cli, runs, sample_flags
 from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import options
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = cli.parser("caption", __doc__)
-    cli.add_checkpoint_args(p)
+    sample_flags.add_checkpoint_args(p)
     p.add_argument("--image", action="append", required=True, help="an image or a folder")
     p.add_argument("--out", default=None, help="jsonl file of {image, caption} lines")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mars_jax import cli, generate, outputs, runs
+from mars_jax import cli, generate, outputs, runs, sample_flags
 from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import options
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--nktp", type=int, default=0, help="codes per pass (0: the model's K)")
     p.add_argument("--nktp_mode", default="fast", choices=("fast", "exact"))
-    cli.add_sampling_args(p)  # of the --base model; unset: its own sample settings
+    sample_flags.add_sampling_args(p)  # of the --base model; unset: its own sample settings
     p.add_argument("--sr_cfg_scale", type=float, default=1.0)
     p.add_argument("--sr_temperature", type=float, default=0.0)
     p.add_argument("--resolution", default=None, help="WIDTHxHEIGHT of the low-res image")
@@ -56,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError(f"--sr={args.sr}: not a stage-III model (no low-/high-res sizes)")
         if args.sr_sizes:
             images_lib.parse_sizes(args.sr_sizes)
-        cli.fill_sampling_args(args, args.base)
+        sample_flags.fill_sampling_args(args, args.base)
         sr_scfg = options.SamplingConfig(
             cfg_scale=args.sr_cfg_scale, temperature=args.sr_temperature
         )
         base = runs.load_run(args.base)
         sr_run = runs.load_run(args.sr)
         low = images_lib.generate_images(
-            base, prompts, cli.sampling_config(args), args.seed, args.resolution, args.batch_size
+            base,
+            prompts,
+            sample_flags.sampling_config(args),
+            args.seed,
+            args.resolution,
+            args.batch_size,
         )
         if args.sr_sizes:
             lo_hw, hi_hw = images_lib.parse_sizes(args.sr_sizes)

@@ -2,8 +2,7 @@
 
 - Flags are accepted as `--num-per-prompt` and `--num_per_prompt` alike (`Parser` adds the
   other spelling of every long flag).
-- Sampling commands share `--checkpoint`/`--step`, the sampling flags (unset ones take the
-  model's own defaults), prompt and image reading.
+- Prompts and images named on the command line are read the same way everywhere.
 - A mistake is one line on stderr, `error: ...`, and exit status 2, before any model is
   loaded or any file written (`Parser.error`, `one_line_errors`). `MARS_TRACEBACK=1` shows
   the traceback instead.
@@ -19,9 +18,6 @@ from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-
-from mars_jax import runs
-from mars_jax.sampling import options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -74,40 +70,7 @@ def one_line_errors() -> Iterator[None]:
         fail(message)
 
 
-# ---- shared by the sampling commands ---------------------------------------------------------
-
-
-def add_checkpoint_args(p: Parser, flag: str = "--checkpoint") -> None:
-    p.add_argument(flag, required=True, help="a training run, one of its steps, or a bundle")
-    p.add_argument(
-        "--step", type=int, default=None, help="checkpoint step of a run (default: latest)"
-    )
-    p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the model's)")
-
-
-def add_sampling_args(p: Parser) -> None:
-    """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones come from the model."""
-    for name, value in options.run_options({}).items():
-        p.add_argument(
-            f"--{name}", type=type(value), default=None,
-            help=f"default: the model's sample.{name} (else {value})",
-        )  # fmt: skip
-
-
-def fill_sampling_args(args: argparse.Namespace, checkpoint: str) -> argparse.Namespace:
-    """Options left unset take the model's own `sample` settings (a preset's tuned sampling
-    then applies to every command alike)."""
-    for name, value in runs.sample_defaults(checkpoint).items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-    return args
-
-
-def sampling_config(args: argparse.Namespace) -> options.SamplingConfig:
-    """The `SamplingConfig` of the sampling flags (after `fill_sampling_args`)."""
-    return options.SamplingConfig(
-        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
-    )
+# ---- inputs named on the command line -----------------------------------------------------------
 
 
 def read_prompts(prompt: list[str] | None, prompt_file: str | None) -> list[str]:

@@ -19,7 +19,6 @@ trainable tree to `cfg.trainable_dtype` while restoring, directly into the targe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 from safetensors import safe_open
 from tqdm import tqdm
 
+from mars_jax import cli
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import vocab
@@ -274,16 +274,18 @@ def convert(hf_dir: str, out_dir: str, dtype: str = "bfloat16") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hf", required=True, help="Hugging Face checkpoint directory")
-    parser.add_argument("--out", required=True, help="output base checkpoint directory")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    args = parser.parse_args(argv)
-    try:
-        digest = convert(args.hf, args.out, args.dtype)
-    except ConversionError as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 1
+    p = cli.parser("convert", __doc__)
+    p.add_argument("--hf", required=True, help="Hugging Face checkpoint directory")
+    p.add_argument("--out", required=True, help="output base checkpoint directory")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    with cli.one_line_errors():
+        if not os.path.isdir(args.hf):
+            raise cli.UsageError(f"--hf={args.hf}: no such directory")
+        try:
+            digest = convert(args.hf, args.out, args.dtype)
+        except ConversionError as e:
+            raise cli.UsageError(str(e)) from e
     print(f"wrote {os.path.abspath(args.out)} frozen_hash={digest}")
     return 0
 

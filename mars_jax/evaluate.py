@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mars_jax import cli, runs
+from mars_jax import runs, sample_flags
 from mars_jax.demo import checker, shapes
 from mars_jax.eval import features, fid, sr
 from mars_jax.sampling import images as images_lib
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="where the contact sheet and verdicts go")
     p.add_argument("--extractor", default="palette", help="palette | module:attribute")
-    cli.add_sampling_args(p)  # unset: the run's own sample settings
+    sample_flags.add_sampling_args(p)  # unset: the run's own sample settings
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
     args = p.parse_args(argv)
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bench == "sr":
         return evaluate_sr(args)
-    cli.fill_sampling_args(args, args.checkpoint)
+    sample_flags.fill_sampling_args(args, args.checkpoint)
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
     scfg_kwargs = {
         "cfg_scale": args.cfg_scale,

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from mars_jax import cli, outputs, runs
+from mars_jax import cli, outputs, runs, sample_flags
 from mars_jax.data import image_ops
 from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import interleaved, options
@@ -35,12 +35,12 @@ CASCADE_SHEET_FILE = "cascade_contact_sheet.png"
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = cli.parser("generate", __doc__)
-    cli.add_checkpoint_args(p)
+    sample_flags.add_checkpoint_args(p)
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompt_file", help="one prompt a line")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num_per_prompt", type=int, default=1)
-    cli.add_sampling_args(p)
+    sample_flags.add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", default=None, help="WIDTHxHEIGHT (stage-II/III models)")
     p.add_argument("--batch_size", type=int, default=16)
@@ -114,7 +114,7 @@ def run_super_resolution(args: argparse.Namespace, prompts: list[str]) -> str:
     prompts = prompts * len(low) if len(prompts) == 1 else prompts
     k = args.nktp or run.model_cfg.nktp_k
     high, _ = images_lib.super_resolve(
-        run, prompts, low, lo_hw, hi_hw, cli.sampling_config(args), k, args.nktp_mode,
+        run, prompts, low, lo_hw, hi_hw, sample_flags.sampling_config(args), k, args.nktp_mode,
         args.seed, args.batch_size,
     )  # fmt: skip
     sheet = outputs.save_pairs(args.out, prompts, low, high, CASCADE_SHEET_FILE)
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = cli.read_prompts(args.prompt, args.prompt_file)
         prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
         check_before_loading(args)
-        cli.fill_sampling_args(args, args.checkpoint)
-        cli.sampling_config(args)  # bad values, before the model loads
+        sample_flags.fill_sampling_args(args, args.checkpoint)
+        sample_flags.sampling_config(args)  # bad values, before the model loads
         if args.interleaved:
             print(run_interleaved(args, prompts))
             return 0
@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run = runs.load_run(args.checkpoint, args.step, args.vq)
         images = images_lib.generate_images(
-            run, prompts, cli.sampling_config(args), args.seed, args.resolution, args.batch_size
+            run,
+            prompts,
+            sample_flags.sampling_config(args),
+            args.seed,
+            args.resolution,
+            args.batch_size,
         )
         sheet = outputs.save_samples(args.out, prompts, images)
     print(f"wrote {len(images)} images of step {run.step} to {args.out}; contact sheet {sheet}")

@@ -136,9 +136,12 @@ def _load_run(root: str, step: int | None, vq_dir: str | None) -> LoadedRun:
         base_config, model_cfg, _on_one_device(abstract["frozen"])
     )
     manager = ckpt_lib.make_manager(root, 1, 0, False)
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(manager.all_steps())
+    if not steps:
         raise FileNotFoundError(f"--checkpoint={root}: no checkpoint under checkpoints/")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"--checkpoint={root}: no step {step} (steps: {steps})")
+    step = steps[-1] if step is None else step
     ckpt_lib.check_base(ckpt_lib.read_base_identity(manager, step), identity, root)
     manager.close()
     trainable, missing = ckpt_lib.load_trainable_from(

@@ -234,6 +234,9 @@ def test_convert_errors_name_the_tensor(tmp_path, capsys, edit, message):
     arrays, config = _qwen2_arrays(np.random.default_rng(3), layers=2)
     edit(arrays, config)
     _write(tmp_path / "hf", arrays, config)
-    assert convert.main([f"--hf={tmp_path / 'hf'}", f"--out={tmp_path / 'out'}"]) == 1
-    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main([f"--hf={tmp_path / 'hf'}", f"--out={tmp_path / 'out'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()

@@ -36,7 +36,8 @@ LAYERS = {
     "evaluate": 7,
     "convert": 7,
     "export": 7,
-    "cli": 7,
+    "sample_flags": 7,
+    "cli": 0,
 }
 ENTRY_LAYER = 7
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mars_jax import cascade, cli, outputs
+from mars_jax import cascade, outputs, sample_flags
 from mars_jax.data import image_ops
 from mars_jax.eval import sr
 from mars_jax.model import heads, params
@@ -95,7 +95,9 @@ def test_cascade_sampling_options_default_to_the_base_runs_sample_settings(tmp_p
     sample = {"cfg_scale": 2.5, "temperature": 0.4, "top_k": 0, "top_p": 1.0}
     (base / "config.json").write_text(json.dumps({"sample": sample}))
     argv = [f"--base={base}", "--sr=unused", "--prompt=x", "--out=o"]
-    args = cli.fill_sampling_args(cascade.parse_args(argv), str(base))
+    args = sample_flags.fill_sampling_args(cascade.parse_args(argv), str(base))
     assert (args.cfg_scale, args.temperature) == (2.5, 0.4)
-    args = cli.fill_sampling_args(cascade.parse_args([*argv, "--temperature=1.0"]), str(base))
+    args = sample_flags.fill_sampling_args(
+        cascade.parse_args([*argv, "--temperature=1.0"]), str(base)
+    )
     assert (args.cfg_scale, args.temperature) == (2.5, 1.0)  # what the user sets wins

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from configs import stage1
-from mars_jax import cli, generate
+from mars_jax import generate, sample_flags
 
 
 def _workdir(tmp_path, sample):
@@ -16,11 +16,11 @@ def _workdir(tmp_path, sample):
 def test_unset_options_take_the_runs_sample_settings(tmp_path):
     workdir = _workdir(tmp_path, {"cfg_scale": 2.0, "temperature": 0.8, "top_k": 5})
     args = generate.parse_args(["--checkpoint", workdir, "--out", "o", "--prompt", "a"])
-    cli.fill_sampling_args(args, workdir)
+    sample_flags.fill_sampling_args(args, workdir)
     assert (args.cfg_scale, args.temperature, args.top_k) == (2.0, 0.8, 5)
     assert args.top_p == 1.0  # not in the run's config: the fallback
     given = ["--checkpoint", workdir, "--out", "o", "--temperature=1.0", "--top-k", "0"]
-    args = cli.fill_sampling_args(generate.parse_args(given), workdir)
+    args = sample_flags.fill_sampling_args(generate.parse_args(given), workdir)
     assert (args.temperature, args.top_k, args.cfg_scale) == (1.0, 0, 2.0)  # the CLI wins
 
 
@@ -33,4 +33,4 @@ def test_demo_preset_samples_at_its_measured_guidance_and_temperature():
 def test_missing_run_config_is_a_clear_error(tmp_path):
     args = generate.parse_args(["--checkpoint", str(tmp_path), "--out", "o", "--prompt", "a"])
     with pytest.raises(FileNotFoundError, match="not a training run"):
-        cli.fill_sampling_args(args, str(tmp_path))
+        sample_flags.fill_sampling_args(args, str(tmp_path))

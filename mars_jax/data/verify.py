@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from mars_jax import cli
 from mars_jax.data import pipeline, records
 
 
@@ -45,11 +46,13 @@ def verify_shards(shards_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m mars_jax.data.verify <shards dir>", file=sys.stderr)
-        return 2
-    report = verify_shards(argv[0])
+    p = cli.parser("data.verify", __doc__)
+    p.add_argument("shards", help="a directory written by `python -m mars_jax.data.prepare`")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    with cli.one_line_errors():
+        if not os.path.isdir(args.shards):
+            raise cli.UsageError(f"{args.shards}: no such directory")
+        report = verify_shards(args.shards)
     for b in report["bad"]:
         print(json.dumps(b))
     print(f"{report['records']} records in {report['files']} files; {len(report['bad'])} bad")

@@ -1,0 +1,43 @@
+"""The flags every sampling command shares: which model (`--checkpoint`, `--step`, `--vq`)
+and how to draw (`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones take the
+model's own tuned defaults, so a preset's sampling applies to every command alike)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mars_jax import cli, runs
+from mars_jax.sampling import options
+
+
+def add_checkpoint_args(p: cli.Parser, flag: str = "--checkpoint") -> None:
+    p.add_argument(flag, required=True, help="a training run, one of its steps, or a bundle")
+    p.add_argument(
+        "--step", type=int, default=None, help="checkpoint step of a run (default: latest)"
+    )
+    p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the model's)")
+
+
+def add_sampling_args(p: cli.Parser) -> None:
+    """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones come from the model."""
+    for name, value in options.run_options({}).items():
+        p.add_argument(
+            f"--{name}", type=type(value), default=None,
+            help=f"default: the model's sample.{name} (else {value})",
+        )  # fmt: skip
+
+
+def fill_sampling_args(args: argparse.Namespace, checkpoint: str) -> argparse.Namespace:
+    """Options left unset take the model's own `sample` settings (a preset's tuned sampling
+    then applies to every command alike)."""
+    for name, value in runs.sample_defaults(checkpoint).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
+
+
+def sampling_config(args: argparse.Namespace) -> options.SamplingConfig:
+    """The `SamplingConfig` of the sampling flags (after `fill_sampling_args`)."""
+    return options.SamplingConfig(
+        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
+    )

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with cli.one_line_errors():
         prompts = cli.read_prompts(args.prompt, args.prompt_file)
-        runs.locate(args.base)
+        runs.locate(args.base, flag="--base")
+        runs.locate(args.sr, flag="--sr")
         if not runs.describe(args.sr).get("sr_sizes") and not args.sr_sizes:
             raise cli.UsageError(f"--sr={args.sr}: not a stage-III model (no low-/high-res sizes)")
         if args.sr_sizes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -60,7 +61,10 @@ def fail(message: str) -> None:
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Report bad inputs (missing files, bad values) as one `error:` line, exit status 2."""
+    """Report bad inputs (missing files, bad values) as one `error:` line, exit status 2.
+
+    Library logs below ERROR (Orbax's notes on every checkpoint it opens) are hidden."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         yield
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:

@@ -60,8 +60,8 @@ class Location:
     step: int | None
 
 
-def locate(path: str, step: int | None = None) -> Location:
-    """Resolve `--checkpoint` (and `--step`) without loading anything."""
+def locate(path: str, step: int | None = None, flag: str = "--checkpoint") -> Location:
+    """Resolve `--checkpoint` (or the command's `flag`) and `--step` without loading anything."""
     root = workdir_lib.resolve(path)
     if (root / BUNDLE_FILE).exists():
         if step is not None:
@@ -77,9 +77,9 @@ def locate(path: str, step: int | None = None) -> Location:
                 raise ValueError(f"--step={step}: --checkpoint names step {root.name}")
             return Location("run", os.fspath(run), int(root.name))
     if not root.exists():
-        raise FileNotFoundError(f"--checkpoint={path}: no such directory")
+        raise FileNotFoundError(f"{flag}={path}: no such directory")
     raise FileNotFoundError(
-        f"--checkpoint={path}: not a training run (no config.json), a step of one "
+        f"{flag}={path}: not a training run (no config.json), a step of one "
         f"(<run>/{ckpt_lib.CHECKPOINT_DIR}/<N>) or a bundle (no {BUNDLE_FILE})"
     )
 

@@ -149,14 +149,24 @@ def main(argv):
         print(f"finished at step {summary['step']} ({summary['reason']})")
 
 
+def _run_app() -> None:
+    """`app.run(main)`; `--help` exits 0 (absl's exits 1)."""
+    try:
+        app.run(main)
+    except SystemExit as e:
+        if e.code == 1 and any(a in ("--help", "-h", "--helpshort") for a in sys.argv[1:]):
+            raise SystemExit(0) from None
+        raise
+
+
 def run() -> None:
     """Console script `mars-train` (same flags as `python -m mars_jax.train`)."""
     n = _early_num_devices(sys.argv)
     if n:  # before any JAX backend starts
         _set_host_device_count(n)
     _resolve_config_path(sys.argv)
-    app.run(main)
+    _run_app()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _run_app()

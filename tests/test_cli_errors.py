@@ -1,0 +1,93 @@
+"""Every command answers `--help`, and answers a mistake in one line (`error: ...`, exit
+status 2, no traceback) before it loads a model or writes a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mars_jax.demo import shards as demo_shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ["generate", "caption", "cascade", "export", "convert", "data.verify", "train"]
+
+
+def _run(args: list[str], cwd: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    env.pop("MARS_TRACEBACK", None)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, tmp_path):
+    result = _run([f"mars_jax.{command}", "--help"], str(tmp_path))
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert "usage:" in result.stdout.lower()
+    if command != "train":  # absl prints its own usage line
+        assert f"python -m mars_jax.{command}" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A run directory with its config and run_info but no checkpoint: enough for every
+    check that comes before loading weights."""
+    root = tmp_path_factory.mktemp("fake_run")
+    (root / "config.json").write_text(json.dumps({"stage": 2, "sample": {}}))
+    info = {"stage": 2, "grids": [[8, 8]], "sr_sizes": [], "vq_dir": demo_shards.demo_vq_dir()}
+    (root / "run_info.json").write_text(json.dumps(info))
+    return str(root)
+
+
+MISTAKES = [
+    (["generate"], "required"),
+    (["generate", "--checkpoint=/nope", "--out=OUT", "--prompt=a"], "--checkpoint=/nope: no such"),
+    (["generate", "--checkpoint=RUN", "--out=OUT"], "no prompt"),
+    (
+        ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--resolution=abc"],
+        "WIDTHxHEIGHT",
+    ),
+    (
+        ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--resolution=640x640"],
+        "not one the model trained on",
+    ),
+    (
+        ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--temperature=-1"],
+        "temperature",
+    ),
+    (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--bogus"], "unrecognized"),
+    (
+        ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--sr-from=x.png"],
+        "not a stage-III model",
+    ),
+    (["generate", "--checkpoint=TMP", "--out=OUT", "--prompt=a"], "not a training run"),
+    (["caption", "--checkpoint=RUN", "--image=/nope.png"], "--image=/nope.png: no such"),
+    (["cascade", "--base=RUN", "--sr=/nope", "--prompt=a", "--out=OUT"], "--sr=/nope: no such"),
+    (["cascade", "--base=RUN", "--sr=RUN", "--prompt=a", "--out=OUT"], "--sr=RUN: not a stage-III"),
+    (["export", "--checkpoint=/nope", "--out=OUT"], "--checkpoint=/nope: no such"),
+    (["convert", "--hf=/nope", "--out=OUT"], "--hf=/nope: no such directory"),
+    (["data.verify", "/nope"], "/nope: no such directory"),
+]
+
+
+@pytest.mark.parametrize("args, message", MISTAKES, ids=[" ".join(a[:3]) for a, _ in MISTAKES])
+def test_a_mistake_is_one_line(args, message, fake_run, tmp_path):
+    fill = {"RUN": fake_run, "OUT": str(tmp_path / "out"), "TMP": str(tmp_path)}
+    argv = [f"mars_jax.{args[0]}"]
+    for arg in args[1:]:
+        for key, value in fill.items():
+            arg = arg.replace(f"={key}", f"={value}")
+        argv.append(arg)
+    message = message.replace("RUN", fake_run)
+    result = _run(argv, str(tmp_path))
+    assert result.returncode == 2, (result.stdout[-500:], result.stderr[-1500:])
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,9 @@ import jax
 from PIL import Image
 from test_train_loop import tiny_config
 
-from mars_jax.train_lib import loop
+from mars_jax.model.config import ModelConfig
+from mars_jax.text.tokenizer import load_tokenizer
+from mars_jax.train_lib import loop, preview
 from mars_jax.vq import checkpoint as vq_checkpoint
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.config import VQConfig
@@ -39,3 +41,15 @@ def test_no_prompts_no_samples(tmp_path):
     c.train.num_steps = 1
     loop.run(c, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "samples")
+
+
+def test_stage2_preview_prompts_carry_the_resolution(tmp_path):
+    vq_cfg = VQConfig.tiny(codebook_size=16)
+    vq_checkpoint.save_vq(str(tmp_path / "vq"), vq_cfg, vq_model.init(vq_cfg, jax.random.key(0)))
+    c = tiny_config()  # stage II
+    c.sample.every_steps = 1
+    c.sample.prompts = ["a red circle"]
+    c.sample.vq = str(tmp_path / "vq")
+    p = preview.Previewer(c, ModelConfig.from_dict(c.model))
+    side = vq_cfg.resolution
+    assert p.ids == [load_tokenizer().encode(f"{side}x{side} a red circle")]

@@ -19,6 +19,7 @@ import ml_collections
 from mars_jax import outputs
 from mars_jax.data import manifest as manifest_lib
 from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import options, t2i
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.vq import images as vq_images
@@ -52,8 +53,10 @@ class Previewer:
         if self.enabled:
             self.vq_cfg, self.vq_params, self.grid = _vq_and_grid(config)
             self.enabled = self.vq_cfg is not None
-        if self.enabled:
-            self.ids = [load_tokenizer().encode(p) for p in self.prompts]
+        if self.enabled:  # the prompts as the stage trains on them (stage II/III: resolution)
+            factor = self.vq_cfg.downsample_factor
+            texts = images_lib.prompt_texts(self.prompts, self.grid, factor, config.stage >= 2)
+            self.ids = [load_tokenizer().encode(p) for p in texts]
             self.scfg = dataclasses.replace(self.scfg, codebook_size=self.vq_cfg.codebook_size)
 
     def due(self, step: int, last_step: int) -> bool:

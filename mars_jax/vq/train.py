@@ -16,7 +16,6 @@ one device.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -30,6 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from mars_jax import cli
 from mars_jax.vq import checkpoint, discriminator, images, losses, model
 from mars_jax.vq.config import VQConfig
 
@@ -294,10 +294,11 @@ def train_vq(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser("vq.train", __doc__)
     p.add_argument("--images", required=True, help="folder of images or a .jsonl with paths")
     p.add_argument("--out", required=True, help="output directory (checkpoint, log, grid)")
-    p.add_argument("--config", default="demo", help="demo | paper | a JSON file of VQConfig fields")
+    p.add_argument("--preset", default="demo", choices=("demo", "paper"), help="VQConfig preset")
+    p.add_argument("--config", default=None, help="a JSON file of VQConfig fields (not --preset)")
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--init", default=None, help="VQ checkpoint directory to fine-tune")
     d = TrainOptions()
@@ -315,22 +316,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disc_channels", type=int, default=d.disc_channels)
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args(argv)
-
-    if args.init:
-        cfg, params = checkpoint.load_vq(args.init)
-    elif args.config.endswith(".json"):
-        with open(args.config) as f:
-            cfg, params = VQConfig.from_dict(json.load(f), source=args.config), None
-    else:
-        cfg, params = VQConfig.preset(args.config), None
+    with cli.one_line_errors():
+        if args.steps < 1:
+            raise cli.UsageError(f"--steps={args.steps}: must be >= 1")
+        if not os.path.exists(args.images):
+            raise cli.UsageError(f"--images={args.images}: no such file or folder")
+        if args.init:
+            cfg, params = checkpoint.load_vq(args.init)
+        elif args.config:
+            if not os.path.isfile(args.config):
+                raise cli.UsageError(f"--config={args.config}: no such file")
+            with open(args.config) as f:
+                cfg, params = VQConfig.from_dict(json.load(f), source=args.config), None
+        else:
+            cfg, params = VQConfig.preset(args.preset), None
     paths = images.list_image_files(args.images)
     data, skipped = images.load_images(paths, cfg.resolution)
     for path, reason in skipped:
         print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
     print(f"{len(data)} images loaded from {args.images}, {len(skipped)} skipped")
     if len(data) == 0:
-        print("error: no readable images", file=sys.stderr)
-        return 1
+        cli.fail(f"--images={args.images}: no readable images")
     options = TrainOptions(
         batch_size=args.batch_size,
         learning_rate=args.lr,

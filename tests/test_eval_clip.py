@@ -1,0 +1,131 @@
+"""JAX CLIP vs ``transformers.CLIPModel`` / ``CLIPTokenizer`` on a tiny random config.
+
+The HF model is saved with ``save_pretrained`` to a temporary folder (plus a tiny BPE
+vocabulary) and loaded through ``mars_jax.eval.clip.load_clip``; nothing is downloaded.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from mars_jax.eval import clip, fid  # noqa: E402
+
+CAPTIONS = [
+    "a red circle on the left",
+    "Two  BLUE squares &amp; a triangle!",
+    "the cat's hat, 42 times",
+    "café 猫",
+    "the the the the the the the the the the the the the the the the the the the the",
+]
+WORDS = ["the</w>", "a</w>", "red</w>", "circle</w>", "on</w>", "left</w>", "blue</w>", "cat</w>"]
+
+
+def write_tiny_bpe(folder):
+    """A byte-level BPE vocabulary: every byte (alone and word-final) and a few merges."""
+    byte_chars = list(clip._bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    merges = []
+    for word in WORDS:  # merge left to right: t h → th, th e</w> → the</w>
+        chars = [*word[: -len("</w>") - 1], word[-len("</w>") - 1] + "</w>"]
+        cur = chars[0]
+        for nxt in chars[1:]:
+            merges.append((cur, nxt))
+            cur = cur + nxt
+            if cur not in vocab:
+                vocab.append(cur)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    with open(folder / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(folder / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in dict.fromkeys(merges)))
+    return len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    vocab_size = write_tiny_bpe(folder)
+    hf_tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=16,
+            eos_token_id=hf_tok.eos_token_id, bos_token_id=hf_tok.bos_token_id, pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=40, intermediate_size=56, num_hidden_layers=2, num_attention_heads=5,
+            image_size=32, patch_size=8,
+        ),
+        projection_dim=24,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorms and biases
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "layrnorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return folder, model, hf_tok
+
+
+def test_tokenizer_matches_hf(tiny):
+    folder, _, hf_tok = tiny
+    ours = clip.ClipTokenizer.from_folder(str(folder))
+    for caption in CAPTIONS:
+        want = hf_tok(caption)["input_ids"]
+        assert [ours.bos_id, *ours.encode(caption), ours.eos_id] == want, caption
+    assert ours.encode("the cat")[:1] == [ours.encoder["the</w>"]]  # merges are applied
+    ids = ours(CAPTIONS, 16)
+    assert ids.shape == (5, 16) and ids[4, -1] == ours.eos_id  # truncated, end kept
+
+
+def test_embeddings_match_hf_clip_model(tiny):
+    folder, model, _ = tiny
+    ours = clip.load_clip(str(folder), batch_size=2)
+    assert ours.cfg.image_size == 32 and ours.cfg.vision.heads == 5
+    pixels = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    ids = ours.tokenizer(CAPTIONS, ours.cfg.context_length)
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.from_numpy(ids).long(),
+            pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
+        )
+        vis = model.vision_model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        txt = model.text_model(input_ids=torch.from_numpy(ids).long())
+        want_img = model.visual_projection(vis.pooler_output).numpy()
+        want_txt = model.text_projection(txt.pooler_output).numpy()
+    got_img = np.asarray(clip.image_embeddings(ours.params, pixels, ours.cfg))
+    got_txt = np.asarray(clip.text_embeddings(ours.params, ids, ours.cfg))
+    assert np.abs(want_img).max() > 0.1 and np.abs(want_txt).max() > 0.1
+    np.testing.assert_allclose(got_img, want_img, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got_txt, want_txt, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        got_img / np.linalg.norm(got_img, axis=1, keepdims=True), out.image_embeds, atol=1e-4
+    )
+    # The batched feature path (padding the last batch) gives the same text rows.
+    np.testing.assert_allclose(ours.text_features(CAPTIONS), want_txt, atol=1e-4, rtol=0)
+    # CLIP score from our features == 100 * clipped cosine from HF's normalized embeddings.
+    cos = (out.image_embeds[:3] * out.text_embeds[:3]).sum(-1).numpy()
+    want_score = 100 * np.maximum(cos, 0).mean()
+    assert fid.clip_score(got_img, got_txt[:3]) == pytest.approx(want_score, abs=1e-3)
+
+
+def test_pytorch_bin_folder_and_errors(tiny, tmp_path):
+    folder, model, _ = tiny
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    state = model.state_dict()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    ours = clip.load_clip(str(tmp_path))
+    ref = clip.load_clip(str(folder))
+    np.testing.assert_array_equal(ours.params["text"]["proj_DxE"], ref.params["text"]["proj_DxE"])
+    del state["vision_model.encoder.layers.1.mlp.fc2.bias"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(KeyError, match=r"vision_model\.encoder\.layers\.1\.mlp\.fc2\.bias"):
+        clip.load_clip(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="CLIP folder not found"):
+        clip.load_clip(str(tmp_path / "nope"))

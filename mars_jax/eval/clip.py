@@ -362,6 +362,29 @@ def hf_config_dict(cfg: ClipConfig) -> dict:
     }  # fmt: skip
 
 
+def write_byte_vocab(folder: str) -> int:
+    """A merge-free byte-level BPE vocabulary (``vocab.json``, ``merges.txt``) in ``folder``:
+    every byte alone and word-final, and the two special tokens. Returns its size."""
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(tokens)}, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return len(tokens)
+
+
+def write_random_folder(folder: str, cfg: ClipConfig, seed: int = 0) -> None:
+    """A loadable HF-style CLIP folder of random weights (tests and benchmarks only)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hf_config_dict(cfg), f, indent=1)
+    save_file(random_state_dict(cfg, seed), os.path.join(folder, "model.safetensors"))
+
+
 # ---------------------------------------------------------------------------------------
 # Forward.
 
@@ -481,8 +504,10 @@ class ClipModel:
         from mars_jax.eval.inception import batched
 
         out = []
-        for chunk, n in batched(images_NxHxWx3, self.batch_size):
+        for start in range(0, len(images_NxHxWx3), self.batch_size):
+            chunk = images_NxHxWx3[start : start + self.batch_size]
             pixels = preprocess_images(chunk, self.cfg.image_size, self.mean, self.std)
+            (pixels, n), *_ = batched(pixels, self.batch_size)
             out.append(np.asarray(image_embeddings(self.params, pixels, self.cfg))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -416,6 +416,25 @@ def batched(images: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, i
         yield chunk, n
 
 
+def resize_host(image_HxWx3: np.ndarray, size: int = RESIZE) -> np.ndarray:
+    """One uint8 RGB image → float32 [size, size, 3] in [0, 1], pytorch-fid's bilinear
+    resize on the host (images of any size can then share one compiled batch shape)."""
+    x = np.asarray(image_HxWx3, np.float32) / 255.0
+    h, w = x.shape[:2]
+    if (h, w) != (size, size):
+        mh = resize_matrix(size, h).astype(np.float32)
+        mw = resize_matrix(size, w).astype(np.float32)
+        x = np.einsum("oh,hwc->owc", mh, x)
+        x = np.einsum("pw,owc->opc", mw, x)
+    return x
+
+
+@jax.jit
+def pool3_from_unit(params: dict, x_NxHxWx3: jax.Array) -> jax.Array:
+    """Resized [0, 1] images → pool3 features [N, 2048]."""
+    return pool3_from_normalized(params, 2.0 * x_NxHxWx3 - 1.0)
+
+
 class InceptionFeatures:
     """``image_features`` of the FID Inception (the ``FeatureExtractor`` image half)."""
 
@@ -424,8 +443,11 @@ class InceptionFeatures:
     def __init__(self, params: dict, batch_size: int = 50, name: str = "inception"):
         self.params, self.batch_size, self.name = params, batch_size, name
 
-    def image_features(self, images_NxHxWx3: np.ndarray) -> np.ndarray:
+    def image_features(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """uint8 RGB images (a batch array, or a list of any sizes) → [N, 2048]."""
         out = []
-        for chunk, n in batched(images_NxHxWx3, self.batch_size):
-            out.append(np.asarray(pool3_features(self.params, jnp.asarray(chunk)))[:n])
+        for start in range(0, len(images), self.batch_size):
+            x = np.stack([resize_host(im) for im in images[start : start + self.batch_size]])
+            (chunk, n), *_ = batched(x, self.batch_size)
+            out.append(np.asarray(pool3_from_unit(self.params, jnp.asarray(chunk)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -129,3 +129,17 @@ def test_pytorch_bin_folder_and_errors(tiny, tmp_path):
         clip.load_clip(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="CLIP folder not found"):
         clip.load_clip(str(tmp_path / "nope"))
+
+
+def test_image_preprocessing_matches_hf_pil_processor():
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    )
+    rng = np.random.default_rng(0)
+    for shape in [(300, 257, 3), (64, 96, 3), (224, 224, 3)]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        want = proc(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        got = clip.preprocess_images([image], 224)[0]
+        np.testing.assert_allclose(got, want, atol=1e-5)

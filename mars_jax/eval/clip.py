@@ -479,8 +479,8 @@ def preprocess_images(
     for i, image in enumerate(images_NxHxWx3):
         h, w = image.shape[:2]
         if (h, w) != (size, size):
-            s = size / min(h, w)
-            nh, nw = max(size, round(h * s)), max(size, round(w * s))
+            # transformers' shortest-edge rule: the long side is int(size * long / short)
+            nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
             im = Image.fromarray(np.asarray(image)).resize((nw, nh), Image.BICUBIC)
             top, left = (nh - size) // 2, (nw - size) // 2
             image = np.asarray(im)[top : top + size, left : left + size]

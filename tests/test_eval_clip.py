@@ -143,3 +143,77 @@ def test_image_preprocessing_matches_hf_pil_processor():
         want = proc(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         got = clip.preprocess_images([image], 224)[0]
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_openai_state_dict_names_and_bpe_file(tmp_path):
+    """OpenAI's layout (``clip.load``'s names, fused in_proj, [in, out] projections) and
+    its gzipped merges file load to the same embeddings as the HF model they were made of."""
+    import gzip
+
+    from safetensors.numpy import save_file
+
+    vocab_size = write_tiny_bpe(tmp_path)
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=128, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=12, eos_token_id=vocab_size - 1,
+            hidden_act="quick_gelu",
+        ),
+        vision_config=dict(
+            hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=16, patch_size=8, hidden_act="quick_gelu",
+        ),
+        projection_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    model = transformers.CLIPModel(config).eval()
+    hf = {k: v.numpy() for k, v in model.state_dict().items()}
+    oa = {
+        "visual.conv1.weight": hf["vision_model.embeddings.patch_embedding.weight"],
+        "visual.class_embedding": hf["vision_model.embeddings.class_embedding"],
+        "visual.positional_embedding": hf["vision_model.embeddings.position_embedding.weight"],
+        "visual.proj": hf["visual_projection.weight"].T,
+        "token_embedding.weight": hf["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": hf["text_model.embeddings.position_embedding.weight"],
+        "text_projection": hf["text_projection.weight"].T,
+        "logit_scale": hf["logit_scale"],
+        "input_resolution": np.array(16),
+    }
+    for ours, theirs in [("visual.ln_pre", "vision_model.pre_layrnorm"),
+                         ("visual.ln_post", "vision_model.post_layernorm"),
+                         ("ln_final", "text_model.final_layer_norm")]:  # fmt: skip
+        for k in ("weight", "bias"):
+            oa[f"{ours}.{k}"] = hf[f"{theirs}.{k}"]
+    for oa_tower, hf_tower in [
+        ("visual.transformer", "vision_model"),
+        ("transformer", "text_model"),
+    ]:
+        o, h = f"{oa_tower}.resblocks.0", f"{hf_tower}.encoder.layers.0"
+        for k in ("weight", "bias"):
+            oa[f"{o}.attn.in_proj_{k}"] = np.concatenate(
+                [hf[f"{h}.self_attn.{n}_proj.{k}"] for n in "qkv"]
+            )
+            for a, b in [("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                         ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"),
+                         ("mlp.c_proj", "mlp.fc2")]:  # fmt: skip
+                oa[f"{o}.{a}.{k}"] = hf[f"{h}.{b}.{k}"]
+    path = tmp_path / "ViT-tiny.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in oa.items()}, str(path))
+    merges = (tmp_path / "merges.txt").read_text().splitlines()
+    with gzip.open(tmp_path / clip.OPENAI_BPE, "wt", encoding="utf-8") as f:
+        f.write("\n".join(merges) + "\n")
+    ours = clip.load_clip(str(path))
+    assert ours.cfg.vision.heads == 2 and ours.cfg.eos_token_id == vocab_size - 1
+    ref = clip.ClipTokenizer.from_folder(str(tmp_path))
+    assert ours.tokenizer.encoder == ref.encoder and ours.tokenizer.ranks == ref.ranks
+    pixels = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    ids = ours.tokenizer(CAPTIONS[:3], 12)
+    with torch.no_grad():
+        vis = model.vision_model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        txt = model.text_model(input_ids=torch.from_numpy(ids).long())
+        want_img = model.visual_projection(vis.pooler_output).numpy()
+        want_txt = model.text_projection(txt.pooler_output).numpy()
+    got_img = np.asarray(clip.image_embeddings(ours.params, pixels, ours.cfg))
+    got_txt = np.asarray(clip.text_embeddings(ours.params, ids, ours.cfg))
+    np.testing.assert_allclose(got_img, want_img, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got_txt, want_txt, atol=1e-4, rtol=0)

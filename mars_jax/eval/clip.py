@@ -2,7 +2,9 @@
 
 Loads a Hugging Face ``openai/clip-vit-*`` folder (``config.json``, ``model.safetensors`` or
 ``pytorch_model.bin`` (the latter needs torch), ``vocab.json`` + ``merges.txt``,
-``preprocessor_config.json``): ``load_clip(folder)``. Any ViT shape works (B/32, B/16, L/14,
+``preprocessor_config.json``): ``load_clip(folder)``; or an OpenAI ``ViT-*.pt`` (TorchScript,
+needs torch; or its ``convert_weights`` output) with ``bpe_simple_vocab_16e6.txt.gz`` beside
+it: ``load_clip(file)``. Any ViT shape works (B/32, B/16, L/14,
 L/14-336); the shapes come from the weights, heads / activation / LayerNorm eps from
 ``config.json``. The network is HF's ``CLIPModel``: pre-LN transformer encoders, quick-GELU
 MLPs, the image embedding is the projected post-LN class token, the text embedding the
@@ -108,6 +110,22 @@ class ClipTokenizer:
         merges = [tuple(ln.split()) for ln in lines if ln and not ln.startswith("#version")]
         return cls(vocab, merges)
 
+    @classmethod
+    def from_openai_bpe(cls, path: str) -> ClipTokenizer:
+        """OpenAI's ``bpe_simple_vocab_16e6.txt.gz``: its first 48,894 merges; the vocabulary
+        is every byte, every byte word-final, each merge's result, then the two specials."""
+        import gzip
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"CLIP tokenizer: no {path}")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        merges = [tuple(ln.split()) for ln in lines[1 : 49152 - 256 - 2 + 1] if ln.strip()]
+        chars = list(_bytes_to_unicode().values())
+        tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+        tokens += ["<|startoftext|>", "<|endoftext|>"]
+        return cls({t: i for i, t in enumerate(tokens)}, merges)
+
     def _bpe(self, token: str) -> list[str]:
         if token in self.cache:
             return self.cache[token]
@@ -173,11 +191,78 @@ def read_hf_weights(folder: str) -> dict[str, np.ndarray]:
 
 
 def normalize_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop HF's ``position_ids`` buffers and a ``module.`` prefix."""
+    """HF names: drop ``position_ids`` buffers and a ``module.`` prefix; OpenAI names
+    (``visual.conv1.weight``, ...) are renamed (``openai_to_hf``)."""
+    state = {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+    if "visual.conv1.weight" in state:
+        return openai_to_hf(state)
+    return {k: v for k, v in state.items() if not k.endswith("position_ids")}
+
+
+_OPENAI_BLOCK = {
+    "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+}  # fmt: skip
+
+
+def openai_to_hf(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An OpenAI CLIP state dict (``clip.load``'s model, or its TorchScript ``.pt``) → HF
+    ``CLIPModel`` names: fused ``in_proj`` split into q/k/v, projections transposed to
+    [out, in]. The ``.pt``'s ``input_resolution`` / ``context_length`` / ``vocab_size``
+    entries are dropped."""
+    out = {}
+    towers = (("visual.transformer.resblocks.", "vision_model"), ("transformer.resblocks.", "text_model"))  # fmt: skip
+    for key, value in state.items():
+        for src, dst in towers:
+            if key.startswith(src):
+                i, rest = key[len(src) :].split(".", 1)
+                base = f"{dst}.encoder.layers.{i}"
+                if rest.startswith("attn.in_proj_"):
+                    kind = rest.rsplit("_", 1)[1]  # weight | bias
+                    for name, part in zip("qkv", np.split(value, 3, axis=0), strict=True):
+                        out[f"{base}.self_attn.{name}_proj.{kind}"] = part
+                else:
+                    module, kind = rest.rsplit(".", 1)
+                    if module not in _OPENAI_BLOCK:
+                        raise KeyError(f"CLIP weights: unexpected tensor {key!r}")
+                    out[f"{base}.{_OPENAI_BLOCK[module]}.{kind}"] = value
+                break
+        else:
+            simple = {
+                "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+                "visual.class_embedding": "vision_model.embeddings.class_embedding",
+                "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+                "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+                "positional_embedding": "text_model.embeddings.position_embedding.weight",
+                "logit_scale": "logit_scale",
+            }
+            lns = {"visual.ln_pre": "vision_model.pre_layrnorm", "visual.ln_post": "vision_model.post_layernorm", "ln_final": "text_model.final_layer_norm"}  # fmt: skip
+            if key in simple:
+                out[simple[key]] = value
+            elif key == "visual.proj":
+                out["visual_projection.weight"] = value.T
+            elif key == "text_projection":
+                out["text_projection.weight"] = value.T
+            elif key.rsplit(".", 1)[0] in lns:
+                out[f"{lns[key.rsplit('.', 1)[0]]}.{key.rsplit('.', 1)[1]}"] = value
+            elif key in ("input_resolution", "context_length", "vocab_size"):
+                continue
+            else:
+                raise KeyError(f"CLIP weights: unexpected tensor {key!r}")
+    return out
+
+
+def openai_hf_config(state_hf: dict[str, np.ndarray]) -> dict:
+    """OpenAI's fixed choices as a ``config.json``: 64-wide heads, quick GELU, eps 1e-5,
+    end token = the last id."""
+    vw = state_hf["vision_model.embeddings.patch_embedding.weight"].shape[0]
+    tok = state_hf["text_model.embeddings.token_embedding.weight"]
     return {
-        k.removeprefix("module."): np.asarray(v)
-        for k, v in state.items()
-        if not k.endswith("position_ids")
+        "vision_config": {"num_attention_heads": vw // 64},
+        "text_config": {
+            "num_attention_heads": tok.shape[1] // 64,
+            "eos_token_id": tok.shape[0] - 1,
+        },
     }
 
 
@@ -525,8 +610,31 @@ class ClipModel:
         return np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
 
 
+OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def load_openai_clip(path: str, batch_size: int = 32) -> ClipModel:
+    """An OpenAI CLIP file: the TorchScript ``.pt`` of ``clip.load`` (needs torch) or its
+    conversion to ``.safetensors`` / ``.npz``, with OpenAI's ``bpe_simple_vocab_16e6.txt.gz``
+    beside it."""
+    from mars_jax.eval import convert_weights, inception
+
+    if path.endswith((".pt", ".pth", ".bin")):
+        state = convert_weights.read_torch(path)
+    else:
+        state = inception.load_state_dict_file(path)
+    state = normalize_state_dict(state)
+    cfg = config_from_state_dict(state, openai_hf_config(state))
+    tokenizer = ClipTokenizer.from_openai_bpe(os.path.join(os.path.dirname(path), OPENAI_BPE))
+    name = os.path.splitext(os.path.basename(path))[0]
+    return ClipModel(cfg, params_from_state_dict(state, cfg), tokenizer, batch_size=batch_size, name=name)  # fmt: skip
+
+
 def load_clip(folder: str, batch_size: int = 32) -> ClipModel:
-    """A Hugging Face CLIP folder (see the module docstring) → ``ClipModel``."""
+    """A Hugging Face CLIP folder (see the module docstring), or an OpenAI CLIP file
+    (``load_openai_clip``) → ``ClipModel``."""
+    if os.path.isfile(folder):
+        return load_openai_clip(folder, batch_size)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"CLIP folder not found: {folder}")
     hf = _hf_config(folder)

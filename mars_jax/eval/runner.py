@@ -41,7 +41,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default=None, help="fid/clipscore: folder of images (or shards)")
     p.add_argument("--reference", default=None, help="fid/coco: image folder or stats .npz")
     p.add_argument("--inception", default=None, help="pt_inception-2015-12-05 .pth/.npz")
-    p.add_argument("--clip", default=None, help="Hugging Face CLIP folder")
+    p.add_argument("--clip", default=None, help="Hugging Face CLIP folder or OpenAI ViT-*.pt")
     p.add_argument("--captions", default=None, help="clipscore: .jsonl; coco: captions json")
     p.add_argument("--num", type=int, default=30000, help="coco: number of captions/images")
     p.add_argument("--caption_seed", type=int, default=0, help="coco: caption draw seed")
@@ -66,7 +66,11 @@ def _check_weights(args: argparse.Namespace, inception: bool, clip: bool) -> Non
             f"--inception={args.inception}: expected a .pth, .npz or .safetensors file",
         )
     if clip:
-        _need(args.clip, "--clip=<Hugging Face CLIP folder> is required")
+        _need(args.clip, "--clip=<Hugging Face CLIP folder or OpenAI ViT-*.pt> is required")
+        if os.path.isfile(args.clip):
+            bpe = os.path.join(os.path.dirname(args.clip), "bpe_simple_vocab_16e6.txt.gz")
+            _need(os.path.isfile(bpe), f"--clip={args.clip}: no {bpe} beside it")
+            return
         _need(os.path.isdir(args.clip), f"--clip={args.clip}: no such folder")
         for name in ("config.json", "vocab.json", "merges.txt"):
             _need(os.path.isfile(os.path.join(args.clip, name)), f"--clip={args.clip}: no {name}")
@@ -134,6 +138,8 @@ def file_sha256(path: str) -> str:
 
 
 def _clip_weights_file(folder: str) -> str:
+    if os.path.isfile(folder):
+        return folder
     for name in ("model.safetensors", "model.npz", "pytorch_model.bin"):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)

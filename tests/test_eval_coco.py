@@ -90,6 +90,9 @@ def test_coco_bench_kill_and_resume(assets, tmp_path, monkeypatch, tiny_inceptio
     shards = sorted(os.listdir(out / "images"))
     assert shards == ["shard_00000.npz", "shard_00001.npz"]  # whole shards only, no temp file
     assert [seed for _, seed in calls] == [5, 9]
+    # A kill inside a shard's write leaves only its temporary file: never read as a shard.
+    (out / "images" / "shard_00002.npz.partial").write_bytes(b"half a shard")
+    assert len(fid_stats.list_shards(str(out / "images"))) == 2
 
     calls.clear()
     monkeypatch.setattr(runner, "make_producer", lambda args, scfg: (good, {"step": 0}))
@@ -99,6 +102,7 @@ def test_coco_bench_kill_and_resume(assets, tmp_path, monkeypatch, tiny_inceptio
     assert lines[-1].startswith("fid=") and " clip_score=" in lines[-1]
     report = json.loads((out / "report.json").read_text())
     assert report["num_images"] == 10 and report["image_size_hw"] == [64, 64]
+    assert report["run"] == {"step": 0}
     assert np.isfinite(report["fid"]) and 0 <= report["clip_score"] <= 100
     assert report["settings"]["caption_seed"] == 0 and report["settings"]["sampling_seed"] == 5
     assert set(report["settings"]["sampling"]) == {"cfg_scale", "temperature", "top_k", "top_p"}

@@ -155,17 +155,21 @@ def generate_shards(
                     f"[{len(chunk)}, H, W, 3]"
                 )
             path = shard_path(out_dir, k)
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, images=images, index=np.arange(start, start + len(chunk)))
+            tmp = path + ".partial"  # not a shard name: a kill mid-write leaves no shard
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, index=np.arange(start, start + len(chunk)))
             os.replace(tmp, path)
             bar.update(len(chunk))
     return len(todo)
 
 
-def read_shard_images(out_dir: str) -> np.ndarray:
-    """All generated images in row order."""
-    parts = []
+def iter_shards(out_dir: str):
+    """(row indices, uint8 images) of each generated shard, in row order."""
     for path in fid_stats.list_shards(os.path.join(out_dir, IMAGES_DIR)):
         with np.load(path) as f:
-            parts.append(f["images"])
-    return np.concatenate(parts)
+            yield f["index"], f["images"]
+
+
+def read_shard_images(out_dir: str) -> np.ndarray:
+    """All generated images in row order (small runs; the bench streams ``iter_shards``)."""
+    return np.concatenate([images for _, images in iter_shards(out_dir)])

@@ -31,6 +31,7 @@ import numpy as np
 from mars_jax.eval import coco, fid, fid_stats
 
 REPORT_FILE = "report.json"
+RUN_FILE = "run.json"  # the sampler's step and settings, written when generation starts
 
 
 class UsageError(ValueError):
@@ -215,18 +216,18 @@ def run_fid(args, log: Callable[[str], None] = print) -> dict[str, Any]:
     return {"fid": value, "network": info}
 
 
-def clip_score_of(
-    model, images: Sequence[np.ndarray], captions: Sequence[str], progress: bool
-) -> float:
+def clip_score_of(model, image_chunks, captions: Sequence[str], progress: bool) -> float:
+    """CLIP score of images (an iterable of chunks, in caption order) and their captions."""
     from tqdm import tqdm
 
     feats = []
-    step = 256
-    with tqdm(total=len(images), desc="clip", unit="img", disable=not progress) as bar:
-        for start in range(0, len(images), step):
-            feats.append(model.image_features(images[start : start + step]))
-            bar.update(min(step, len(images) - start))
+    with tqdm(total=len(captions), desc="clip", unit="img", disable=not progress) as bar:
+        for chunk in image_chunks:
+            feats.append(model.image_features(list(chunk)))
+            bar.update(len(chunk))
     img = np.concatenate(feats)
+    if len(img) != len(captions):
+        raise ValueError(f"{len(img)} images for {len(captions)} captions")
     return fid.clip_score(img, model.text_features(list(captions)))
 
 
@@ -240,8 +241,11 @@ def run_clipscore(args, log: Callable[[str], None] = print) -> dict[str, Any]:
         if not os.path.isfile(path):
             raise UsageError(f"--captions={args.captions}: image {r['image']} not in {args.images}")
     model, info = load_clip(args.clip, args.feature_batch)
-    images = [fid_stats.read_image(os.path.join(args.images, r["image"])) for r in rows]
-    score = clip_score_of(model, images, [r["caption"] for r in rows], _progress(args))
+    files = [os.path.join(args.images, r["image"]) for r in rows]
+    chunks = (
+        [fid_stats.read_image(p) for p in files[i : i + 64]] for i in range(0, len(files), 64)
+    )
+    score = clip_score_of(model, chunks, [r["caption"] for r in rows], _progress(args))
     log(f"network: {info['name']}")
     log(f"clip_score={score:.4f}")
     return {"clip_score": score, "network": info}
@@ -292,11 +296,16 @@ def run_coco(args, scfg_kwargs: dict[str, Any], log: Callable[[str], None] = pri
     if todo:
         log(f"generating {len(todo)} of {-(-args.num // args.shard_size)} shards into {args.out}")
         produce, run_info = make_producer(args, scfg_kwargs)
+        with open(os.path.join(args.out, RUN_FILE), "w") as f:
+            json.dump(run_info, f, indent=1)
         coco.generate_shards(
             captions, produce, args.out, args.seed, args.shard_size, _progress(args)
         )
     else:
         log(f"all {args.num} images already in {args.out}; scoring")
+    if not run_info and os.path.exists(os.path.join(args.out, RUN_FILE)):
+        with open(os.path.join(args.out, RUN_FILE)) as f:
+            run_info = json.load(f)
     t_gen = time.time() - t0
     images_dir = os.path.join(args.out, coco.IMAGES_DIR)
     inception_model, inception_info = load_inception(args.inception, args.feature_batch)
@@ -305,13 +314,14 @@ def run_coco(args, scfg_kwargs: dict[str, Any], log: Callable[[str], None] = pri
     (mu2, s2), ref_info = _reference_stats(args, inception_model, args.out, inception_info)
     fid_value = fid_stats.frechet_distance(mu1, s1, mu2, s2)
     clip_model, clip_info = load_clip(args.clip, args.feature_batch)
-    generated = coco.read_shard_images(args.out)
-    score = clip_score_of(clip_model, list(generated), captions, _progress(args))
+    chunks = (images for _, images in coco.iter_shards(args.out))
+    score = clip_score_of(clip_model, chunks, captions, _progress(args))
+    _, first = next(coco.iter_shards(args.out))
     report = {
         "fid": fid_value,
         "clip_score": score,
-        "num_images": int(len(generated)),
-        "image_size_hw": list(generated.shape[1:3]),
+        "num_images": args.num,
+        "image_size_hw": list(first.shape[1:3]),
         "settings": {k: v for k, v in plan.items() if k != "rows"},
         "run": run_info,
         "reference": {"source": os.path.abspath(args.reference), **ref_info},

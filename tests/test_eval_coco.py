@@ -3,12 +3,15 @@
 ``--bench=coco`` runs on a COCO-format captions file made from demo scenes, a reference
 folder of their renderings, a tiny random FID Inception (the real topology, narrow) and a
 tiny random CLIP folder; the sampler is replaced by a producer that renders the captioned
-scene (the ``ImageProducer`` seam), so no model is trained. Generation is interrupted after
+scene (the ``ImageProducer`` seam), so no model is trained. Generation is SIGKILLed after
 two shards and resumed: only the missing shard is made, with the seed it would have had.
 """
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,27 +77,48 @@ def coco_argv(assets, out, num=10):
     ]  # fmt: skip
 
 
+# The evaluator in a subprocess whose producer SIGKILLs the process on its third shard.
+_KILLED_RUN = """
+import os, signal, sys
+import numpy as np
+from mars_jax import evaluate
+from mars_jax.eval import runner
+
+specs = {p["caption"]: p["spec"] for p in evaluate.load_eval_prompts(None, 12, 3)}
+seeds = []
+
+def produce(captions, seed):
+    if len(seeds) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    seeds.append(seed)
+    print("seed", seed, flush=True)
+    return np.stack([evaluate.shapes.render(specs[c]) for c in captions])
+
+runner.make_producer = lambda args, scfg: (produce, {})
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
+
+
 def test_coco_bench_kill_and_resume(assets, tmp_path, monkeypatch, tiny_inception, capsys):
     out = tmp_path / "eval"
-    calls = []
-    good = render_producer(calls)
-
-    def dies_on_third_shard(captions, seed):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return good(captions, seed)
-
-    monkeypatch.setattr(runner, "make_producer", lambda args, scfg: (dies_on_third_shard, {}))
-    with pytest.raises(KeyboardInterrupt):
-        evaluate.main(coco_argv(assets, out))
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, *coco_argv(assets, out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [ln for ln in killed.stdout.splitlines() if ln.startswith("seed")] == [
+        "seed 5",
+        "seed 9",
+    ]
+    assert "generating 3 of 3 shards" in killed.stdout
     shards = sorted(os.listdir(out / "images"))
-    assert shards == ["shard_00000.npz", "shard_00001.npz"]  # whole shards only, no temp file
-    assert [seed for _, seed in calls] == [5, 9]
+    assert shards == ["shard_00000.npz", "shard_00001.npz"]  # whole shards only
     # A kill inside a shard's write leaves only its temporary file: never read as a shard.
     (out / "images" / "shard_00002.npz.partial").write_bytes(b"half a shard")
     assert len(fid_stats.list_shards(str(out / "images"))) == 2
 
-    calls.clear()
+    calls = []
+    good = render_producer(calls)
     monkeypatch.setattr(runner, "make_producer", lambda args, scfg: (good, {"step": 0}))
     assert evaluate.main(coco_argv(assets, out)) == 0
     assert [(len(c), seed) for c, seed in calls] == [(2, 13)]  # only the last shard (rows 8-9)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -253,7 +254,11 @@ def torch_state_dict(path: str) -> dict[str, np.ndarray]:
             f"{path}: reading a PyTorch .pth needs torch (pip install torch); or convert it "
             "once elsewhere: python -m mars_jax.eval.convert_weights <kind> in.pth out.npz"
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # a TorchScript archive is dispatched to torch.jit.load
+        warnings.simplefilter("ignore", UserWarning)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if hasattr(state, "state_dict"):  # a TorchScript module (OpenAI's CLIP .pt)
+        state = state.state_dict()
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -125,8 +126,9 @@ def iter_images(folder: str, chunk: int = 64) -> Iterator[list[np.ndarray]]:
     files = list_images(folder)
     if not files:
         raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) or shards")
-    for start in range(0, len(files), chunk):
-        yield [read_image(p) for p in files[start : start + chunk]]
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), chunk):  # decoding releases the GIL
+            yield list(pool.map(read_image, files[start : start + chunk]))
 
 
 def folder_features(

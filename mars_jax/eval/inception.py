@@ -25,6 +25,7 @@ import functools
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -448,12 +449,14 @@ class InceptionFeatures:
 
     def __init__(self, params: dict, batch_size: int = 50, name: str = "inception"):
         self.params, self.batch_size, self.name = params, batch_size, name
+        # Host resizes run in threads (BLAS matmuls release the GIL).
+        self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
 
     def image_features(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """uint8 RGB images (a batch array, or a list of any sizes) → [N, 2048]."""
         out = []
         for start in range(0, len(images), self.batch_size):
-            x = np.stack([resize_host(im) for im in images[start : start + self.batch_size]])
+            x = np.stack(list(self._pool.map(resize_host, images[start : start + self.batch_size])))
             (chunk, n), *_ = batched(x, self.batch_size)
             out.append(np.asarray(pool3_from_unit(self.params, jnp.asarray(chunk)))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

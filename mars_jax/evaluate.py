@@ -262,6 +262,23 @@ def evaluate_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
+    """``--bench=coco``'s generator: the run's sampler at ``--resolution`` → (producer, info)."""
+    import dataclasses
+
+    from mars_jax import generate, sampling
+
+    run = generate.load_run(args.checkpoint, args.vq)
+    scfg = sampling.SamplingConfig(**scfg_kwargs)
+
+    def produce(captions: Sequence[str], seed: int) -> np.ndarray:
+        return generate.generate_images(
+            run, list(captions), scfg, seed, args.resolution, args.batch_size
+        )
+
+    return produce, {"step": run.step, "sampling": dataclasses.asdict(scfg)}
+
+
 def _run_standard_bench(args: argparse.Namespace) -> int:
     """``fid`` on folders, ``clipscore``, ``coco`` (``mars_jax.eval.runner``)."""
     try:
@@ -273,7 +290,7 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
         else:
             sample_flags.fill_sampling_args(args, args.checkpoint)
             scfg = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")}
-            runner.run_coco(args, scfg)
+            runner.run_coco(args, scfg, lambda: coco_producer(args, scfg))
     except runner.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

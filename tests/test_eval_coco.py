@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from mars_jax import evaluate
-from mars_jax.eval import clip, coco, fid_stats, inception, runner
+from mars_jax.eval import clip, coco, fid_stats, inception
 
 SCENES = evaluate.load_eval_prompts(None, num_scenes=12, seed=3)
 BY_CAPTION = {p["caption"]: p["spec"] for p in SCENES}
@@ -82,7 +82,6 @@ _KILLED_RUN = """
 import os, signal, sys
 import numpy as np
 from mars_jax import evaluate
-from mars_jax.eval import runner
 
 specs = {p["caption"]: p["spec"] for p in evaluate.load_eval_prompts(None, 12, 3)}
 seeds = []
@@ -94,7 +93,7 @@ def produce(captions, seed):
     print("seed", seed, flush=True)
     return np.stack([evaluate.shapes.render(specs[c]) for c in captions])
 
-runner.make_producer = lambda args, scfg: (produce, {})
+evaluate.coco_producer = lambda args, scfg: (produce, {})
 sys.exit(evaluate.main(sys.argv[1:]))
 """
 
@@ -119,7 +118,7 @@ def test_coco_bench_kill_and_resume(assets, tmp_path, monkeypatch, tiny_inceptio
 
     calls = []
     good = render_producer(calls)
-    monkeypatch.setattr(runner, "make_producer", lambda args, scfg: (good, {"step": 0}))
+    monkeypatch.setattr(evaluate, "coco_producer", lambda args, scfg: (good, {"step": 0}))
     assert evaluate.main(coco_argv(assets, out)) == 0
     assert [(len(c), seed) for c, seed in calls] == [(2, 13)]  # only the last shard (rows 8-9)
     lines = capsys.readouterr().out.strip().splitlines()

@@ -263,16 +263,15 @@ def evaluate_sr(args: argparse.Namespace) -> int:
 
 
 def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
-    """``--bench=coco``'s generator: the run's sampler at ``--resolution`` → (producer, info)."""
+    """``--bench=coco``'s generator: ``sampler_producer``'s path at ``--resolution`` →
+    (producer, run info for the report)."""
     import dataclasses
 
-    from mars_jax import generate, sampling
-
-    run = generate.load_run(args.checkpoint, args.vq)
-    scfg = sampling.SamplingConfig(**scfg_kwargs)
+    run = runs.load_run(args.checkpoint, args.vq)
+    scfg = options.SamplingConfig(**scfg_kwargs)
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
-        return generate.generate_images(
+        return images_lib.generate_images(
             run, list(captions), scfg, seed, args.resolution, args.batch_size
         )
 

@@ -221,10 +221,10 @@ def test_openai_state_dict_names_and_bpe_file(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit
 def test_torchscript_archive_reads_as_a_state_dict(tmp_path):
-    from mars_jax.eval import convert_weights
+    from mars_jax.eval import weights
 
     module = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 3)))
     module.save(str(tmp_path / "m.pt"))
-    state = convert_weights.read_torch(str(tmp_path / "m.pt"))
+    state = weights.read_torch(str(tmp_path / "m.pt"))
     assert sorted(state) == ["0.bias", "0.weight"]
     np.testing.assert_array_equal(state["0.weight"], module.state_dict()["0.weight"].numpy())

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import regex
 
+from mars_jax.eval import weights
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -179,12 +181,10 @@ def _hf_config(folder: str) -> dict:
 
 def read_hf_weights(folder: str) -> dict[str, np.ndarray]:
     """``model.safetensors`` (or a converted ``.npz``), else ``pytorch_model.bin`` (torch)."""
-    from mars_jax.eval import inception
-
     for name in ("model.safetensors", "model.npz", "pytorch_model.bin"):
         path = os.path.join(folder, name)
         if os.path.exists(path):
-            return inception.load_state_dict_file(path)
+            return weights.load_state_dict_file(path)
     raise FileNotFoundError(
         f"CLIP folder {folder}: no model.safetensors, model.npz or pytorch_model.bin"
     )
@@ -617,12 +617,10 @@ def load_openai_clip(path: str, batch_size: int = 32) -> ClipModel:
     """An OpenAI CLIP file: the TorchScript ``.pt`` of ``clip.load`` (needs torch) or its
     conversion to ``.safetensors`` / ``.npz``, with OpenAI's ``bpe_simple_vocab_16e6.txt.gz``
     beside it."""
-    from mars_jax.eval import convert_weights, inception
-
     if path.endswith((".pt", ".pth", ".bin")):
-        state = convert_weights.read_torch(path)
+        state = weights.read_torch(path)
     else:
-        state = inception.load_state_dict_file(path)
+        state = weights.load_state_dict_file(path)
     state = normalize_state_dict(state)
     cfg = config_from_state_dict(state, openai_hf_config(state))
     tokenizer = ClipTokenizer.from_openai_bpe(os.path.join(os.path.dirname(path), OPENAI_BPE))

@@ -116,7 +116,7 @@ def shard_done(path: str, expected: int) -> bool:
     try:
         with np.load(path) as f:
             return len(f["index"]) == expected and len(f["images"]) == expected
-    except Exception:  # noqa: BLE001  (a damaged file is regenerated)
+    except Exception:  # a damaged file is regenerated
         return False
 
 

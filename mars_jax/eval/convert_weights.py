@@ -15,36 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
-
-def read_torch(path: str) -> dict[str, np.ndarray]:
-    """A ``.pth``/``.bin`` state dict or an OpenAI TorchScript ``.pt`` → numpy arrays."""
-    from mars_jax.eval import inception
-
-    try:
-        return inception.torch_state_dict(path)
-    except ImportError:
-        raise
-    except Exception as first:  # noqa: BLE001  (a TorchScript archive is not a pickle)
-        import torch
-
-        try:
-            module = torch.jit.load(path, map_location="cpu")
-        except Exception:  # noqa: BLE001
-            raise first from None
-        return {k: v.detach().float().numpy() for k, v in module.state_dict().items()}
-
-
-def write(state: dict[str, np.ndarray], path: str) -> None:
-    if path.endswith(".npz"):
-        np.savez(path, **state)
-    elif path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
-    else:
-        raise ValueError(f"{path}: output must end in .npz or .safetensors")
+from mars_jax.eval import weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.dst.endswith((".npz", ".safetensors")):
         p.error(f"{args.dst}: output must end in .npz or .safetensors")
-    state = read_torch(args.src)
+    state = weights.read_torch(args.src)
     if args.kind == "inception":
         from mars_jax.eval import inception
 
@@ -64,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         from mars_jax.eval import clip
 
         clip.config_from_state_dict(clip.normalize_state_dict(state))
-    write(state, args.dst)
+    weights.write(state, args.dst)
     print(f"wrote {len(state)} tensors to {args.dst}")
     return 0
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mars_jax.eval import weights
 
 RESIZE = 299
 FEATURE_DIM = 2048
@@ -172,7 +173,9 @@ def _reads_input(name: str) -> bool:
 
 
 def _block_width(block: str, out_ch: dict[str, int], cin: int) -> int:
-    o = lambda s: out_ch[f"{block}.{s}"]  # noqa: E731
+    def o(name: str) -> int:
+        return out_ch[f"{block}.{name}"]
+
     if block in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
         return o("branch1x1") + o("branch5x5_2") + o("branch3x3dbl_3") + o("branch_pool")
     if block == "Mixed_6a":
@@ -230,44 +233,9 @@ def params_from_state_dict(state: dict[str, np.ndarray]) -> dict[str, dict[str, 
     return params
 
 
-def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
-    """``.npz`` / ``.safetensors`` (no torch needed) or ``.pth`` / ``.pt`` (needs torch)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return load_file(path)
-    if path.endswith((".pth", ".pt", ".bin")):
-        return torch_state_dict(path)
-    raise ValueError(f"{path}: expected a .npz, .safetensors or .pth file")
-
-
-def torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A PyTorch state dict file as numpy arrays; torch is imported only here."""
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            f"{path}: reading a PyTorch .pth needs torch (pip install torch); or convert it "
-            "once elsewhere: python -m mars_jax.eval.convert_weights <kind> in.pth out.npz"
-        ) from None
-    with warnings.catch_warnings():  # a TorchScript archive is dispatched to torch.jit.load
-        warnings.simplefilter("ignore", UserWarning)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if hasattr(state, "state_dict"):  # a TorchScript module (OpenAI's CLIP .pt)
-        state = state.state_dict()
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
-
-
 def load_params(path: str) -> dict[str, dict[str, jax.Array]]:
-    """FID Inception params from a pytorch-fid weights file (see ``load_state_dict_file``)."""
-    return params_from_state_dict(load_state_dict_file(path))
+    """FID Inception params from a pytorch-fid weights file (see ``weights.load_state_dict_file``)."""
+    return params_from_state_dict(weights.load_state_dict_file(path))
 
 
 # ---------------------------------------------------------------------------------------

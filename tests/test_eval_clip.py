@@ -228,3 +228,17 @@ def test_torchscript_archive_reads_as_a_state_dict(tmp_path):
     state = weights.read_torch(str(tmp_path / "m.pt"))
     assert sorted(state) == ["0.bias", "0.weight"]
     np.testing.assert_array_equal(state["0.weight"], module.state_dict()["0.weight"].numpy())
+
+
+def test_config_reads_legacy_config_dict_keys():
+    cfg = clip.ClipConfig(
+        vision=clip.TowerConfig(128, 1, 2, 32), text=clip.TowerConfig(64, 1, 1, 32),
+        image_size=16, patch_size=8, context_length=8, vocab_size=20, embed_dim=8,
+        eos_token_id=19,
+    )  # fmt: skip
+    state = clip.random_state_dict(cfg)
+    hf = {"text_config": None, "vision_config_dict": {"num_attention_heads": 4}}
+    got = clip.config_from_state_dict(state, hf)
+    assert got.vision.heads == 4 and got.text.heads == 1  # width // 64 without a config value
+    assert got.vision.layers == 1 and got.image_size == 16 and got.eos_token_id == 19
+    assert clip.config_from_state_dict(state, clip.hf_config_dict(cfg)) == cfg

@@ -287,7 +287,9 @@ def _count_layers(state: dict[str, np.ndarray], prefix: str) -> int:
 def config_from_state_dict(state: dict[str, np.ndarray], hf: dict | None = None) -> ClipConfig:
     """Shapes from the weights; heads, activation, eps and end token from ``config.json``."""
     hf = hf or {}
-    vc, tc = hf.get("vision_config", {}), hf.get("text_config", {})
+    # Older HF CLIP configs also carry *_config_dict, which transformers lets override.
+    vc = {**(hf.get("vision_config") or {}), **(hf.get("vision_config_dict") or {})}
+    tc = {**(hf.get("text_config") or {}), **(hf.get("text_config_dict") or {})}
     patch = _get(state, "vision_model.embeddings.patch_embedding.weight")
     pos_v = _get(state, "vision_model.embeddings.position_embedding.weight")
     tok = _get(state, "text_model.embeddings.token_embedding.weight")

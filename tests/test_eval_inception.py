@@ -111,3 +111,10 @@ def test_loader_names_missing_and_mismatched_tensors(torch_model):
         inception.params_from_state_dict(bad)
     with pytest.raises(KeyError, match="unexpected tensor 'extra.weight'"):
         inception.params_from_state_dict({**state, "extra.weight": np.zeros(3)})
+
+
+def test_random_init_has_the_real_shapes():
+    params = inception.init_params(seed=0)
+    for name, cin, cout, (kh, kw), _, _ in inception.CONVS:
+        assert params[name]["w_HxWxIxO"].shape == (kh, kw, cin, cout), name
+    assert sum(p["w_HxWxIxO"].size for p in params.values()) > 21_000_000

@@ -56,7 +56,14 @@ def assets(tmp_path_factory):
         json.dump({"images": images, "annotations": annotations}, f, ensure_ascii=False)
     clip.write_random_folder(str(root / "clip"), TINY_CLIP, seed=1)
     clip.write_byte_vocab(str(root / "clip"))
-    (root / "inception.npz").write_bytes(b"stand-in; load_params is replaced")
+    # Zero weights of the real shapes: the file passes the pre-generation check; the
+    # forward uses the narrow random network of ``tiny_inception``.
+    state = {}
+    for name, cin, cout, (kh, kw), _, _ in inception.CONVS:
+        state[f"{name}.conv.weight"] = np.zeros((cout, cin, kh, kw), np.float32)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            state[f"{name}.bn.{k}"] = np.ones(cout, np.float32)
+    np.savez(root / "inception.npz", **state)
     (root / "run").mkdir()
     (root / "run" / "config.json").write_text("{}")
     return root
@@ -224,3 +231,20 @@ def test_clipscore_bench(assets, tmp_path, capsys):
     (tmp_path / "c.jsonl").write_text('{"image": "missing.png", "caption": "x"}\n')
     assert evaluate.main(argv) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_bad_weight_file_is_found_before_generation(assets, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    bad = tmp_path / "clip"
+    bad.mkdir()
+    for f in (assets / "clip").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    state = load_file(str(bad / "model.safetensors"))
+    del state["text_model.encoder.layers.1.mlp.fc1.bias"]
+    save_file(state, str(bad / "model.safetensors"))
+    argv = [a for a in coco_argv(assets, tmp_path / "out") if not a.startswith("--clip=")]
+    assert evaluate.main([*argv, f"--clip={bad}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "text_model.encoder.layers.1.mlp.fc1.bias" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -44,6 +44,7 @@ def calibrate(model, x):
     model.eval()
 
 
+@pytest.mark.slow  # the full-size network in float64 twice (~30 s on two shared cores)
 def test_pool3_matches_torch_reference_with_resize(torch_model, tmp_path):
     rng = np.random.default_rng(0)
     # 320 rows (downsampled to 299) × 200 columns (upsampled): both resize directions.

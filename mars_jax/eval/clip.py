@@ -343,8 +343,11 @@ def _tower_params(state, prefix: str, t: TowerConfig) -> list[dict]:
     return layers
 
 
-def params_from_state_dict(state: dict[str, np.ndarray], cfg: ClipConfig) -> dict:
-    """HF ``CLIPModel`` state dict → params (linear weights as [in, out])."""
+def params_from_state_dict(
+    state: dict[str, np.ndarray], cfg: ClipConfig, to_device: bool = True
+) -> dict:
+    """HF ``CLIPModel`` state dict → params (linear weights as [in, out]; numpy arrays with
+    ``to_device=False``: a host-only check of a weights file)."""
     v, t = cfg.vision, cfg.text
     grid = cfg.image_size // cfg.patch_size
     pe = "vision_model.embeddings"
@@ -367,7 +370,8 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: ClipConfig) -> dic
         "ln_final": _ln(state, "text_model.final_layer_norm", t.width),
         "proj_DxE": _get(state, "text_projection.weight", (cfg.embed_dim, t.width)).T,
     }
-    return jax.tree.map(jnp.asarray, {"vision": vision, "text": text})
+    params = {"vision": vision, "text": text}
+    return jax.tree.map(jnp.asarray, params) if to_device else params
 
 
 VIT_B32 = ClipConfig(
@@ -615,7 +619,7 @@ class ClipModel:
 OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
 
 
-def load_openai_clip(path: str, batch_size: int = 32) -> ClipModel:
+def load_openai_clip(path: str, batch_size: int = 32, to_device: bool = True) -> ClipModel:
     """An OpenAI CLIP file: the TorchScript ``.pt`` of ``clip.load`` (needs torch) or its
     conversion to ``.safetensors`` / ``.npz``, with OpenAI's ``bpe_simple_vocab_16e6.txt.gz``
     beside it."""
@@ -627,20 +631,21 @@ def load_openai_clip(path: str, batch_size: int = 32) -> ClipModel:
     cfg = config_from_state_dict(state, openai_hf_config(state))
     tokenizer = ClipTokenizer.from_openai_bpe(os.path.join(os.path.dirname(path), OPENAI_BPE))
     name = os.path.splitext(os.path.basename(path))[0]
-    return ClipModel(cfg, params_from_state_dict(state, cfg), tokenizer, batch_size=batch_size, name=name)  # fmt: skip
+    params = params_from_state_dict(state, cfg, to_device)
+    return ClipModel(cfg, params, tokenizer, batch_size=batch_size, name=name)
 
 
-def load_clip(folder: str, batch_size: int = 32) -> ClipModel:
+def load_clip(folder: str, batch_size: int = 32, to_device: bool = True) -> ClipModel:
     """A Hugging Face CLIP folder (see the module docstring), or an OpenAI CLIP file
     (``load_openai_clip``) → ``ClipModel``."""
     if os.path.isfile(folder):
-        return load_openai_clip(folder, batch_size)
+        return load_openai_clip(folder, batch_size, to_device)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"CLIP folder not found: {folder}")
     hf = _hf_config(folder)
     state = normalize_state_dict(read_hf_weights(folder))
     cfg = config_from_state_dict(state, hf)
-    params = params_from_state_dict(state, cfg)
+    params = params_from_state_dict(state, cfg, to_device)
     mean, std = CLIP_MEAN, CLIP_STD
     pre = os.path.join(folder, "preprocessor_config.json")
     if os.path.exists(pre):

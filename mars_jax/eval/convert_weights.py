@@ -26,15 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.dst.endswith((".npz", ".safetensors")):
         p.error(f"{args.dst}: output must end in .npz or .safetensors")
-    state = weights.read_torch(args.src)
-    if args.kind == "inception":
-        from mars_jax.eval import inception
+    try:
+        state = weights.read_torch(args.src)
+        if args.kind == "inception":
+            from mars_jax.eval import inception
 
-        inception.params_from_state_dict(state)  # raises naming a missing/mismatched tensor
-    else:
-        from mars_jax.eval import clip
+            inception.params_from_state_dict(state)  # raises naming a missing/mismatched tensor
+        else:
+            from mars_jax.eval import clip
 
-        clip.config_from_state_dict(clip.normalize_state_dict(state))
+            clip.config_from_state_dict(clip.normalize_state_dict(state))
+    except (ImportError, OSError, KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     weights.write(state, args.dst)
     print(f"wrote {len(state)} tensors to {args.dst}")
     return 0

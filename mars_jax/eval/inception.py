@@ -190,8 +190,11 @@ def _block_width(block: str, out_ch: dict[str, int], cin: int) -> int:
     )  # fmt: skip
 
 
-def params_from_state_dict(state: dict[str, np.ndarray]) -> dict[str, dict[str, jax.Array]]:
-    """pytorch-fid's ``pt_inception-2015-12-05`` state dict (name → array) → params.
+def params_from_state_dict(
+    state: dict[str, np.ndarray], to_device: bool = True
+) -> dict[str, dict[str, jax.Array]]:
+    """pytorch-fid's ``pt_inception-2015-12-05`` state dict (name → array) → params
+    (numpy arrays with ``to_device=False``: a host-only check of a weights file).
 
     Checks every tensor the pool3 features need against the FID Inception's shapes; a
     missing or mismatched tensor is an error that names it. ``fc.*`` (the classifier) and
@@ -220,9 +223,9 @@ def params_from_state_dict(state: dict[str, np.ndarray]) -> dict[str, dict[str, 
             got[suffix] = arr
         scale = got["bn.weight"] / np.sqrt(got["bn.running_var"] + BN_EPS)
         params[name] = {
-            "w_HxWxIxO": jnp.asarray(got["conv.weight"].transpose(2, 3, 1, 0)),
-            "scale_O": jnp.asarray(scale),
-            "shift_O": jnp.asarray(got["bn.bias"] - got["bn.running_mean"] * scale),
+            "w_HxWxIxO": got["conv.weight"].transpose(2, 3, 1, 0),
+            "scale_O": scale,
+            "shift_O": got["bn.bias"] - got["bn.running_mean"] * scale,
         }
     known = {f"{c[0]}.{s}" for c in CONVS for s in ("conv.weight", "bn.weight", "bn.bias")}
     known |= {f"{c[0]}.bn.{s}" for c in CONVS for s in ("running_mean", "running_var")}
@@ -230,7 +233,7 @@ def params_from_state_dict(state: dict[str, np.ndarray]) -> dict[str, dict[str, 
         if key in known or key.endswith(_UNUSED_SUFFIXES) or key.startswith(_UNUSED_PREFIXES):
             continue
         raise KeyError(f"Inception weights: unexpected tensor {key!r} (not the FID Inception?)")
-    return params
+    return jax.tree.map(jnp.asarray, params) if to_device else params
 
 
 def load_params(path: str) -> dict[str, dict[str, jax.Array]]:

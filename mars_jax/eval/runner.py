@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -58,6 +59,14 @@ def _need(cond: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def _torch_needed(flag: str, path: str) -> None:
+    if path.endswith((".pth", ".pt", ".bin")) and importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            f"--{flag}={path}: reading PyTorch weights needs torch; install it, or convert "
+            "them once elsewhere with python -m mars_jax.eval.convert_weights"
+        )
+
+
 def _check_weights(args: argparse.Namespace, inception: bool, clip: bool) -> None:
     if inception:
         _need(args.inception, "--inception=<pt_inception-2015-12-05-*.pth or converted .npz> is required")  # fmt: skip
@@ -66,20 +75,21 @@ def _check_weights(args: argparse.Namespace, inception: bool, clip: bool) -> Non
             args.inception.endswith((".pth", ".pt", ".npz", ".safetensors")),
             f"--inception={args.inception}: expected a .pth, .npz or .safetensors file",
         )
+        _torch_needed("inception", args.inception)
     if clip:
         _need(args.clip, "--clip=<Hugging Face CLIP folder or OpenAI ViT-*.pt> is required")
         if os.path.isfile(args.clip):
             bpe = os.path.join(os.path.dirname(args.clip), "bpe_simple_vocab_16e6.txt.gz")
             _need(os.path.isfile(bpe), f"--clip={args.clip}: no {bpe} beside it")
+            _torch_needed("clip", args.clip)
             return
         _need(os.path.isdir(args.clip), f"--clip={args.clip}: no such folder")
         for name in ("config.json", "vocab.json", "merges.txt"):
             _need(os.path.isfile(os.path.join(args.clip, name)), f"--clip={args.clip}: no {name}")
         weights = ("model.safetensors", "model.npz", "pytorch_model.bin")
-        _need(
-            any(os.path.isfile(os.path.join(args.clip, w)) for w in weights),
-            f"--clip={args.clip}: no {', '.join(weights)}",
-        )
+        found = [w for w in weights if os.path.isfile(os.path.join(args.clip, w))]
+        _need(found, f"--clip={args.clip}: no {', '.join(weights)}")
+        _torch_needed("clip", os.path.join(args.clip, found[0]))
 
 
 def _check_source(flag: str, path: str | None) -> None:
@@ -251,6 +261,25 @@ def run_clipscore(args, log: Callable[[str], None] = print) -> dict[str, Any]:
     return {"clip_score": score, "network": info}
 
 
+def check_networks(args) -> None:
+    """Read and check the weight files on the host (no device memory) before a long
+    generation stage; a bad file is a ``UsageError`` naming the tensor."""
+    from mars_jax.eval import clip, inception, weights
+
+    try:
+        inception.params_from_state_dict(weights.load_state_dict_file(args.inception), False)
+    except (KeyError, ValueError, OSError) as e:
+        raise UsageError(f"--inception={args.inception}: {_message(e)}") from None
+    try:
+        clip.load_clip(args.clip, to_device=False)
+    except (KeyError, ValueError, OSError) as e:
+        raise UsageError(f"--clip={args.clip}: {_message(e)}") from None
+
+
+def _message(e: Exception) -> str:
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 # () -> (producer, run info for the report); the entry point builds it on the run's sampler.
 ProducerFactory = Callable[[], tuple[coco.ImageProducer, dict[str, Any]]]
 
@@ -280,11 +309,13 @@ def run_coco(
         "resolution": args.resolution,
         "rows": rows,
     }
+    todo = coco.pending_shards(args.out, args.num, args.shard_size)
+    if todo:  # a bad weights file is found before hours of generation, not after
+        check_networks(args)
     try:
         coco.check_plan(args.out, plan)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    todo = coco.pending_shards(args.out, args.num, args.shard_size)
     run_info: dict[str, Any] = {}
     if todo:
         log(f"generating {len(todo)} of {-(-args.num // args.shard_size)} shards into {args.out}")

@@ -267,7 +267,7 @@ def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
     (producer, run info for the report)."""
     import dataclasses
 
-    run = runs.load_run(args.checkpoint, args.vq)
+    run = runs.load_run(args.checkpoint, vq_dir=args.vq)
     scfg = options.SamplingConfig(**scfg_kwargs)
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
@@ -281,6 +281,11 @@ def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
 def _run_standard_bench(args: argparse.Namespace) -> int:
     """``fid`` on folders, ``clipscore``, ``coco`` (``mars_jax.eval.runner``)."""
     try:
+        if args.bench == "coco" and args.checkpoint:
+            try:
+                runs.locate(args.checkpoint)  # a run, a step of one, or a bundle
+            except (ValueError, OSError) as e:
+                raise runner.UsageError(str(e)) from None
         runner.validate(args)
         if args.bench == "fid":
             runner.run_fid(args)

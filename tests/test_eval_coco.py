@@ -172,7 +172,7 @@ def test_caption_draw_is_seeded_one_per_image(assets):
         ({"--inception": None}, "--inception=<pt_inception"),
         ({"--reference": "/nonexistent/val2014"}, "no such folder or .npz file"),
         ({"--num": "1"}, "at least 2"),
-        ({"--checkpoint": "/tmp"}, "not a training workdir"),
+        ({"--checkpoint": "/tmp"}, "not a training run"),
     ],
 )
 def test_bad_flags_are_one_error_line_and_write_nothing(assets, tmp_path, capsys, change, message):

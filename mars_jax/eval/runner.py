@@ -125,11 +125,7 @@ def validate(args: argparse.Namespace) -> None:
         _need(os.path.isfile(args.captions), f"--captions={args.captions}: no such file")
         _check_weights(args, inception=False, clip=True)
     elif args.bench == "coco":
-        _need(args.checkpoint, "--checkpoint=<training workdir> is required")
-        _need(
-            os.path.isfile(os.path.join(args.checkpoint, "config.json")),
-            f"--checkpoint={args.checkpoint}: no config.json (not a training workdir)",
-        )
+        _need(args.checkpoint, "--checkpoint=<training run or bundle> is required")
         _need(args.captions, "--captions=<annotations/captions_val2014.json> is required")
         _need(os.path.isfile(args.captions), f"--captions={args.captions}: no such file")
         _check_source("reference", args.reference)

@@ -1,4 +1,4 @@
-"""Score a trained checkpoint on the built-in demo benchmarks.
+"""Score a trained checkpoint on the built-in demo benchmarks, or on MS-COCO (FID, CLIP score).
 
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=shapes [--num_per_prompt=1]
         [--prompts=eval_prompts.jsonl] [--out=<dir>]

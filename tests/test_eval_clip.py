@@ -123,6 +123,19 @@ def test_pytorch_bin_folder_and_errors(tiny, tmp_path):
     ours = clip.load_clip(str(tmp_path))
     ref = clip.load_clip(str(folder))
     np.testing.assert_array_equal(ours.params["text"]["proj_DxE"], ref.params["text"]["proj_DxE"])
+    # The converter turns the .bin into a torch-free model.safetensors of the same tensors.
+    from mars_jax.eval import convert_weights
+
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        (converted / name).write_bytes((folder / name).read_bytes())
+    bin_path, st_path = tmp_path / "pytorch_model.bin", converted / "model.safetensors"
+    assert convert_weights.main(["clip", str(bin_path), str(st_path)]) == 0
+    again = clip.load_clip(str(converted))
+    np.testing.assert_array_equal(
+        again.params["vision"]["patch_w_PxPx3xD"], ref.params["vision"]["patch_w_PxPx3xD"]
+    )
     del state["vision_model.encoder.layers.1.mlp.fc2.bias"]
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(KeyError, match=r"vision_model\.encoder\.layers\.1\.mlp\.fc2\.bias"):

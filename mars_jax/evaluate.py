@@ -1,9 +1,16 @@
-"""Score a trained checkpoint on the built-in demo benchmarks.
+"""Score a trained checkpoint on the built-in demo benchmarks, or on MS-COCO (FID, CLIP score).
 
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=shapes [--num_per_prompt=1]
         [--prompts=eval_prompts.jsonl] [--out=<dir>]
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=fid [--extractor=palette]
     python -m mars_jax.evaluate --checkpoint=<stage-III workdir> --bench=sr [--out=sheet.png]
+    python -m mars_jax.evaluate --bench=fid --images=a/ --reference=b/|stats.npz --inception=w.pth
+    python -m mars_jax.evaluate --bench=clipscore --images=a/ --captions=c.jsonl --clip=<folder>
+    python -m mars_jax.evaluate --bench=coco --checkpoint=<run> --captions=captions_val2014.json
+        --reference=val2014/ --inception=w.pth --clip=<folder> --num=30000 --out=eval/
+
+The standard-network benches (``fid`` with ``--images``, ``clipscore``, ``coco``: FID with
+pytorch-fid's Inception, CLIP score with OpenAI CLIP) are ``mars_jax.eval.runner``.
 
 ``shapes``: images are generated for the held-out prompts (``mars_jax.demo.shapes``: color ×
 shape pairs never seen in training, English and Chinese captions of the same scenes) and
@@ -42,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from mars_jax import runs, sample_flags
 from mars_jax.demo import checker, shapes
-from mars_jax.eval import features, fid, sr
+from mars_jax.eval import features, fid, runner, sr
 from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import options
 from mars_jax.text.tokenizer import load_tokenizer
@@ -255,10 +262,49 @@ def evaluate_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
+    """``--bench=coco``'s generator: ``sampler_producer``'s path at ``--resolution`` →
+    (producer, run info for the report)."""
+    import dataclasses
+
+    run = runs.load_run(args.checkpoint, vq_dir=args.vq)
+    scfg = options.SamplingConfig(**scfg_kwargs)
+
+    def produce(captions: Sequence[str], seed: int) -> np.ndarray:
+        return images_lib.generate_images(
+            run, list(captions), scfg, seed, args.resolution, args.batch_size
+        )
+
+    return produce, {"step": run.step, "sampling": dataclasses.asdict(scfg)}
+
+
+def _run_standard_bench(args: argparse.Namespace) -> int:
+    """``fid`` on folders, ``clipscore``, ``coco`` (``mars_jax.eval.runner``)."""
+    try:
+        if args.bench == "coco" and args.checkpoint:
+            try:
+                runs.locate(args.checkpoint)  # a run, a step of one, or a bundle
+            except (ValueError, OSError) as e:
+                raise runner.UsageError(str(e)) from None
+        runner.validate(args)
+        if args.bench == "fid":
+            runner.run_fid(args)
+        elif args.bench == "clipscore":
+            runner.run_clipscore(args)
+        else:
+            sample_flags.fill_sampling_args(args, args.checkpoint)
+            scfg = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")}
+            runner.run_coco(args, scfg, lambda: coco_producer(args, scfg))
+    except runner.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="training workdir")
-    p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr"))
+    p.add_argument("--checkpoint", default=None, help="training workdir")
+    p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr", "clipscore", "coco"))
     p.add_argument("--nktp", type=int, default=0, help="sr: codes per pass (0: the model's K)")
     p.add_argument(
         "--nktp_mode", "--nktp-mode", dest="nktp_mode", default="both",
@@ -274,11 +320,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt_seed", type=int, default=0, help="seed of the built-in prompts")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="where the contact sheet and verdicts go")
-    p.add_argument("--extractor", default="palette", help="palette | module:attribute")
+    p.add_argument(
+        "--extractor", default=None, help="palette | module:attribute (default: palette)"
+    )
     sample_flags.add_sampling_args(p)  # unset: the run's own sample settings
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
+    runner.add_args(p)
     args = p.parse_args(argv)
+    if args.bench in ("clipscore", "coco") or (args.bench == "fid" and args.images):
+        return _run_standard_bench(args)
+    if not args.checkpoint:
+        print(f"error: --bench={args.bench} needs --checkpoint=<training workdir>", file=sys.stderr)
+        return 2
     if args.num_scenes is None:
         args.num_scenes = 64 if args.bench == "shapes" else 32
 
@@ -297,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")
         evaluate_shapes(prompts, produce, args.num_per_prompt, args.seed, out)
     else:
-        extractor = features.load_extractor(args.extractor)
+        extractor = features.load_extractor(args.extractor or "palette")
         evaluate_fid(prompts, produce, extractor, args.num_per_prompt, args.seed)
     return 0
 

@@ -1,1 +1,3 @@
-"""Evaluation metrics: FID and CLIP score over pluggable features (``fid``, ``features``)."""
+"""Evaluation: FID and CLIP score over pluggable features (``fid``, ``features``), the
+standard networks (``inception``, ``clip``, ``weights``), FID statistics (``fid_stats``) and
+the MS-COCO bench (``coco``, ``runner``)."""

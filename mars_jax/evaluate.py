@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mars_jax import runs, sample_flags
+from mars_jax import cli, runs, sample_flags
 from mars_jax.demo import checker, shapes
 from mars_jax.eval import features, fid, runner, sr
 from mars_jax.sampling import images as images_lib
@@ -183,9 +183,10 @@ def sampler_producer(
     scfg_kwargs: dict[str, Any] | None = None,
     vq_dir: str | None = None,
     batch_size: int = 16,
+    step: int | None = None,
 ) -> ImageProducer:
-    """The default seam: ``mars_jax.generate`` on a training workdir, imported when used."""
-    run = runs.load_run(checkpoint, vq_dir)
+    """The default seam: `sampling.images.generate_images` on a run, step or bundle."""
+    run = runs.load_run(checkpoint, step, vq_dir=vq_dir)
     scfg = options.SamplingConfig(**(scfg_kwargs or {}))
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
@@ -216,7 +217,7 @@ def evaluate_sr(args: argparse.Namespace) -> int:
     ...` (fast mode first; exact mode's as `sr_exact_psnr=`).
     """
     modes = sr.MODES if args.nktp_mode == "both" else (args.nktp_mode,)
-    run = runs.load_run(args.checkpoint, args.vq)
+    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
     sizes = run.sr_sizes
     if not sizes:
         raise ValueError(f"--checkpoint={args.checkpoint}: not a stage-III run (no low-res sizes)")
@@ -267,7 +268,7 @@ def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
     (producer, run info for the report)."""
     import dataclasses
 
-    run = runs.load_run(args.checkpoint, vq_dir=args.vq)
+    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
     scfg = options.SamplingConfig(**scfg_kwargs)
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
@@ -302,13 +303,18 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=None, help="training workdir")
+    p = cli.parser("evaluate", __doc__)
+    p.add_argument(
+        "--checkpoint", default=None, help="a training run, one of its steps, or a bundle"
+    )
+    p.add_argument(
+        "--step", type=int, default=None, help="checkpoint step of a run (default: latest)"
+    )
     p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr", "clipscore", "coco"))
     p.add_argument("--nktp", type=int, default=0, help="sr: codes per pass (0: the model's K)")
     p.add_argument(
-        "--nktp_mode", "--nktp-mode", dest="nktp_mode", default="both",
-        choices=("fast", "exact", "both"), help="sr: parallel decoding mode(s)",
+        "--nktp_mode", default="both", choices=("fast", "exact", "both"),
+        help="sr: parallel decoding mode(s)",
     )  # fmt: skip
     p.add_argument("--num_per_prompt", type=int, default=1)
     p.add_argument("--prompts", default=None, help="eval_prompts.jsonl (default: built-in)")
@@ -324,15 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         "--extractor", default=None, help="palette | module:attribute (default: palette)"
     )
     sample_flags.add_sampling_args(p)  # unset: the run's own sample settings
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
     runner.add_args(p)
     args = p.parse_args(argv)
     if args.bench in ("clipscore", "coco") or (args.bench == "fid" and args.images):
         return _run_standard_bench(args)
     if not args.checkpoint:
-        print(f"error: --bench={args.bench} needs --checkpoint=<training workdir>", file=sys.stderr)
-        return 2
+        p.error(f"--bench={args.bench} needs --checkpoint=<run | step | bundle>")
+    with cli.one_line_errors():
+        runs.locate(args.checkpoint, args.step)
     if args.num_scenes is None:
         args.num_scenes = 64 if args.bench == "shapes" else 32
 
@@ -346,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k,
         "top_p": args.top_p,
     }
-    produce = sampler_producer(args.checkpoint, scfg_kwargs, args.vq, args.batch_size)
+    produce = sampler_producer(args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step)
     if args.bench == "shapes":
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")
         evaluate_shapes(prompts, produce, args.num_per_prompt, args.seed, out)

@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 
 from mars_jax import cli, runs, sample_flags
 from mars_jax.demo import checker, shapes
+from mars_jax.eval import captions as caption_bench
 from mars_jax.eval import features, fid, runner, sr
 from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import options
@@ -302,6 +303,28 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_captions(args: argparse.Namespace) -> int:
+    """Image → text on held-out demo scenes (`eval/captions.py`): greedy captions, checked
+    for the scene's colors, shapes, count and relation in the language the model wrote.
+    With `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
+    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
+    scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0)
+
+    def captioner(images: np.ndarray, seed: int) -> list[str]:
+        return images_lib.caption_images(run, list(images), scfg, 48, seed, args.batch_size)
+
+    result = caption_bench.run_caption_bench(
+        captioner, args.num_scenes, args.prompt_seed, args.seed
+    )
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "captions.jsonl"), "w", encoding="utf-8") as f:
+            for record in result["records"]:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print("\n".join(caption_bench.report_lines(result)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser("evaluate", __doc__)
     p.add_argument(
@@ -310,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--step", type=int, default=None, help="checkpoint step of a run (default: latest)"
     )
-    p.add_argument("--bench", required=True, choices=("shapes", "fid", "sr", "clipscore", "coco"))
+    p.add_argument(
+        "--bench", required=True, choices=("shapes", "captions", "fid", "sr", "clipscore", "coco")
+    )
     p.add_argument("--nktp", type=int, default=0, help="sr: codes per pass (0: the model's K)")
     p.add_argument(
         "--nktp_mode", default="both", choices=("fast", "exact", "both"),
@@ -345,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bench == "sr":
         return evaluate_sr(args)
+    if args.bench == "captions":
+        return evaluate_captions(args)
     sample_flags.fill_sampling_args(args, args.checkpoint)
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
     scfg_kwargs = {

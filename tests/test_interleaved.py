@@ -111,3 +111,11 @@ def test_text_mode_mask():
     assert mask[: vocab.TEXT_VOCAB_SIZE].all() and mask[vocab.IMAGE_START]
     assert not mask[vocab.FIRST_IMAGE_CODE] and not mask[vocab.IMAGE_END]
     assert jnp.asarray(mask).sum() == vocab.TEXT_VOCAB_SIZE + 1
+
+
+def test_images_go_into_the_prompt_as_img_codes_end():
+    codes = np.arange(6).reshape(2, 3)
+    ids = interleaved.prompt_with_images([11, 12], [codes, codes + 1])
+    block = [vocab.IMAGE_START, *vocab.code_to_token(np.arange(6)).tolist(), vocab.IMAGE_END]
+    block2 = [vocab.IMAGE_START, *vocab.code_to_token(np.arange(1, 7)).tolist(), vocab.IMAGE_END]
+    assert ids == [11, 12, *block, *block2]

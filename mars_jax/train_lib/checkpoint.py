@@ -6,7 +6,10 @@ One checkpoint step directory holds these items:
 - ``data``: the Grain iterator state (Grain's own Orbax handler, one JSON file per process);
 - ``config``: the resolved config (JSON), for reading a run back;
 - ``base``: identity of the frozen LLM (where it came from + a content hash); the frozen
-  weights themselves are never re-saved, and a resume checks the hash.
+  weights themselves are never re-saved, and a resume checks the hash;
+- ``integrity``: the sha256 of the data-iterator state; after the commit, process 0 adds
+  ``_FILE_CHECKSUMS.json`` (every file's sha256). Both are verified before a resume
+  (``integrity.py``); a damaged checkpoint is set aside and the previous one used.
 
 Saves are asynchronous (``CheckpointManager`` with ``save_interval_steps`` and
 ``max_to_keep``); Orbax commits a step directory atomically, so ``latest_step`` is always a
@@ -23,6 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mars_jax.train_lib import integrity
 from mars_jax.train_lib import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
@@ -65,10 +69,14 @@ def save(
     force: bool = False,
 ) -> bool:
     """Save ``state`` at ``step`` if the interval says so (or ``force``); True if it did."""
+    if not force and not manager.should_save(step):
+        return False
+    data_iterator = iterator if _has_state(iterator) else None
     items = {
         "state": ocp.args.StandardSave(state),
         "config": ocp.args.JsonSave(config_dict),
         "base": ocp.args.JsonSave(base_identity),
+        integrity.ITEM: ocp.args.JsonSave(integrity.integrity_record(data_iterator)),
     }
     if _has_state(iterator):
         items["data"] = grain_ckpt.CheckpointSave(iterator)

@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m mars_jax.data.verify <shards dir>", file=sys.stderr)
         return 2
-    report = verify_shards(argv[0])
+    try:
+        report = verify_shards(argv[0])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no / truncated manifest.json
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     for b in report["bad"]:
         print(json.dumps(b))
     print(f"{report['records']} records in {report['files']} files; {len(report['bad'])} bad")

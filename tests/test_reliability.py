@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -68,7 +69,9 @@ def _edit_iterator(step_dir):
     text = open(path).read()
     state = json.loads(text)
     assert "next_index" in state, state
-    state["next_index"] += 30
+    old = state["next_index"]
+    widest = int("9" * len(str(old)))  # same width: the file keeps its size
+    state["next_index"] = widest if old != widest else old - 1
     open(path, "w").write(json.dumps(state, indent=4))
 
 
@@ -184,6 +187,7 @@ def test_nonfinite_checkpoint_is_not_resumed(ref, tmp_path, capsys):
         NUM_STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore())
     ).state
     manager.close()
+    state = {k: jax.tree.map(np.array, v) for k, v in state.items()}  # writable copies
     leaf = state["trainable"]
     while isinstance(leaf, dict):
         leaf = leaf[sorted(leaf)[0]]
@@ -203,6 +207,29 @@ def test_too_many_consecutive_skips_stop_the_run(ref, tmp_path):
         loop.NonFiniteError, match=r"first bad step 2; last good checkpoint: step 1"
     ):
         loop.run(config, str(tmp_path), iterator=FaultyIterator(config, nan_at={2, 3, 4}))
+
+
+def test_nonfinite_state_ends_the_run(ref, tmp_path, monkeypatch):
+    """With train.nonfinite='skip' a NaN state used to skip every step and exit 'finished'."""
+    real = loop.get_step
+
+    def poisoned(setup, layouts):
+        step = real(setup, layouts)
+
+        def run_step(state, frozen, batch):
+            state, out = step(state, frozen, batch)
+            if int(state["step"]) == 2:  # as if the update had overflowed
+                out = dict(out, state_finite=np.bool_(False))
+            return state, out
+
+        return run_step
+
+    monkeypatch.setattr(loop, "get_step", poisoned)
+    config = tiny_config()
+    config.train.nonfinite = "skip"
+    with pytest.raises(loop.NonFiniteError, match=r"step 2: the train state.*checkpoint: step 1"):
+        loop.run(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / ckpt_lib.CHECKPOINT_DIR)) == ["1"]
 
 
 def test_verify_checkpoint_cli(ref, tmp_path):

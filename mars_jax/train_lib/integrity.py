@@ -53,7 +53,7 @@ class Problem:
     """Why a checkpoint cannot be used: its part (``state``, ``data``, ...) and a reason."""
 
     part: str
-    reason: str  # short slug: missing, truncated, checksum, seal, unreadable, data-state, ...
+    reason: str  # short slug: missing, truncated, size, checksum, seal, unreadable, ...
     detail: str
 
     def line(self, step: int) -> str:
@@ -262,7 +262,7 @@ def check_step(
                 return (
                     Problem(
                         _part(rel),
-                        "truncated",
+                        "truncated" if size < files[rel]["size"] else "size",
                         f"{rel} has {size} bytes, {files[rel]['size']} saved",
                     ),
                     True,

@@ -480,11 +480,16 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
     max_skips = int(config.train.get("max_consecutive_skips", 0))
     skips, first_bad = 0, None  # consecutive skipped updates and where the streak began
 
+    # The newest checkpoint saved outside a streak of skipped updates.
+    last_good_saved = last_saved
+
     def last_good() -> str:
-        return f"step {last_saved}" if last_saved is not None else "none (no checkpoint yet)"
+        if last_good_saved is None:
+            return "none (no checkpoint yet)"
+        return f"step {last_good_saved}"
 
     def save(step_now: int, force: bool) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_good_saved
         sealer.ready(manager)
         if last_saved == step_now:
             return
@@ -498,6 +503,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
             return
         if ckpt_lib.save(manager, step_now, state, iterator, config_dict, base_identity, force):
             last_saved = step_now
+            if not skips:
+                last_good_saved = step_now
             sealer.submit(ckpt_lib.checkpoint_dir(workdir) / str(step_now))
 
     try:

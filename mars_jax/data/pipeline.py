@@ -226,7 +226,7 @@ def shards_errors(shards_dir: str, limit: int = 5) -> list[str]:
     truncated, a listed shard missing, unreadable or with another record count)."""
     try:
         manifest = load_manifest(shards_dir)
-        buckets = manifest["buckets"]
+        buckets = manifest.get("buckets", {})  # a manifest without buckets: checked later
         listed = [
             (rel, int(count))
             for _, b in sorted(buckets.items())

@@ -153,9 +153,9 @@ class Sealer:
     """Seals committed checkpoints from a background thread (process 0 only).
 
     ``submit(step_dir)`` after ``manager.save``; ``ready(manager)`` at each step boundary
-    hands committed ones (no save in flight) to the thread; ``close(manager)`` waits for
-    in-flight saves, seals what is left and joins. A step directory deleted meanwhile (by
-    ``checkpoint.keep``) is skipped.
+    hands committed ones (no save in flight) to the thread; ``drain()`` before the next save
+    waits for the hashing to end, so Orbax never deletes (``checkpoint.keep``) a directory
+    being sealed; ``close(manager)`` waits for in-flight saves, seals what is left and joins.
     """
 
     def __init__(self, enabled: bool):
@@ -172,14 +172,22 @@ class Sealer:
         while True:
             step_dir = self._queue.get()
             if step_dir is None:
+                self._queue.task_done()
                 return
             try:
                 if step_dir.exists():
                     seal(step_dir)
             except FileNotFoundError:
-                pass  # removed by max_to_keep while hashing
+                pass  # removed meanwhile
             except OSError as e:
                 self.errors.append(f"{step_dir}: checksums not written: {e}")
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every checkpoint handed to the thread is sealed."""
+        if self.enabled:
+            self._queue.join()
 
     def submit(self, step_dir: epath.Path) -> None:
         if self.enabled:

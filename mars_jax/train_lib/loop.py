@@ -501,6 +501,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
                     f"finite); last good checkpoint: {last_good()}"
                 )
             return
+        if force or manager.should_save(step_now):
+            sealer.drain()  # the previous seal is written before Orbax may delete old steps
         if ckpt_lib.save(manager, step_now, state, iterator, config_dict, base_identity, force):
             last_saved = step_now
             if not skips:

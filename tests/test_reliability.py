@@ -426,6 +426,20 @@ def test_garbled_record_stops_when_configured(tmp_path):
         list(pipeline.make_train_iterator(_shard_config(tmp_path, on_bad_record="stop"), 8))
 
 
+def test_training_skips_garbled_records_and_counts_them(ref, tmp_path):
+    """Real shards (the tiny model's layout), one garbled record per shard file: the run
+    finishes and metrics.jsonl counts the skipped records."""
+    for path in _write_shards(tmp_path / "shards"):
+        _garble_record(path)
+    config = tiny_config()
+    config.data.update(_shard_config(tmp_path / "shards").to_dict())
+    summary = loop.run(config, str(tmp_path / "run"))
+    assert summary["step"] == NUM_STEPS
+    with open(tmp_path / "run" / metrics.METRICS_FILE) as f:
+        counts = [json.loads(line)["data/bad_records"] for line in f]
+    assert counts == sorted(counts) and counts[-1] >= 1, counts
+
+
 def test_truncated_or_missing_shard_and_manifest_at_startup(tmp_path):
     files = _write_shards(tmp_path)
     assert pipeline.shards_errors(str(tmp_path)) == []

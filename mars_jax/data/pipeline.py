@@ -466,6 +466,7 @@ def make_train_iterator(
     seed = int(data_config.seed if seed is None else seed)
     shards_dir = data_config.shards
     manifest = load_manifest(shards_dir)
+    _BAD_RECORDS["count"] = 0  # counted per training run
     if int(manifest["stage"]) != int(data_config.stage):
         raise ValueError(
             f"data.stage={data_config.stage} but {shards_dir} holds "

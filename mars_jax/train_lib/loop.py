@@ -477,6 +477,9 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
     last_saved = manager.latest_step()
 
     state_finite = True  # the state restored or initialised is finite (checked by the step)
+    real_data = not config.data.get("synthetic", False)
+    if real_data:
+        from mars_jax.data import pipeline  # noqa: PLC0415
     max_skips = int(config.train.get("max_consecutive_skips", 0))
     skips, first_bad = 0, None  # consecutive skipped updates and where the streak began
 
@@ -524,6 +527,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
             state, out = get_step(setup, layouts)(state, frozen, global_arrays)
             out = jax.device_get(out)
             dt = time.perf_counter() - t0
+            if real_data:  # records skipped by data.on_bad_record='skip' (this process)
+                out["data/bad_records"] = pipeline.bad_record_count()
             step += 1
             state_finite = bool(out["state_finite"])
             tokens = _tokens_in(arrays) * jax.process_count()

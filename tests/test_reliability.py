@@ -232,6 +232,25 @@ def test_nonfinite_state_ends_the_run(ref, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / ckpt_lib.CHECKPOINT_DIR)) == ["1"]
 
 
+def test_init_from_skips_a_damaged_last_checkpoint(ref, tmp_path):
+    """A next stage starts from the previous run's newest *intact* checkpoint."""
+    previous = _copy(ref, tmp_path)
+    _garble(_largest_data_file(_step_dir(previous, NUM_STEPS)))
+    config = tiny_config()
+    config.base.init_from = previous
+    setup = loop.prepare(config)
+    with jax.set_mesh(setup.mesh):
+        frozen, _ = loop.load_frozen(setup)
+        trainable = loop.initial_trainable(setup, frozen)
+    manager = ocp.CheckpointManager(os.path.join(previous, ckpt_lib.CHECKPOINT_DIR))
+    want = manager.restore(
+        NUM_STEPS - 1, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    ).state["trainable"]
+    manager.close()
+    for a, b in zip(jax.tree.leaves(trainable), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_verify_checkpoint_cli(ref, tmp_path):
     workdir = _copy(ref, tmp_path)
     _edit_iterator(_step_dir(workdir, 2))

@@ -19,6 +19,7 @@ shardings, so a run can resume on a different mesh shape.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
@@ -30,6 +31,8 @@ from mars_jax.train_lib import integrity
 from mars_jax.train_lib import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
+
+log = logging.getLogger(__name__)
 
 
 class BaseMismatchError(RuntimeError):
@@ -136,7 +139,18 @@ def load_trainable_from(workdir: str, abstract_trainable: Any, shardings: Any) -
     steps = ocp.utils.checkpoint_steps(directory)
     if not steps:
         raise FileNotFoundError(f"base.init_from={workdir!r}: {directory} holds no checkpoint")
-    step = max(steps)
+    step = None
+    for candidate in sorted(steps, reverse=True):  # the newest intact one (integrity.py)
+        problem, _ = integrity.check_step(directory / str(candidate), expect_data=False)
+        if problem is None:
+            step = candidate
+            break
+        log.warning("base.init_from: %s; trying an earlier checkpoint", problem.line(candidate))
+    if step is None:
+        raise integrity.CheckpointDamagedError(
+            f"base.init_from={workdir!r}: every checkpoint in {directory} is damaged "
+            f"(`python -m mars_jax.train --verify_checkpoint={workdir}` lists why)"
+        )
     state_dir = directory / str(step) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(state_dir).item_metadata

@@ -95,6 +95,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             grad_accum=1,
             log_every=1,
             nonfinite="skip",  # "skip": drop the update and go on; "stop": end the run
+            # More consecutive skipped updates than this end the run with an error (0: no
+            # limit). A non-finite train state always ends it (docs/RELIABILITY.md).
+            max_consecutive_skips=20,
             seed=0,
             peak_flops_per_device=0.0,  # 0: look up by device kind (metrics.py)
         )
@@ -103,7 +106,11 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(
         dict(shape=(1, -1, 1), dcn_shape=(1, 1, 1), rules=[list(r) for r in FSDP_RULES])
     )
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    # on_damage: "fallback" sets a damaged checkpoint aside and resumes from the previous
+    # intact one, "stop" ends the run; checksums: sha256 of every file after each save.
+    c.checkpoint = ml_collections.ConfigDict(
+        dict(every_steps=1000, keep=3, async_save=True, on_damage="fallback", checksums=True)
+    )
     c.base = ml_collections.ConfigDict(dict(checkpoint="", seed=0, init_from=""))
     # Images for fixed prompts during training (mars_jax/preview.py): every `every_steps`
     # and at the last step, into <workdir>/samples/ and TensorBoard. `vq`: the VQ tokenizer

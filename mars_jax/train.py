@@ -23,9 +23,17 @@ auto-detection (SLURM, Cloud TPU, GKE). Every process runs the same command with
 config (checked by hash) and the same shared ``workdir`` (a shared file system or ``gs://``,
 see ``train_lib/workdir.py``); each loads its own slice of the global batch, Orbax writes
 checkpoints cooperatively, and only process 0 writes logs, metrics and TensorBoard events.
+
+Errors a user can fix (bad config values, typos in ``--config.*`` keys, missing files or
+shards, damaged checkpoints, a non-finite run) are printed as ``error: ...`` lines, without a
+traceback, with exit status 1 (2 for command-line errors); see ``docs/RELIABILITY.md``.
+``--verify_checkpoint=<workdir>[/checkpoints/<step>]`` lists every checkpoint as OK or
+damaged (and why) without loading a model.
 """
 
+import importlib.util
 import os
+import re
 import sys
 
 
@@ -74,8 +82,10 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from mars_jax.data import pipeline  # noqa: E402
 from mars_jax.demo import shards as demo_shards  # noqa: E402
-from mars_jax.train_lib import distributed, loop  # noqa: E402
+from mars_jax.train_lib import checkpoint as ckpt_lib  # noqa: E402
+from mars_jax.train_lib import distributed, integrity, loop, validate  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/stageN.py:<preset>", lock_config=False)
@@ -86,6 +96,78 @@ flags.DEFINE_string("coordinator_address", None, "multi-process: coordinator hos
 flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-process: this process's id")
 flags.DEFINE_bool("distributed", False, "multi-process: auto-detect the cluster (SLURM, TPU)")
+flags.DEFINE_string(
+    "verify_checkpoint", None, "<workdir>[/checkpoints/<step>]: list checkpoints OK/damaged, exit"
+)
+flags.DEFINE_bool(
+    "allow_config_change", False, "resume even if the stage, model, batch or data changed"
+)
+
+# Set to 1 to see the traceback of an `error:` line.
+TRACEBACK_ENV = "MARS_JAX_TRACEBACK"
+
+
+def fail(lines: list[str], status: int = 1) -> None:
+    """Print ``error: <line>`` for each line on stderr and exit with ``status``."""
+    sys.stdout.flush()
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _load_config_file(spec: str):
+    """``configs/stageN.py:<preset>`` → its config, or one error line."""
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        return None, f"--config={spec}: no such config file {path!r}"
+    try:
+        module_spec = importlib.util.spec_from_file_location("_mars_jax_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.get_config(*([arg] if arg else [])), None
+    except Exception as e:  # a bad preset or a broken file: one line
+        return None, f"--config={spec}: {' '.join(str(e).split())}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with every failure as one ``error:`` line (exit 2), no traceback."""
+    spec = _config_arg(argv)
+    config = None
+    if spec:
+        config, problem = _load_config_file(spec)
+        if problem:
+            fail([problem], 2)
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # flags.Error, AttributeError/KeyError for keys
+        fail([_flag_error_line(argv, e, config)], 2)
+    return []
+
+
+def _flag_error_line(argv: list[str], e: Exception, config) -> str:
+
+    text = " ".join(str(e).split())
+    overrides = [a.split("=", 1)[0][2:] for a in argv if a.startswith("--config.")]
+    if config is not None and isinstance(e, (AttributeError, KeyError)):
+        keys = validate.flat_keys(config)
+        for name in overrides:
+            key = name[len("config.") :]
+            if key not in keys:
+                return f"--{name}: unknown config key{validate.did_you_mean(key, keys)}"
+    match = re.search(r"flag (--config\.[\w.]+)=(\S*): (.*)", text)
+    if match:
+        return f"{match.group(1)}={match.group(2)}: {match.group(3)}"
+    return text.removeprefix("FATAL Flags parsing error: ")
 
 
 def compile_only(config) -> float:
@@ -128,23 +210,63 @@ def quiet_logging_by_default() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that reach the user as ``error:`` lines (a fixable cause, one message)."""
+
+    return (
+        ValueError,  # validate.ConfigError and the setup checks of loop.prepare
+        OSError,  # missing files and paths
+        ckpt_lib.BaseMismatchError,
+        integrity.CheckpointDamagedError,
+        loop.NonFiniteError,
+        pipeline.BadRecordError,
+    )
+
+
+def _error_lines(e: BaseException) -> list[str]:
+    lines = getattr(e, "lines", None)
+    if lines:
+        return list(lines)
+    return [" ".join(str(e).split()) or type(e).__name__]
+
+
 def main(argv):
     del argv
+    if FLAGS.verify_checkpoint:
+        lines, ok = integrity.verify_report(FLAGS.verify_checkpoint)
+        for line in lines:
+            print(line)
+        sys.exit(0 if ok else 1)
     if FLAGS.config is None:
-        raise app.UsageError("--config=configs/stageN.py:<preset> is required")
+        fail(["--config=configs/stageN.py:<preset> is required"], 2)
     quiet_logging_by_default()
+    if os.environ.get(TRACEBACK_ENV):
+        return _main(FLAGS.config)
+    try:
+        return _main(FLAGS.config)
+    except _user_errors() as e:
+        fail(_error_lines(e))
+
+
+def _main(config):
     distributed.initialize(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
     )
     if FLAGS.compile_only:
-        compile_only(FLAGS.config)
+        validate.check(config, jax.device_count(), jax.process_count(), check_data=False)
+        compile_only(config)
         return
     if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    config = FLAGS.config
+        fail(["--workdir is required"], 2)
+    # Everything that can be checked cheaply, before building data or writing anything.
+    problems = validate.workdir_errors(FLAGS.workdir) + validate.config_errors(
+        config, jax.device_count(), jax.process_count(), check_data=False
+    )
+    if problems:
+        raise validate.ConfigError(problems)
     if jax.process_index() == 0:  # the demo runs on one host
         demo_shards.ensure_for_config(config)
-    summary = loop.run(config, FLAGS.workdir)
+    summary = loop.run(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     if jax.process_index() == 0:
         print(f"finished at step {summary['step']} ({summary['reason']})")
 
@@ -152,7 +274,7 @@ def main(argv):
 def _run_app() -> None:
     """`app.run(main)`; `--help` exits 0 (absl's exits 1)."""
     try:
-        app.run(main)
+        app.run(main, flags_parser=parse_flags)
     except SystemExit as e:
         if e.code == 1 and any(a in ("--help", "-h", "--helpshort") for a in sys.argv[1:]):
             raise SystemExit(0) from None

@@ -221,3 +221,60 @@ def test_stage3_sr_pairs(raw, tmp_path):
         sr["loss_mask"][0, :start].sum() == 0
         and sr["loss_mask"][0, start:].sum() == n_vis - lo_n - 3
     )
+
+
+def test_bad_jsonl_lines_are_skipped_counted_and_listed(raw, tmp_path):
+    """Non-UTF-8 caption bytes, a lone surrogate, a non-JSON line and a line without an image
+    field among good lines: each one skipped record (line number, reason), never the end."""
+    d, _ = raw
+    good = [
+        json.dumps({"image": str(d / f"img{i}.png"), "caption": "ok", "key": f"g{i}"})
+        for i in (0, 1, 2)
+    ]
+    lines = [
+        good[0].encode(),
+        b'{"image": "' + str(d / "img4.png").encode() + b'", "caption": "caf\xe9 \xff"}',
+        good[1].encode(),
+        b'{"image": "' + str(d / "img5.png").encode() + b'", "caption": "bad \\udcff"}',
+        b"this is not json",
+        b'{"caption": "no image here"}',
+        good[2].encode(),
+    ]
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    m = prepare.run(_opts(raw, out, 1, source=str(source)))
+    assert m["counts"]["written"] == 3 and m["counts"]["seen"] == 7
+    assert m["filters"].get("bad_row") == 4
+    skipped = {s["line"]: s for s in map(json.loads, open(out / "skipped.jsonl"))}
+    assert sorted(skipped) == [2, 4, 5, 6]
+    assert "not UTF-8" in skipped[2]["error"]
+    assert "not valid Unicode" in skipped[4]["error"]
+    assert "bad JSON" in skipped[5]["error"]
+    assert "no image field" in skipped[6]["error"]
+    assert all(s["reason"] == "bad_row" for s in skipped.values())
+
+
+def test_failed_prepare_does_not_block_the_corrected_rerun(raw, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError):
+        prepare.run(_opts(raw, out, 1, source=str(tmp_path / "typo.jsonl")))
+    assert not (out / prepare.CONFIG).exists()  # nothing written for a missing source
+    # A run that wrote its settings but failed before finishing a shard.
+    prepare.run(_opts(raw, out, 1, image_size=32, shard_size=100))
+    for marker in (out / "done").glob("*.json"):
+        marker.unlink()
+    (out / prepare.MANIFEST).unlink()
+    m = prepare.run(_opts(raw, out, 1))  # other settings: accepted, no shard was done
+    assert m["counts"]["written"] == 8
+    assert (
+        prepare.main(
+            [
+                "--stage=1",
+                f"--source={tmp_path / 'none.jsonl'}",
+                f"--out={out}",
+                "--vq=/nonexistent",
+            ]
+        )
+        == 1
+    )

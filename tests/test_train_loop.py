@@ -354,3 +354,6 @@ def test_sigkill_mid_training_then_restart_gives_same_losses(ref, tmp_path):
     resumed = re.search(r"resuming from the checkpoint of step (\d+)", result.stdout)
     assert resumed and 1 <= int(resumed.group(1)) <= kill_step, result.stdout[-3000:]
     assert read_losses(workdir) == ref["losses"]
+    # The steps redone after the checkpoint replace their old lines: each step once.
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, NUM_STEPS + 1))

@@ -41,6 +41,11 @@ def default_data_config(stage: int) -> ml_collections.ConfigDict:
     c.worker_buffer_size = 2
     # Reader threads for ArrayRecord inside each worker.
     c.read_threads = 4
+    # A record that cannot be read or decoded (garbled chunk, bad checksum): "skip" drops
+    # and counts it (metric data/bad_records), "stop" ends the run naming the shard. More
+    # than max_bad_records skipped in one process also ends it (0: no limit).
+    c.on_bad_record = "skip"
+    c.max_bad_records = 100
     # Synthetic batches only (real ones take grids and codebook size from manifest.json).
     c.synthetic = False
     c.codebook_size = 8192

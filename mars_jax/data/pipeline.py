@@ -30,6 +30,7 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader
 
 from mars_jax.data import records
 from mars_jax.tokens import code_order, formats, vocab
@@ -181,6 +182,19 @@ def make_synthetic_iterator(
 # --------------------------------------------------------------------------- real shards
 
 
+class BadRecordError(RuntimeError):
+    """A record that cannot be read or decoded, with ``data.on_bad_record='stop'`` (or more
+    than ``data.max_bad_records`` of them); the message names the shard and record."""
+
+
+# Records skipped in this process (all buckets); the trainer logs it as data/bad_records.
+_BAD_RECORDS = {"count": 0}
+
+
+def bad_record_count() -> int:
+    return _BAD_RECORDS["count"]
+
+
 def load_manifest(shards_dir: str) -> dict:
     path = os.path.join(shards_dir, MANIFEST)
     if not os.path.exists(path):
@@ -188,14 +202,64 @@ def load_manifest(shards_dir: str) -> dict:
             f"data.shards={shards_dir!r}: no {MANIFEST} (run `python -m mars_jax.data.prepare`, "
             "and let it finish)"
         )
-    with open(path) as f:
-        manifest = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"data.shards={shards_dir!r}: {MANIFEST} is truncated or not JSON ({e}); "
+            "rerun `python -m mars_jax.data.prepare` with the same flags to rewrite it"
+        ) from None
     if manifest.get("schema_version") != records.SCHEMA_VERSION:
         raise ValueError(
             f"{path}: schema_version {manifest.get('schema_version')} is not the supported "
             f"{records.SCHEMA_VERSION}"
         )
     return manifest
+
+
+def shards_errors(shards_dir: str, limit: int = 5) -> list[str]:
+    """Start-up check of prepared shards, one line per problem (manifest missing or
+    truncated, a listed shard missing, unreadable or with another record count)."""
+    try:
+        manifest = load_manifest(shards_dir)
+        buckets = manifest.get("buckets", {})  # a manifest without buckets: checked later
+        listed = [
+            (rel, int(count))
+            for _, b in sorted(buckets.items())
+            for rel, count in zip(b["files"], b["file_counts"], strict=True)
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        text = " ".join(str(e).split())
+        return [text if text.startswith("data.shards") else f"data.shards={shards_dir!r}: {text}"]
+
+    problems = []
+    for rel, count in listed:
+        path = os.path.join(shards_dir, rel)
+        if not os.path.exists(path):
+            problems.append(f"data.shards={shards_dir!r}: shard {rel} (in {MANIFEST}) is missing")
+            continue
+        try:
+            reader = ArrayRecordReader(path)
+            try:
+                n = reader.num_records()
+            finally:
+                reader.close()
+        except Exception as e:  # a truncated file fails in the reader
+            why = " ".join(str(e).split())[:160]
+            problems.append(
+                f"data.shards={shards_dir!r}: shard {rel} is unreadable (truncated?): {why}"
+            )
+            continue
+        if n != count:
+            problems.append(
+                f"data.shards={shards_dir!r}: shard {rel} has {n} records, {MANIFEST} lists {count}"
+            )
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... and {len(problems) - limit} more shard problems"]
+    return problems
 
 
 def truncation_stats(manifest: dict, text_len: int) -> dict[str, int]:
@@ -207,14 +271,70 @@ def truncation_stats(manifest: dict, text_len: int) -> dict[str, int]:
     return out
 
 
+def _bad_record(where: str, why: str, policy: str, max_bad: int) -> None:
+    """Count one bad record; raise ``BadRecordError`` when the policy or the limit says so."""
+    _BAD_RECORDS["count"] += 1
+    n = _BAD_RECORDS["count"]
+    if policy == "stop":
+        raise BadRecordError(f"{where}: {why} (data.on_bad_record='stop')")
+    if max_bad and n > max_bad:
+        raise BadRecordError(
+            f"{where}: {why}; {n} bad records skipped in this process, more than "
+            f"data.max_bad_records={max_bad}"
+        )
+    if n <= _LOG_FIRST_N:
+        log.error("skipping bad record (%d in this process so far): %s: %s", n, where, why)
+
+
+class _CheckedSource:
+    """An ArrayRecord source whose failed reads (a garbled chunk raises ``RuntimeError:
+    Corrupted Riegeli ... hash mismatch``) yield ``None`` (counted as bad records) or raise
+    ``BadRecordError`` by ``data.on_bad_record``."""
+
+    def __init__(self, source, where, policy: str, max_bad: int):
+        self.source, self.where, self.policy, self.max_bad = source, where, policy, max_bad
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _read_failed(self, index: int, e: Exception) -> None:
+        why = "unreadable record (" + " ".join(str(e).split())[:160] + ")"
+        _bad_record(self.where(index), why, self.policy, self.max_bad)
+
+    def __getitem__(self, index):
+        try:
+            return self.source[index]
+        except Exception as e:  # riegeli raises RuntimeError / ValueError
+            self._read_failed(index, e)
+            return None
+
+    def _getitems(self, indices):
+        try:
+            return self.source._getitems(indices)  # a batched read
+        except Exception:  # one bad record: read one by one
+            return [self[i] for i in indices]
+
+
 class _ToExample(grain.transforms.RandomMap):
     """``(source index, bytes)`` → example dict; an undecodable record → None (logged)."""
 
-    def __init__(self, files, counts, grid, lo_grid, codebook_size, refined_prob, dropout):
+    def __init__(
+        self,
+        files,
+        counts,
+        grid,
+        lo_grid,
+        codebook_size,
+        refined_prob,
+        dropout,
+        policy="skip",
+        max_bad=0,
+    ):
         self.files, self.num_records = list(files), sum(counts)
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
         self.grid, self.lo_grid = tuple(grid), (tuple(lo_grid) if lo_grid else None)
         self.codebook_size, self.refined_prob, self.dropout = codebook_size, refined_prob, dropout
+        self.policy, self.max_bad = policy, max_bad
         self.num_bad = 0
 
     def _where(self, index: int) -> str:
@@ -224,6 +344,9 @@ class _ToExample(grain.transforms.RandomMap):
 
     def random_map(self, element, rng: np.random.Generator):
         index, data = element
+        if data is None:  # unreadable: counted by _CheckedSource
+            self.num_bad += 1
+            return None
         where = self._where(index)
         try:
             rec = records.decode_record(data, where, self.codebook_size)
@@ -233,7 +356,7 @@ class _ToExample(grain.transforms.RandomMap):
                 raise records.RecordError(f"{where}: code grid does not match its bucket")
         except records.RecordError as e:
             self.num_bad += 1
-            log.error("skipping bad record (%d in this process so far): %s", self.num_bad, e)
+            _bad_record(where, str(e).removeprefix(where + ": "), self.policy, self.max_bad)
             return None
         use_refined = rec["refined_ids"].size > 0 and rng.random() < self.refined_prob
         ex = {
@@ -268,7 +391,10 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
         int(bucket["codebook_size"]),
         float(data_config.refined_caption_prob),
         float(data_config.caption_dropout),
+        str(data_config.get("on_bad_record", "skip")),
+        int(data_config.get("max_bad_records", 0)),
     )
+    source = _CheckedSource(source, to_example._where, to_example.policy, to_example.max_bad)
     ds = grain.MapDataset.source(source).map_with_index(lambda i, x: (i, x))
     ds = ds[: per_process * process_count][process_index::process_count]
     ds = ds.shuffle(seed=seed).repeat()  # endless, reshuffled every epoch; cut in the caller
@@ -333,6 +459,7 @@ def make_train_iterator(
     seed = int(data_config.seed if seed is None else seed)
     shards_dir = data_config.shards
     manifest = load_manifest(shards_dir)
+    _BAD_RECORDS["count"] = 0  # counted per training run
     if int(manifest["stage"]) != int(data_config.stage):
         raise ValueError(
             f"data.stage={data_config.stage} but {shards_dir} holds "

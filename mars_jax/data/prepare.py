@@ -279,9 +279,10 @@ class _ShardWorker:
                     continue
                 reason, message = res
                 if message:  # unreadable / unusable: listed; filtered by size: only counted
-                    skipped.append(
-                        {"shard": shard, "key": ex.key, "reason": reason, "error": message}
-                    )
+                    entry = {"shard": shard, "key": ex.key, "reason": reason, "error": message}
+                    if ex.line:
+                        entry["line"] = ex.line
+                    skipped.append(entry)
                     log.warning("skipping %s", message)
                 filters[reason] += 1
         for size_key in list(pending):
@@ -343,12 +344,20 @@ def chunks(it: Iterable, size: int) -> Iterator[list]:
 
 
 def _check_config(out: str, settings: dict) -> None:
+    """Refuse a rerun with other settings once a shard is done; before that (a run that
+    failed early) the new settings replace the old ones."""
     path = os.path.join(out, CONFIG)
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except ValueError:
+            old = {}
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
+        if diff and not glob.glob(os.path.join(out, "done", "shard-*.json")):
+            log.info("%s: no shard done yet; replacing the settings of an earlier run", out)
+            _atomic_json(path, settings)
+        elif diff:
             raise ValueError(
                 f"{out} was prepared with other settings; use a new --out or the same "
                 f"flags. Differences (was, now): {diff}"
@@ -399,6 +408,9 @@ def run(opts: PrepareOptions) -> dict | None:
         },
         "shard_size": opts.shard_size,
     }
+    source = sources.iter_source(
+        opts.source, opts.tfds_data_dir, opts.tfds_image_key, opts.tfds_caption_key
+    )  # a missing source fails here, before anything is written
     os.makedirs(opts.out, exist_ok=True)
     _check_config(opts.out, header)
     for tmp in glob.glob(os.path.join(opts.out, "*", ".tmp-*")):
@@ -410,9 +422,6 @@ def run(opts: PrepareOptions) -> dict | None:
 
         bar = tqdm(desc=f"prepare stage {opts.stage}", unit="img", file=sys.stderr)
     num_shards = 0
-    source = sources.iter_source(
-        opts.source, opts.tfds_data_dir, opts.tfds_image_key, opts.tfds_caption_key
-    )
     for shard, examples in enumerate(chunks(source, opts.shard_size)):
         num_shards = shard + 1
         if shard % opts.num_workers != opts.worker_index:
@@ -463,7 +472,11 @@ def parse_args(argv: list[str] | None = None) -> PrepareOptions:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     opts = parse_args(argv)
-    manifest = run(opts)
+    try:
+        manifest = run(opts)
+    except (ValueError, OSError) as e:  # bad flags, missing source / VQ / tokenizer
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     if manifest is None:
         print(f"{opts.out}: this worker's shards are done; others are still running")
         return 0

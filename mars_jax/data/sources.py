@@ -39,6 +39,7 @@ class SourceExample:
     lang: str = ""
     refined_caption: str = ""
     error: str = ""  # set when the row itself is unusable
+    line: int = 0  # jsonl line / csv row number (0: not from a text file)
 
 
 def _first(row: dict, names: tuple[str, ...]) -> Any:
@@ -78,28 +79,55 @@ def iter_folder(folder: str) -> Iterator[SourceExample]:
         yield SourceExample(os.path.relpath(path, folder), path, caption)
 
 
+def _unencodable(row: dict) -> str:
+    """The first string field that cannot be UTF-8 encoded (a lone surrogate such as
+    ``"\\udcff"`` in the JSON), as a message; "" when all can."""
+    for key, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"field {key!r} is not valid Unicode ({e.reason} at {e.start})"
+    return ""
+
+
 def iter_jsonl(path: str) -> Iterator[SourceExample]:
+    """One example per line. A line that is not UTF-8, not a JSON object, holds a string
+    that cannot be encoded, or has no image field is yielded with ``error`` set (skipped,
+    counted and listed by ``prepare``), never ending the run."""
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path} line {line_no}"
+            key = f"line-{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                error = f"{where}: not UTF-8 ({e.reason} at byte {e.start})"
+                yield SourceExample(key, None, error=error, line=line_no)
+                continue
             try:
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise ValueError("not a JSON object")
             except ValueError as e:
-                yield SourceExample(f"line-{line_no}", None, error=f"{where}: bad JSON ({e})")
+                yield SourceExample(key, None, error=f"{where}: bad JSON ({e})", line=line_no)
                 continue
-            yield _from_row(row, base, f"line-{line_no}", where)
+            bad = _unencodable(row)
+            if bad:
+                yield SourceExample(key, None, error=f"{where}: {bad}", line=line_no)
+                continue
+            yield dataclasses.replace(_from_row(row, base, key, where), line=line_no)
 
 
 def iter_csv(path: str) -> Iterator[SourceExample]:
     base = os.path.dirname(os.path.abspath(path))
     with open(path, encoding="utf-8", newline="") as f:
         for row_no, row in enumerate(csv.DictReader(f), 1):
-            yield _from_row(row, base, f"row-{row_no}", f"{path} row {row_no}")
+            ex = _from_row(row, base, f"row-{row_no}", f"{path} row {row_no}")
+            yield dataclasses.replace(ex, line=row_no)
 
 
 def _feature(example: dict, key: str) -> Any:
@@ -129,7 +157,7 @@ def iter_tfds(
             ex = source[i]
             image = np.asarray(ex[image_key])
             caption = str(_feature(ex, caption_key)) if caption_key else ""
-        except Exception as e:  # noqa: BLE001 - a bad TFDS example must not stop the run
+        except Exception as e:  # a bad TFDS example must not stop the run
             yield SourceExample(key, None, error=f"tfds {name}:{split} index {i}: {e}")
             continue
         yield SourceExample(key, image, caption)

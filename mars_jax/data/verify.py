@@ -27,7 +27,7 @@ def verify_shards(shards_dir: str) -> dict:
             path = os.path.join(shards_dir, rel)
             try:
                 data = records.read_shard(path)
-            except Exception as e:  # noqa: BLE001 - an unreadable file is a finding, not a crash
+            except Exception as e:  # an unreadable file is a finding, not a crash
                 bad.append({"file": rel, "record": None, "error": f"unreadable shard: {e}"})
                 continue
             if len(data) != int(count):
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     with cli.one_line_errors():
         if not os.path.isdir(args.shards):
             raise cli.UsageError(f"{args.shards}: no such directory")
-        report = verify_shards(args.shards)
+        try:
+            report = verify_shards(args.shards)
+        except (KeyError, TypeError) as e:  # a truncated or hand-edited manifest.json
+            raise cli.UsageError(f"{args.shards}: bad manifest ({' '.join(str(e).split())})") from e
     for b in report["bad"]:
         print(json.dumps(b))
     print(f"{report['records']} records in {report['files']} files; {len(report['bad'])} bad")

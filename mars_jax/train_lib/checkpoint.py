@@ -6,7 +6,10 @@ One checkpoint step directory holds these items:
 - ``data``: the Grain iterator state (Grain's own Orbax handler, one JSON file per process);
 - ``config``: the resolved config (JSON), for reading a run back;
 - ``base``: identity of the frozen LLM (where it came from + a content hash); the frozen
-  weights themselves are never re-saved, and a resume checks the hash.
+  weights themselves are never re-saved, and a resume checks the hash;
+- ``integrity``: the sha256 of the data-iterator state; after the commit, process 0 adds
+  ``_FILE_CHECKSUMS.json`` (every file's sha256). Both are verified before a resume
+  (``integrity.py``); a damaged checkpoint is set aside and the previous one used.
 
 Saves are asynchronous (``CheckpointManager`` with ``save_interval_steps`` and
 ``max_to_keep``); Orbax commits a step directory atomically, so ``latest_step`` is always a
@@ -16,16 +19,21 @@ shardings, so a run can resume on a different mesh shape.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
+from mars_jax.train_lib import integrity
 from mars_jax.train_lib import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
+
+log = logging.getLogger(__name__)
 
 
 class BaseMismatchError(RuntimeError):
@@ -65,10 +73,14 @@ def save(
     force: bool = False,
 ) -> bool:
     """Save ``state`` at ``step`` if the interval says so (or ``force``); True if it did."""
+    if not force and not manager.should_save(step):
+        return False
+    data_iterator = iterator if _has_state(iterator) else None
     items = {
         "state": ocp.args.StandardSave(state),
         "config": ocp.args.JsonSave(config_dict),
         "base": ocp.args.JsonSave(base_identity),
+        integrity.ITEM: ocp.args.JsonSave(integrity.integrity_record(data_iterator)),
     }
     if _has_state(iterator):
         items["data"] = grain_ckpt.CheckpointSave(iterator)
@@ -137,7 +149,19 @@ def load_trainable_from(
         raise FileNotFoundError(f"{flag}={workdir!r}: {directory} holds no checkpoint")
     if step is not None and step not in steps:
         raise FileNotFoundError(f"{flag}={workdir!r}: no step {step} (steps: {sorted(steps)})")
-    step = max(steps) if step is None else step
+    candidates = [step] if step is not None else sorted(steps, reverse=True)
+    step = None
+    for candidate in candidates:  # the newest intact one (integrity.py)
+        problem, _ = integrity.check_step(directory / str(candidate), expect_data=False)
+        if problem is None:
+            step = candidate
+            break
+        log.warning("%s: %s; trying an earlier checkpoint", flag, problem.line(candidate))
+    if step is None:
+        raise integrity.CheckpointDamagedError(
+            f"{flag}={workdir!r}: no intact checkpoint among {sorted(candidates)} in {directory} "
+            f"(`python -m mars_jax.train --verify_checkpoint={workdir}` lists why)"
+        )
     state_dir = directory / str(step) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     meta = checkpointer.metadata(state_dir).item_metadata
@@ -188,3 +212,76 @@ def load_trainable_from(
         ),
     )
     return restored["trainable"], missing
+
+
+def restore_intact(
+    manager,
+    abstract_state: dict,
+    state_shardings: dict,
+    iterator: Any,
+    base_identity: dict,
+    on_damage: str,
+    report,
+    where: str,
+) -> tuple[int | None, dict | None]:
+    """Restore the newest checkpoint that passes verification; ``(None, None)`` if none exist.
+
+    Each damaged one is reported (``report(line)``) and set aside as
+    ``<step>.damaged-<reason>``; ``on_damage='stop'`` raises at the first one instead (and
+    renames nothing). Raises ``integrity.CheckpointDamagedError`` when checkpoints exist but none is
+    intact, and ``checkpoint.BaseMismatchError`` (not damage) for another frozen LLM.
+    """
+    directory = epath.Path(manager.directory)
+    has_data = _has_state(iterator)
+    pi, pc = jax.process_index(), jax.process_count()
+    damaged: list[str] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        step_dir = directory / str(step)
+        problem, _ = integrity.check_step(step_dir, has_data, pi, pc)
+        state = None
+        if problem is None:
+            try:
+                saved = read_base_identity(manager, step)
+            except Exception as e:  # any read failure is damage
+                problem = integrity.Problem("base", "unreadable", integrity.one_line(e))
+            else:
+                check_base(saved, base_identity, f"{where} step {step}")
+        if problem is None:
+            try:
+                state = restore(manager, step, abstract_state, state_shardings, None)
+            except Exception as e:
+                problem = integrity.Problem("state", "unreadable", integrity.one_line(e))
+        if problem is None and has_data:
+            try:
+                manager.restore(
+                    step, args=ocp.args.Composite(data=grain_ckpt.CheckpointRestore(iterator))
+                )
+            except Exception as e:
+                problem = integrity.Problem("data", "unreadable", integrity.one_line(e))
+        if problem is None and not integrity.state_is_finite(state):
+            problem = integrity.Problem(
+                "state", "nonfinite", "the restored params or optimizer state hold NaN/Inf"
+            )
+        problem = integrity.agree(problem)
+        if problem is None:
+            return step, state
+        line = problem.line(step)
+        if on_damage == "stop":
+            raise integrity.CheckpointDamagedError(
+                f"{line} (checkpoint.on_damage='stop': nothing renamed; "
+                f"`python -m mars_jax.train --verify_checkpoint={directory.parent}` lists all)"
+            )
+        aside = directory / f"{step}{integrity.DAMAGED_TAG}{problem.reason}"
+        if pi == 0:
+            aside = integrity.set_aside(step_dir, problem.reason)
+        if pc > 1:
+            multihost_utils.sync_global_devices(f"mars_jax set aside {step}")
+        report(f"{line}; set aside as {aside.name}; trying the previous checkpoint")
+        damaged.append(f"{step} ({problem.reason})")
+        manager.reload()
+    if damaged:
+        raise integrity.CheckpointDamagedError(
+            f"no intact checkpoint in {directory}: every one is damaged ({', '.join(damaged)}; "
+            "set aside, nothing deleted); start a new workdir or repair one"
+        )
+    return None, None

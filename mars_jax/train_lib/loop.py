@@ -31,18 +31,33 @@ from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
-from mars_jax.train_lib import distributed, metrics, preview, run_info, schedule, sharding
+from mars_jax.train_lib import (
+    distributed,
+    integrity,
+    metrics,
+    preview,
+    run_info,
+    schedule,
+    sharding,
+    validate,
+)
 from mars_jax.train_lib import state as state_lib
 from mars_jax.train_lib import step as step_lib
 from mars_jax.train_lib import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
-NONFINITE_POLICIES = ("skip", "stop")
+NONFINITE_POLICIES = validate.NONFINITE_POLICIES
 
 
 class NonFiniteError(RuntimeError):
-    """Raised with ``train.nonfinite="stop"`` when a step's loss or gradients are not finite."""
+    """A step's loss or gradients are not finite (``train.nonfinite="stop"``), too many
+    consecutive updates were skipped (``train.max_consecutive_skips``), or the train state
+    itself is not finite."""
+
+
+class ConfigChangeError(validate.ConfigError):
+    """A resume with a config that changes what is trained (``--allow_config_change``)."""
 
 
 @dataclasses.dataclass
@@ -128,13 +143,11 @@ def prepare(
     which an abstract compile does not read.
     """
     config = ml_collections.ConfigDict(config.to_dict())  # private copy
+    devices = list(jax.devices() if devices is None else devices)
+    # Every problem of the config at once, one line each (validate.py), before anything else.
+    validate.check(config, len(devices), jax.process_count(), check_data=check_paths)
     model_cfg = ModelConfig.from_dict(config.model)
     train = config.train
-    if train.nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"train.nonfinite={train.nonfinite!r} not in {NONFINITE_POLICIES}")
-    if int(train.grad_accum) < 1:
-        raise ValueError(f"train.grad_accum must be >= 1, got {train.grad_accum}")
-    devices = list(jax.devices() if devices is None else devices)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.get("dcn_shape"), devices)
     sharding.check_batch_fits(
         int(train.global_batch), int(train.grad_accum), mesh, jax.process_count()
@@ -154,6 +167,9 @@ def prepare(
         for grid in pipeline.synthetic_image_grids(config.data):
             model_cfg.check_image_grid(grid, "data.grids (synthetic)")
     elif check_paths:
+        shard_problems = pipeline.shards_errors(config.data.shards)
+        if shard_problems:
+            raise validate.ConfigError(shard_problems)
         check_shards_fit_model(config.data.shards, model_cfg)
     num_steps = int(train.num_steps)
     if num_steps <= 0:
@@ -326,11 +342,43 @@ def _tokens_in(arrays: dict) -> int:
     return int(sum(np.prod(b["tokens"].shape) for b in arrays.values()))
 
 
+def check_config_change(workdir: str, config_json: str, allow: bool, report) -> None:
+    """Compare with the config the workdir's checkpoints were trained with (``config.json``).
+
+    Every difference is reported on one line; changes of the stage, the model, the batch or
+    the data stream (``validate.REFUSED_CHANGES``) are refused unless ``allow``.
+    """
+    root = workdir_lib.resolve(workdir)
+    previous = root / "config.json"
+    steps, _ = integrity.step_dirs(ckpt_lib.checkpoint_dir(workdir))
+    if not steps or not previous.exists():
+        return
+    try:
+        old = json.loads(previous.read_text())
+    except ValueError:
+        report(f"warning: {previous} is unreadable; config changes on resume not checked")
+        return
+    refused, harmless = validate.config_changes(old, json.loads(config_json))
+    for line in harmless:
+        report(f"config changed on resume: {line}")
+    if refused and not allow:
+        raise ConfigChangeError(
+            [f"config change on resume refused: {line}" for line in refused]
+            + [
+                f"{workdir} was trained with another stage, model, batch or data; use a new "
+                "workdir, or --allow_config_change to resume anyway"
+            ]
+        )
+    for line in refused:
+        report(f"config changed on resume (allowed): {line}")
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
     devices: list[jax.Device] | None = None,
     iterator: Any = None,
+    allow_config_change: bool = False,
 ) -> dict:
     """Train (or resume) in ``workdir``; returns last step, final metrics, state and frozen.
 
@@ -340,6 +388,8 @@ def run(
     setup = prepare(config, devices)
     config = setup.config
     is_main = jax.process_index() == 0
+    report = print if is_main else (lambda *a, **k: None)
+    check_config_change(workdir, setup.config_json, allow_config_change, report)
     if is_main:
         root = workdir_lib.resolve(workdir)
         root.mkdir(parents=True, exist_ok=True)
@@ -355,14 +405,22 @@ def run(
             config.checkpoint.keep,
             config.checkpoint.async_save,
         )
+        sealer = integrity.Sealer(
+            enabled=is_main and bool(config.checkpoint.get("checksums", True))
+        )
         try:
-            latest = manager.latest_step()
+            # The newest checkpoint that passes verification; damaged ones are set aside.
+            latest, state = ckpt_lib.restore_intact(
+                manager,
+                setup.abstract_state,
+                setup.state_shardings,
+                iterator,
+                base_identity,
+                str(config.checkpoint.get("on_damage", "fallback")),
+                lambda line: report(f"warning: {line}"),
+                workdir,
+            )
             if latest is not None:
-                saved = ckpt_lib.read_base_identity(manager, latest)
-                ckpt_lib.check_base(saved, base_identity, f"{workdir} step {latest}")
-                state = ckpt_lib.restore(
-                    manager, latest, setup.abstract_state, setup.state_shardings, iterator
-                )
                 if is_main:
                     print(f"resuming from the checkpoint of step {latest} in {workdir}")
             else:
@@ -374,16 +432,20 @@ def run(
                 )
                 state = init(trainable, state_lib.rng_from_seed(int(config.train.seed)))
             start = int(jax.device_get(state["step"]))
-            summary = _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start)
+            summary = _loop(
+                setup, workdir, manager, state, frozen, iterator, base_identity, start, sealer
+            )
             summary["frozen"] = frozen
         finally:
-            # In-flight saves are of finite states: let them land even when the run fails.
+            # In-flight saves are of finite states: let them land even when the run fails,
+            # and write their file checksums.
+            sealer.close(manager)
             manager.wait_until_finished()
             manager.close()
     return summary
 
 
-def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start) -> dict:
+def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start, sealer) -> dict:
     config = setup.config
     is_main = jax.process_index() == 0
     writer = metrics.MetricsWriter(workdir, setup.num_steps, start, enabled=is_main)
@@ -401,16 +463,38 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
     last_saved = manager.latest_step()
 
     state_finite = True  # the state restored or initialised is finite (checked by the step)
+    real_data = not config.data.get("synthetic", False)
+    max_skips = int(config.train.get("max_consecutive_skips", 0))
+    skips, first_bad = 0, None  # consecutive skipped updates and where the streak began
+
+    # The newest checkpoint saved outside a streak of skipped updates.
+    last_good_saved = last_saved
+
+    def last_good() -> str:
+        if last_good_saved is None:
+            return "none (no checkpoint yet)"
+        return f"step {last_good_saved}"
 
     def save(step_now: int, force: bool) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_good_saved
+        sealer.ready(manager)
         if last_saved == step_now:
             return
         if not state_finite:
             writer.print(f"step {step_now}: state is not finite; checkpoint NOT written")
+            if force:
+                raise NonFiniteError(
+                    f"step {step_now}: the final checkpoint was refused (the state is not "
+                    f"finite); last good checkpoint: {last_good()}"
+                )
             return
+        if force or manager.should_save(step_now):
+            sealer.drain()  # the previous seal is written before Orbax may delete old steps
         if ckpt_lib.save(manager, step_now, state, iterator, config_dict, base_identity, force):
             last_saved = step_now
+            if not skips:
+                last_good_saved = step_now
+            sealer.submit(ckpt_lib.checkpoint_dir(workdir) / str(step_now))
 
     try:
         while step < setup.num_steps:
@@ -427,10 +511,20 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
             state, out = get_step(setup, layouts)(state, frozen, global_arrays)
             out = jax.device_get(out)
             dt = time.perf_counter() - t0
+            if real_data:  # records skipped by data.on_bad_record='skip' (this process)
+                out["data/bad_records"] = pipeline.bad_record_count()
             step += 1
             state_finite = bool(out["state_finite"])
             tokens = _tokens_in(arrays) * jax.process_count()
+            if not state_finite:
+                _write(writer, step, out, dt, tokens, None)
+                raise NonFiniteError(
+                    f"step {step}: the train state (params or optimizer state) is not finite; "
+                    f"stopped, nothing saved; last good checkpoint: {last_good()}"
+                )
             if not bool(out["finite"]):
+                skips += 1
+                first_bad = step if skips == 1 else first_bad
                 message = (
                     f"step {step}: non-finite loss ({float(out['loss'])}) or gradient norm "
                     f"({float(out['grad_norm'])}); "
@@ -438,8 +532,21 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
                 if config.train.nonfinite == "stop":
                     writer.print(message + "stopping (train.nonfinite='stop')")
                     _write(writer, step, out, dt, tokens, None)
-                    raise NonFiniteError(message + "stopped (train.nonfinite='stop')")
+                    raise NonFiniteError(
+                        message + f"stopped (train.nonfinite='stop'); last good checkpoint: "
+                        f"{last_good()}"
+                    )
                 writer.print(message + "update skipped (train.nonfinite='skip')")
+                if max_skips and skips > max_skips:
+                    _write(writer, step, out, dt, tokens, None)
+                    raise NonFiniteError(
+                        f"steps {first_bad}-{step}: {skips} consecutive updates skipped "
+                        f"(non-finite loss or gradients; train.max_consecutive_skips="
+                        f"{max_skips}); first bad step {first_bad}; last good checkpoint: "
+                        f"{last_good()}"
+                    )
+            else:
+                skips, first_bad = 0, None
             if step % log_every == 0 or step == setup.num_steps or not bool(out["finite"]):
                 flops = metrics.flops_per_step(
                     setup.model_cfg,

@@ -189,8 +189,16 @@ class MetricsWriter:
                 f"are written to {local} and uploaded there every {upload_every_s:.0f} s and "
                 "at the end"
             )
-        self._jsonl = open(local / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = SummaryWriter(os.fspath(local / TENSORBOARD_DIR))
+        # A resumed run redoes the steps after its checkpoint: drop their old lines, and
+        # have TensorBoard discard their old events (purge_step), so each step appears once.
+        dropped = truncate_after(local / METRICS_FILE, initial_step)
+        if dropped:
+            self.print(
+                f"{METRICS_FILE}: dropped {dropped} line(s) after step {initial_step} "
+                "(redone from the checkpoint)"
+            )
+        self._jsonl = open(local / METRICS_FILE, "a", encoding="utf-8")
+        self._tb = SummaryWriter(os.fspath(local / TENSORBOARD_DIR), purge_step=initial_step + 1)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -242,6 +250,32 @@ class MetricsWriter:
         if self.dirs.remote is not None:
             workdir_lib.upload_tree(self.dirs.local, self.dirs.remote)
         self._bar.close()
+
+
+def truncate_after(path, step: int) -> int:
+    """Drop the lines of ``path`` (metrics.jsonl) with a step after ``step`` (and unreadable
+    ones, e.g. a line cut by a kill); rewrites atomically. Returns the number dropped."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                keep = int(record["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 def _jsonable(value: Any) -> Any:

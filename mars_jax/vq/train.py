@@ -221,7 +221,7 @@ def train_vq(
 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        log_file = open(os.path.join(out_dir, LOG_FILE), "a")  # noqa: SIM115
+        log_file = open(os.path.join(out_dir, LOG_FILE), "a")
     history: list[dict[str, float]] = []
     sums: dict[str, list] = {}
     window_counts = jnp.zeros(cfg.codebook_size, jnp.int32)

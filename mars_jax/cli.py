@@ -67,7 +67,7 @@ def one_line_errors() -> Iterator[None]:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         yield
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (UsageError, ValueError, OSError) as e:
         if os.environ.get("MARS_TRACEBACK"):
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -24,7 +24,6 @@ then high-res grid). Stage II/III captions start with the output resolution as t
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mars_jax import cli
 from mars_jax.data import image_ops, records, sources
 from mars_jax.tokens import formats, vocab
 from mars_jax.vq import images as vq_images
@@ -450,7 +450,7 @@ def run(opts: PrepareOptions) -> dict | None:
 
 
 def parse_args(argv: list[str] | None = None) -> PrepareOptions:
-    p = argparse.ArgumentParser(prog="python -m mars_jax.data.prepare", description=__doc__)
+    p = cli.parser("data.prepare", __doc__)
     defaults = PrepareOptions(stage=1, source="", out="", vq="")
     p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
     p.add_argument("--source", required=True, help="folder | *.jsonl | *.csv | tfds:NAME[:SPLIT]")
@@ -470,13 +470,11 @@ def parse_args(argv: list[str] | None = None) -> PrepareOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mars_jax").setLevel(logging.INFO)  # this run's progress, not JAX's
     opts = parse_args(argv)
-    try:
+    with cli.one_line_errors():  # bad flags, missing source / VQ / tokenizer
         manifest = run(opts)
-    except (ValueError, OSError) as e:  # bad flags, missing source / VQ / tokenizer
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
     if manifest is None:
         print(f"{opts.out}: this worker's shards are done; others are still running")
         return 0

@@ -83,8 +83,9 @@ MISTAKES = [
     (["export", "--checkpoint=/nope", "--out=OUT"], "--checkpoint=/nope: no such"),
     (["convert", "--hf=/nope", "--out=OUT"], "--hf=/nope: no such directory"),
     (["data.verify", "/nope"], "/nope: no such directory"),
-    (["data.prepare", "--stage=1", "--source=/nope.jsonl", "--out=OUT", "--vq=RUN"], "/nope.jsonl"),
-    (["data.prepare", "--stage=4", "--source=x", "--out=OUT", "--vq=RUN"], "invalid choice"),
+    (["data.prepare", "--stage=1", "--source=/nope.jsonl", "--out=OUT", "--vq=VQ"], "/nope.jsonl"),
+    (["data.prepare", "--stage=1", "--source=/nope.jsonl", "--out=OUT", "--vq=RUN"], "VQ config"),
+    (["data.prepare", "--stage=4", "--source=x", "--out=OUT", "--vq=VQ"], "invalid choice"),
     (["evaluate", "--bench=shapes"], "needs --checkpoint"),
     (["evaluate", "--bench=shapes", "--checkpoint=/nope"], "--checkpoint=/nope: no such"),
     (["evaluate", "--bench=nope"], "invalid choice"),
@@ -94,7 +95,10 @@ MISTAKES = [
 
 @pytest.mark.parametrize("args, message", MISTAKES, ids=[" ".join(a[:3]) for a, _ in MISTAKES])
 def test_a_mistake_is_one_line(args, message, fake_run, tmp_path):
-    fill = {"RUN": fake_run, "OUT": str(tmp_path / "out"), "TMP": str(tmp_path)}
+    fill = {
+        "RUN": fake_run, "OUT": str(tmp_path / "out"), "TMP": str(tmp_path),
+        "VQ": demo_shards.demo_vq_dir(),
+    }  # fmt: skip
     argv = [f"mars_jax.{args[0]}"]
     for arg in args[1:]:
         for key, value in fill.items():

@@ -267,7 +267,7 @@ def test_failed_prepare_does_not_block_the_corrected_rerun(raw, tmp_path):
     (out / prepare.MANIFEST).unlink()
     m = prepare.run(_opts(raw, out, 1))  # other settings: accepted, no shard was done
     assert m["counts"]["written"] == 8
-    assert (
+    with pytest.raises(SystemExit) as exit_info:  # one error line, exit status 2
         prepare.main(
             [
                 "--stage=1",
@@ -276,5 +276,4 @@ def test_failed_prepare_does_not_block_the_corrected_rerun(raw, tmp_path):
                 "--vq=/nonexistent",
             ]
         )
-        == 1
-    )
+    assert exit_info.value.code == 2

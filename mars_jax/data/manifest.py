@@ -10,7 +10,7 @@ __all__ = ["default_grid", "grids", "load_manifest", "sr_sizes", "vq_dir"]
 
 def vq_dir(manifest: dict) -> str:
     """The VQ tokenizer directory the shards were encoded with ('' if not recorded)."""
-    return str(manifest.get("vq", {}).get("dir", ""))
+    return str((manifest.get("vq") or {}).get("dir", ""))
 
 
 def grids(manifest: dict) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mars_jax import vocab
-from mars_jax.model import layers
+from mars_jax.model import attention, layers
 from mars_jax.model import layout as layout_lib
 from mars_jax.model.config import ModelConfig
 
@@ -120,50 +120,15 @@ def expert(fn, modality: str, text_params: dict, vision_params: dict, is_vision_
     return jax.tree.map(pick, out_text, out_vision)
 
 
-def block_masks(segs, valid_BxL: jax.Array) -> list[list[jax.Array]]:
-    """masks[i][j]: `[B, S_i, S_j]`, whether queries of segment i may see keys of segment j≤i."""
-    masks = []
-    for i, (_, qs, qe) in enumerate(segs):
-        row = []
-        for _, ks, ke in segs[: i + 1]:
-            key_valid = valid_BxL[:, None, ks:ke]
-            if ks == qs:
-                causal = jnp.tril(jnp.ones((qe - qs, ke - ks), bool))
-                row.append(causal[None] & key_valid)
-            else:
-                row.append(jnp.broadcast_to(key_valid, (valid_BxL.shape[0], qe - qs, ke - ks)))
-        masks.append(row)
-    return masks
-
-
 def attend_blocks(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
-    """Softmax attention over keys given as separate blocks `[(k, v), ...]`.
+    """Softmax attention over keys given as separate blocks `[(k, v), ...]`, each with an
+    explicit mask (`attention.materialised`; the decoders' path).
 
     Scores are computed per block and normalised jointly. Keeping the blocks apart means
     the backward pass computes no key/value gradient for blocks that depend on frozen
     weights only (the text stream of text-to-image).
     """
-    b, nq, h, dh = q_BxQxHxDh.shape
-    g = kv_blocks[0][0].shape[2]
-    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
-    scores = [
-        jnp.where(
-            m[:, None, None],
-            jnp.einsum("bqgrd,bkgd->bgrqk", q, k, preferred_element_type=jnp.float32),
-            layers.MASK_VALUE,
-        )
-        for (k, _), m in zip(kv_blocks, mask_blocks, strict=True)
-    ]
-    sizes = [s.shape[-1] for s in scores]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-    any_key = jnp.any(jnp.concatenate(mask_blocks, axis=-1), axis=-1)[:, None, None, :, None]
-    probs = jnp.where(any_key, probs, 0.0)
-    out, start = 0.0, 0
-    for (_, v), n in zip(kv_blocks, sizes, strict=True):
-        p = probs[..., start : start + n].astype(v.dtype)
-        out = out + jnp.einsum("bgrqk,bkgd->bqgrd", p, v)
-        start += n
-    return out.reshape(b, nq, h, dh)
+    return attention.materialised(q_BxQxHxDh, kv_blocks, mask_blocks)
 
 
 def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vision_N, cfg):
@@ -231,7 +196,6 @@ def forward_segments(
     tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
     valid_BxL = jnp.asarray(valid_BxL, bool)
     segs = segments_of(layout, tokens_BxL.shape[1])
-    masks = block_masks(segs, valid_BxL)
     consts = []
     for _, start, stop in segs:
         pos_N = positions_BxL[:, start:stop].reshape(-1)
@@ -261,7 +225,8 @@ def forward_segments(
         out = []
         for i, (x, (m, _, _), (_, isv)) in enumerate(zip(xs, segs, consts, strict=True)):
             kv_blocks = [(k, v) for _, k, v in qkv[: i + 1]]
-            a = attend_blocks(qkv[i][0], kv_blocks, masks[i])
+            key_valid = [valid_BxL[:, start:stop] for _, start, stop in segs[: i + 1]]
+            a = attention.attend(qkv[i][0], kv_blocks, key_valid, cfg.attention, cfg.compute_dtype)
             out.append(segment_finish(x, a, m, frozen_layer, trainable_layer, isv, cfg))
         kv = None
         if return_kv:

@@ -146,7 +146,7 @@ def _forward(q, k, v, valid, causal: bool, block_q: int, block_k: int):
 
         def key_block(kj, carry):
             def visit(carry):
-                m, l, acc = carry
+                m, den, acc = carry
                 s = jnp.einsum("bqgrd,bkgd->bgrqk", q_i, ks[kj], preferred_element_type=jnp.float32)
                 mask = _tile_mask(ms[kj], causal, qi, kj, bq, bk)
                 s = jnp.where(mask, s, MASK_VALUE)
@@ -154,9 +154,12 @@ def _forward(q, k, v, valid, causal: bool, block_q: int, block_k: int):
                 p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
                 corr = jnp.exp(m - m_new)
                 pv = jnp.einsum(
-                    "bgrqk,bkgd->bgrqd", p.astype(v.dtype), vs[kj], preferred_element_type=jnp.float32
+                    "bgrqk,bkgd->bgrqd",
+                    p.astype(v.dtype),
+                    vs[kj],
+                    preferred_element_type=jnp.float32,
                 )
-                return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+                return m_new, den * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
 
             return jax.lax.cond(jnp.any(ms[kj]), visit, lambda c: c, carry)
 
@@ -166,10 +169,10 @@ def _forward(q, k, v, valid, causal: bool, block_q: int, block_k: int):
             jnp.zeros((b, g, r, bq, dh), jnp.float32),
         )
         hi = _causal_last_key_block(qi, causal, bq, bk, nk)
-        m, l, acc = jax.lax.fori_loop(0, hi, key_block, init)
-        seen = l > 0
-        out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), MASK_VALUE)
+        m, den, acc = jax.lax.fori_loop(0, hi, key_block, init)
+        seen = den > 0
+        out = jnp.where(seen[..., None], acc / jnp.where(seen, den, 1.0)[..., None], 0.0)
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, den, 1.0)), MASK_VALUE)
         return jnp.moveaxis(out, 3, 1), lse  # [B, bq, G, R, Dh], [B, G, R, bq]
 
     out, lse = jax.lax.map(query_block, (jnp.arange(nq), qs))
@@ -250,8 +253,8 @@ def _segment_bwd(causal, block_q, block_k, res, cotangents):
     dq0 = jnp.zeros((nq, b, bq, g, r, dh), jnp.float32)
     dq, (dk, dv) = jax.lax.scan(key_block, dq0, (jnp.arange(nk), ks, vs, ms))
     dq = jnp.moveaxis(dq, 0, 1).reshape(b, nq * bq, g, r, dh)[:, :lq].astype(q.dtype)
-    unblock = lambda x, like: jnp.moveaxis(x, 0, 1).reshape(b, nk * bk, g, dh)[:, :lk].astype(
-        like.dtype
+    unblock = lambda x, like: (
+        jnp.moveaxis(x, 0, 1).reshape(b, nk * bk, g, dh)[:, :lk].astype(like.dtype)
     )
     return (
         dq if need_dq else None,

@@ -220,3 +220,21 @@ def test_stage3_sr_pairs(raw, tmp_path):
         sr["loss_mask"][0, :start].sum() == 0
         and sr["loss_mask"][0, start:].sum() == n_vis - lo_n - 3
     )
+
+
+def test_workers_then_finalize_equals_one_run(raw, tmp_path, stage1):
+    """Two workers split the shards (a job array's tasks); the final `--finalize` step writes
+    the manifest, and fails naming the shards not done while a worker is missing."""
+    _, single = stage1
+    out = tmp_path / "s1w"
+    assert prepare.run(_opts(raw, out, 1, num_workers=2, worker_index=0)) is None
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(RuntimeError, match=r"1 of 3 shards .* not done: \[1\]"):
+        prepare.main(["--finalize", f"--out={out}"])
+    assert prepare.run(_opts(raw, out, 1, num_workers=2, worker_index=1)) is not None
+    os.remove(out / "manifest.json")  # the last worker wrote it; the final step writes it again
+    assert prepare.main(["--finalize", f"--out={out}"]) == 0
+    with open(out / "manifest.json") as f:
+        m = json.load(f)
+    assert m["counts"] == single["counts"] and m["buckets"] == single["buckets"]
+    assert m["filters"] == single["filters"] and m["num_shards"] == 3

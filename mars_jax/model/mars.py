@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mars_jax import vocab
-from mars_jax.model import attention, layers
+from mars_jax.model import activation_sharding, attention, layers
 from mars_jax.model import layout as layout_lib
 from mars_jax.model.config import ModelConfig
 
@@ -135,7 +135,8 @@ def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vi
     """Pre-norm + expert QKV of one segment: `[B, S, H, Dh]`, `[B, S, KV, Dh]` x2."""
     dtype = jnp.dtype(cfg.compute_dtype)
     b, s, d = x_BxSxD.shape
-    h_ND = layers.rms_norm(x_BxSxD.reshape(b * s, d), frozen_layer["ln1"], cfg.norm_eps)
+    x_ND = activation_sharding.tokens(x_BxSxD.reshape(b * s, d))
+    h_ND = layers.rms_norm(x_ND, frozen_layer["ln1"], cfg.norm_eps)
     cos, sin = cos_sin
     q, k, v = expert(
         lambda p: layers.qkv_projection(h_ND, p, cos, sin, dtype),
@@ -144,8 +145,8 @@ def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vi
         trainable_layer["vision_attn"],
         is_vision_N,
     )
-    unflat = lambda t: t.reshape(b, s, *t.shape[1:])
-    return unflat(q), unflat(k), unflat(v)
+    unflat = lambda t: activation_sharding.tokens(t.reshape(b, s, *t.shape[1:]))
+    return unflat(activation_sharding.tokens(q)), unflat(k), unflat(v)
 
 
 def segment_finish(
@@ -154,11 +155,11 @@ def segment_finish(
     """Shared O-projection and residual, then pre-norm + expert FFN and residual."""
     dtype = jnp.dtype(cfg.compute_dtype)
     b, s, d = x_BxSxD.shape
-    x_ND = x_BxSxD.reshape(b * s, d)
+    x_ND = activation_sharding.tokens(x_BxSxD.reshape(b * s, d))
     a_ND = layers.out_projection(
         attn_BxSxHxDh.reshape(b * s, *attn_BxSxHxDh.shape[2:]), frozen_layer["o"], dtype
     )
-    x_ND = x_ND + a_ND.astype(x_ND.dtype)
+    x_ND = activation_sharding.tokens(x_ND + a_ND.astype(x_ND.dtype))
     h_ND = layers.rms_norm(x_ND, frozen_layer["ln2"], cfg.norm_eps)
     f_ND = expert(
         lambda p: layers.swiglu(h_ND, p, dtype),
@@ -167,7 +168,8 @@ def segment_finish(
         trainable_layer["vision_mlp"],
         is_vision_N,
     )
-    return (x_ND + f_ND.astype(x_ND.dtype)).reshape(b, s, d)
+    out_ND = activation_sharding.tokens(x_ND + f_ND.astype(x_ND.dtype))
+    return activation_sharding.tokens(out_ND.reshape(b, s, d))
 
 
 def _maybe_remat(fn, cfg: ModelConfig):

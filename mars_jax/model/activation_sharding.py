@@ -35,4 +35,7 @@ def tokens(x: jax.Array, axis: int = 0) -> jax.Array:
         return x
     spec = [None] * x.ndim
     spec[axis] = BATCH_AXES
+    mesh = jax.sharding.get_abstract_mesh()
+    if any(mesh._name_to_type[a] == jax.sharding.AxisType.Explicit for a in BATCH_AXES):
+        return jax.sharding.reshard(x, PartitionSpec(*spec))  # sharding in types: move it
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))

@@ -100,6 +100,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             max_consecutive_skips=20,
             seed=0,
             peak_flops_per_device=0.0,  # 0: look up by device kind (metrics.py)
+            # Accelerator memory (GiB) for `train --compile_only`: a bucket whose step needs
+            # more is an error; more than 7/8 of it (70 of 80) is flagged as short of headroom.
+            device_memory_gib=80.0,
         )
     )
     c.data.num_examples = 0  # data set size, for epoch-based step counts (0: unknown)

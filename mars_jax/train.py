@@ -8,8 +8,11 @@ Compile-only memory check (nothing allocated, emulated CPU devices)::
 
     python -m mars_jax.train --config=configs/stage1.py:qwen7b --compile_only --num_devices=64
 
-lowers and compiles the real step against abstract arrays and prints the per-device memory;
-the last line is ``per_device_gib=<x>``. ``--num_devices`` must be known before JAX starts,
+lowers and compiles the real step against abstract arrays once per image bucket the stage's
+data can produce (`train_lib/buckets.py`) and prints a table ``bucket | GiB/device |
+micro-batches``; the last line is ``per_device_gib=<x>``, the largest. A bucket that needs
+more than ``train.device_memory_gib`` (80) is an error naming it and the micro-batch count
+estimated to fit. ``--num_devices`` must be known before JAX starts,
 so this module reads it from ``sys.argv`` before importing JAX.
 
 Multi-process (one process per host; see ``mars_jax/train_lib/distributed.py``)::
@@ -31,6 +34,7 @@ traceback, with exit status 1 (2 for command-line errors); see ``docs/RELIABILIT
 damaged (and why) without loading a model.
 """
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -79,13 +83,14 @@ if __name__ == "__main__" and "jax" not in sys.modules:
     _resolve_config_path(sys.argv)
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mars_jax.data import pipeline  # noqa: E402
 from mars_jax.demo import shards as demo_shards  # noqa: E402
+from mars_jax.train_lib import buckets, distributed, integrity, loop, sharding, validate  # noqa: E402
 from mars_jax.train_lib import checkpoint as ckpt_lib  # noqa: E402
-from mars_jax.train_lib import distributed, integrity, loop, validate  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/stageN.py:<preset>", lock_config=False)
@@ -170,33 +175,72 @@ def _flag_error_line(argv: list[str], e: Exception, config) -> str:
     return text.removeprefix("FATAL Flags parsing error: ")
 
 
-def compile_only(config) -> float:
-    """Compile the configured step on the current devices; print memory; return GiB/device."""
-    setup = loop.prepare(config, check_paths=False)
-    print(
-        f"mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
-    )
-    compiled, layouts = loop.compile_step(setup)
-    print(f"layouts {layouts}")
+def _step_gib(compiled) -> tuple[float, float]:
+    """`(total, fixed)` GiB/device of a compiled step: arguments + outputs - aliased +
+    temporaries, and the arguments alone (parameters, optimizer state, batch)."""
     mem = compiled.memory_analysis()
     gib = 1024**3
-    fields = (
-        "argument_size_in_bytes",
-        "output_size_in_bytes",
-        "alias_size_in_bytes",
-        "temp_size_in_bytes",
-        "generated_code_size_in_bytes",
-    )
-    for name in fields:
-        print(f"{name}: {getattr(mem, name, 0) / gib:.3f} GiB")
-    per_device = (
+    total = (
         mem.argument_size_in_bytes
         + mem.output_size_in_bytes
         - mem.alias_size_in_bytes
         + mem.temp_size_in_bytes
-    ) / gib
-    print(f"per_device_gib={per_device:.3f}")
-    return per_device
+    )
+    return total / gib, mem.argument_size_in_bytes / gib
+
+
+def compile_only(config) -> float:
+    """Compile the configured step once per bucket the stage's data can produce
+    (`train_lib/buckets.py`) on the current devices; print a table `bucket | GiB/device |
+    micro-batches`; return the largest GiB/device. A bucket above `train.device_memory_gib`
+    is an error naming it and the micro-batch count estimated to fit."""
+    setup = loop.prepare(config, check_paths=False)
+    print(
+        f"mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
+    )
+    limit = float(config.train.get("device_memory_gib", 80.0))
+    accum = int(config.train.grad_accum)
+    per_device = int(config.train.global_batch) // sharding.batch_shards(setup.mesh)
+    rows, seen = [], {}
+    for bucket in buckets.stage_buckets(setup.config.data):
+        if bucket.tokens in seen:  # the transpose of a compiled bucket: same shapes
+            rows.append((bucket, *seen[bucket.tokens], True))
+            continue
+        data = ml_collections.ConfigDict(setup.config.data.to_dict())
+        data.grids = (bucket.grid,)
+        if bucket.hires is not None:
+            data.hires_grids = (bucket.hires,)
+        cfg = ml_collections.ConfigDict(setup.config.to_dict())
+        cfg.data = data
+        compiled, layouts = loop.compile_step(dataclasses.replace(setup, config=cfg))
+        seen[bucket.tokens] = _step_gib(compiled)
+        print(
+            f"{bucket.name}: layouts {layouts}: {seen[bucket.tokens][0]:.2f} GiB/device", flush=True
+        )
+        rows.append((bucket, *seen[bucket.tokens], False))
+    print(f"\nbucket | GiB/device | micro-batches   (limit {limit:g} GiB, {per_device}/device)")
+    errors = []
+    for bucket, gib, fixed, same in rows:
+        note = " (= transpose)" if same else ""
+        if gib > limit * buckets.HEADROOM:
+            note += f" over the {limit * buckets.HEADROOM:g} GiB headroom target"
+        print(f"{bucket.name} | {gib:.2f} | {accum}{note}")
+        if gib > limit:
+            fit = buckets.micro_batches_that_fit(gib, fixed, accum, per_device, limit)
+            errors.append(
+                f"bucket {bucket.name} needs {gib:.1f} GiB/device > train.device_memory_gib="
+                f"{limit:g} with train.grad_accum={accum}; "
+                + (
+                    f"about {fit} micro-batches would fit (--config.train.grad_accum={fit})"
+                    if fit
+                    else f"no micro-batch count fits ({per_device} sequences/device)"
+                )
+            )
+    worst = max(gib for _, gib, _, _ in rows)
+    print(f"per_device_gib={worst:.3f}")
+    if errors:
+        raise SystemExit("compile_only: " + "; ".join(errors))
+    return worst
 
 
 def quiet_logging_by_default() -> None:

@@ -6,6 +6,7 @@ and small images, so each stage compiles the encoder for a couple of shapes only
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -277,3 +278,22 @@ def test_failed_prepare_does_not_block_the_corrected_rerun(raw, tmp_path):
             ]
         )
     assert exit_info.value.code == 2
+
+
+def test_workers_then_finalize_equals_one_run(raw, tmp_path, stage1, capsys):
+    """Two workers split the shards (a job array's tasks); the final `--finalize` step writes
+    the manifest, and fails naming the shards not done while a worker is missing."""
+    _, single = stage1
+    out = tmp_path / "s1w"
+    assert prepare.run(_opts(raw, out, 1, num_workers=2, worker_index=0)) is None
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(SystemExit):
+        prepare.main(["--finalize", f"--out={out}"])
+    assert re.search(r"1 of 3 shards .* not done: \[1\]", capsys.readouterr().err)
+    assert prepare.run(_opts(raw, out, 1, num_workers=2, worker_index=1)) is not None
+    os.remove(out / "manifest.json")  # the last worker wrote it; the final step writes it again
+    assert prepare.main(["--finalize", f"--out={out}"]) == 0
+    with open(out / "manifest.json") as f:
+        m = json.load(f)
+    assert m["counts"] == single["counts"] and m["buckets"] == single["buckets"]
+    assert m["filters"] == single["filters"] and m["num_shards"] == 3

@@ -19,7 +19,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-SCRIPTS = ["tpu_vm.sh", "gke_xpk.sh", "slurm_submit.sh", "slurm_gpu.sbatch"]
+SCRIPTS = [
+    "tpu_vm.sh",
+    "gke_xpk.sh",
+    "slurm_submit.sh",
+    "slurm_gpu.sbatch",
+    "prepare_slurm.sh",
+    "prepare_k8s.sh",
+]
 CLUSTER_PROGRAMS = ["gcloud", "xpk", "sbatch", "srun", "git", "kubectl", "docker"]
 
 CONFIG = "configs/stage1.py:qwen7b"
@@ -53,7 +60,24 @@ REQUIRED = {
         "--config": CONFIG,
         "--workdir": "/lustre/runs/s1",
     },
+    "prepare_slurm.sh": {
+        "--stage": "2",
+        "--source": "/lustre/raw/pairs.jsonl",
+        "--out": "/lustre/data/s2",
+        "--vq": "/lustre/vq",
+        "--workers": "16",
+    },
+    "prepare_k8s.sh": {
+        "--stage": "2",
+        "--source": "/data/raw/pairs.jsonl",
+        "--out": "/data/shards/s2",
+        "--vq": "/data/vq",
+        "--workers": "16",
+        "--image": "us-docker.pkg.dev/my-proj/repo/mars_jax:cpu",
+        "--volume-claim": "mars-data",
+    },
 }
+PREPARE_EXTRA = ["--tokenizer=/shared/qwen.tiktoken", "--shard_size=2048"]
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +382,85 @@ def test_gpu_xla_flags_are_known_to_jaxlib(guard_bin):
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
     )
     assert proc.returncode != 0
+
+
+def _prepare_argv(argv: list[str], opts: dict[str, str]) -> list[str]:
+    """The arguments after `python3 -m mars_jax.data.prepare` in argv."""
+    i = next(i for i, a in enumerate(argv) if a == "-m" and argv[i + 1] == "mars_jax.data.prepare")
+    assert Path(argv[i - 1]).name.startswith("python"), argv
+    return argv[i + 2 :]
+
+
+def test_prepare_slurm_dry_run(guard_bin):
+    opts = REQUIRED["prepare_slurm.sh"]
+    args = [*_args(opts), "--max-parallel=4", "--partition=cpu", "--venv=/opt/mars"]
+    array, final = _dry_run("prepare_slurm.sh", [*args, "--", *PREPARE_EXTRA], guard_bin)
+    assert array[0] == final[0] == "sbatch" and "--parsable" in array
+    assert _flag(array, "--array") == "0-15%4" and _flag(array, "--partition") == "cpu"
+    assert Path(_flag(array, "--chdir")) == REPO
+    # The task's shell line: every flag once, the worker index SLURM's, the extra args kept.
+    task = shlex.split(_flag(array, "--wrap"))
+    assert task[:3] == ["source", "/opt/mars/bin/activate", "&&"]
+    worker = _prepare_argv(task, opts)
+    for flag in ("--stage", "--source", "--out", "--vq"):
+        assert _flag(worker, flag) == opts[flag]
+    assert _flag(worker, "--num_workers") == "16"
+    assert _flag(worker, "--worker_index") == "${SLURM_ARRAY_TASK_ID}"
+    assert _flag(array, "--wrap").endswith('--worker_index="${SLURM_ARRAY_TASK_ID}"')
+    at = worker.index(PREPARE_EXTRA[0])
+    assert worker[at : at + len(PREPARE_EXTRA)] == PREPARE_EXTRA
+    # The final step waits for the whole array, then only aggregates.
+    assert _flag(final, "--dependency") == "afterok:ARRAY_JOB_ID"
+    finalize = _prepare_argv(shlex.split(_flag(final, "--wrap")), opts)
+    assert finalize == ["--finalize", f"--out={opts['--out']}"]
+
+    proc = _run("prepare_slurm.sh", [*_args({**opts, "--out": "data/s2"}), "--dry-run"], guard_bin)
+    assert proc.returncode == 2 and "absolute" in proc.stderr
+    proc = _run("prepare_slurm.sh", [*_args({**opts, "--stage": "4"}), "--dry-run"], guard_bin)
+    assert proc.returncode == 2 and "--stage" in proc.stderr
+
+
+def test_prepare_k8s_dry_run(guard_bin, tmp_path):
+    yaml = pytest.importorskip("yaml")
+    opts = REQUIRED["prepare_k8s.sh"]
+    args = [*_args(opts), "--namespace=ml", "--parallelism=4", f"--manifest-dir={tmp_path}"]
+    apply, wait, apply_final = _dry_run("prepare_k8s.sh", [*args, "--", *PREPARE_EXTRA], guard_bin)
+    workers_yaml = tmp_path / "mars-prepare-workers.yaml"
+    final_yaml = tmp_path / "mars-prepare-finalize.yaml"
+    assert apply == ["kubectl", "--namespace=ml", "apply", "-f", str(workers_yaml)]
+    assert wait[:3] == ["kubectl", "--namespace=ml", "wait"]
+    assert "--for=condition=complete" in wait and wait[-1] == "job/mars-prepare-workers"
+    assert apply_final == ["kubectl", "--namespace=ml", "apply", "-f", str(final_yaml)]
+
+    job = yaml.safe_load(workers_yaml.read_text())
+    spec = job["spec"]
+    assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+    assert spec["completions"] == 16 and spec["parallelism"] == 4
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == opts["--image"]
+    assert container["command"] == ["python3", "-m", "mars_jax.data.prepare"]
+    worker = container["args"]
+    for flag in ("--stage", "--source", "--out", "--vq"):
+        assert _flag(worker, flag) == opts[flag]
+    assert _flag(worker, "--num_workers") == "16"
+    # Kubernetes expands $(WORKER_INDEX) from the env, which is the pod's completion index.
+    assert _flag(worker, "--worker_index") == "$(WORKER_INDEX)"
+    (env,) = container["env"]
+    assert env["name"] == "WORKER_INDEX"
+    assert "job-completion-index" in env["valueFrom"]["fieldRef"]["fieldPath"]
+    at = worker.index(PREPARE_EXTRA[0])
+    assert worker[at : at + len(PREPARE_EXTRA)] == PREPARE_EXTRA
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == opts["--volume-claim"]
+    assert container["volumeMounts"][0]["mountPath"] == "/data"
+
+    final = yaml.safe_load(final_yaml.read_text())
+    assert final["spec"]["completions"] == 1
+    assert final["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "--finalize",
+        f"--out={opts['--out']}",
+    ]
+    proc = _run(
+        "prepare_k8s.sh", [*_args({**opts, "--out": "/elsewhere/s2"}), "--dry-run"], guard_bin
+    )
+    assert proc.returncode == 2 and "--mount-path" in proc.stderr

@@ -35,9 +35,7 @@ def main(argv):
     with jax.set_mesh(setup.mesh):
         frozen, _ = loop.load_frozen(setup)
         trainable = loop.initial_trainable(setup, frozen)
-        state = state_lib.jit_init_state(setup.tx, setup.state_shardings)(
-            trainable, state_lib.rng_from_seed(0)
-        )
+        state = state_lib.jit_init_state(setup.tx, setup.state_shardings)(trainable)
         del trainable
         batches = []
         for _ in range(FLAGS.warmup + FLAGS.steps):

@@ -123,7 +123,10 @@ class AssembleBatch:
 
 def synthetic_image_grids(data_config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
     """The (high-res) code grids of synthetic batches: `data.grids`, times `data.hires_scale`
-    in stage III (where `data.grids` are the low-res grids)."""
+    in stage III (where `data.grids` are the low-res grids), or there `data.hires_grids`
+    when set (one per low-res grid, e.g. the aspect-preserving grids of `image_ops`)."""
+    if int(data_config.stage) == 3 and data_config.get("hires_grids"):
+        return [(int(h), int(w)) for h, w in data_config.hires_grids]
     scale = int(data_config.hires_scale) if int(data_config.stage) == 3 else 1
     return [(int(h) * scale, int(w) * scale) for h, w in data_config.grids]
 

@@ -8,11 +8,20 @@ temporary names and renamed before that marker, so a crashed run restarted with 
 command redoes only unfinished shards and never duplicates a record. With
 ``--num_workers=N --worker_index=k`` several machines split the shards (``s % N == k``).
 When every shard is done, ``manifest.json`` (what the Grain pipeline reads) and
-``skipped.jsonl`` (every unreadable or unusable input, with the reason) are written.
+``skipped.jsonl`` (every unreadable or unusable input, with the reason) are written: by the
+worker that finds all shards done, or by a final step (a job array's last task)::
+
+    python -m mars_jax.data.prepare --finalize --out=data/s1
+
+which reads only ``--out`` (settings from ``prepare_config.json``, the shard count from
+``done/source.json``), writes the manifest, and fails naming the shards not done yet.
+Job templates: ``launch/prepare_slurm.sh`` (SLURM job array) and ``launch/prepare_k8s.sh``
+(Kubernetes Indexed Job).
 
 Layout of ``--out``::
 
     prepare_config.json          settings; a rerun with other settings is refused
+    done/source.json             the source's shard count (written by every worker)
     <bucket>/shard-NNNNN.array_record   records (records.py) of one code grid
     done/shard-NNNNN.json        per-shard counts, filters, skipped inputs, files
     manifest.json, skipped.jsonl
@@ -91,6 +100,9 @@ def _atomic_json(path: str, obj: Any) -> None:
 
 def _done_path(out: str, shard: int) -> str:
     return os.path.join(out, "done", f"shard-{shard:05d}.json")
+
+
+SOURCE_INFO = os.path.join("done", "source.json")
 
 
 def bucket_name(grid: tuple[int, int], lo_grid: tuple[int, int] | None = None) -> str:
@@ -434,6 +446,8 @@ def run(opts: PrepareOptions) -> dict | None:
     if bar is not None:
         bar.close()
     worker.pool.shutdown()
+    os.makedirs(os.path.join(opts.out, "done"), exist_ok=True)
+    _atomic_json(os.path.join(opts.out, SOURCE_INFO), {"num_shards": num_shards})
     manifest = finalize(opts.out, num_shards, header)
     if manifest is not None:
         c = manifest["counts"]
@@ -445,6 +459,29 @@ def run(opts: PrepareOptions) -> dict | None:
             manifest["filters"],
             manifest["num_skipped"],
             SKIPPED,
+        )
+    return manifest
+
+
+def finalize_out(out: str) -> dict:
+    """The final step of a distributed run: write ``out``'s manifest from its shard markers.
+
+    Raises naming the shards that are not done (or when no worker has finished yet).
+    """
+    config_path, source_path = os.path.join(out, CONFIG), os.path.join(out, SOURCE_INFO)
+    for path in (config_path, source_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--finalize: {path} does not exist (no worker finished yet)")
+    with open(config_path, encoding="utf-8") as f:
+        header = json.load(f)
+    with open(source_path, encoding="utf-8") as f:
+        num_shards = int(json.load(f)["num_shards"])
+    manifest = finalize(out, num_shards, header)
+    if manifest is None:
+        missing = [s for s in range(num_shards) if not os.path.exists(_done_path(out, s))]
+        raise RuntimeError(
+            f"--finalize: {len(missing)} of {num_shards} shards of {out} are not done: "
+            f"{missing[:20]}{' ...' if len(missing) > 20 else ''} (rerun their workers)"
         )
     return manifest
 
@@ -472,6 +509,19 @@ def parse_args(argv: list[str] | None = None) -> PrepareOptions:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mars_jax").setLevel(logging.INFO)  # this run's progress, not JAX's
+    args = sys.argv[1:] if argv is None else argv
+    if "--finalize" in args:  # the last step of a multi-worker preparation
+        p = cli.parser("data.prepare", __doc__)
+        p.add_argument("--finalize", action="store_true", required=True)
+        p.add_argument("--out", required=True)
+        out = p.parse_args(args).out
+        with cli.one_line_errors():
+            try:
+                manifest = finalize_out(out)
+            except RuntimeError as e:  # shards not done yet
+                raise cli.UsageError(str(e)) from e
+        print(json.dumps({"counts": manifest["counts"], "filters": manifest["filters"]}))
+        return 0
     opts = parse_args(argv)
     with cli.one_line_errors():  # bad flags, missing source / VQ / tokenizer
         manifest = run(opts)

@@ -14,6 +14,7 @@ from mars_jax.tokens.vocab import NUM_IMAGE_CODES
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
 IMAGE_LOGITS = ("full", "vision_only")
+ATTENTION = ("reference", "blockwise", "auto")  # `attention.IMPLEMENTATIONS`
 DTYPES = ("float32", "bfloat16", "float16")
 # Per-layer groups of the frozen LLM that `ModelConfig.unfreeze` may name.
 UNFREEZABLE = ("text_attn", "text_mlp", "o", "ln1", "ln2")
@@ -45,6 +46,11 @@ class ModelConfig:
       positions are relative and do not give that place. Needs every image `cols` codes
       wide (high-res codes in stage III; low-res codes take their top-left child's place)
       and at most `rows` high (`check_image_grid`).
+    attention: implementation of attention (`model/attention.py`): "reference" materialises
+      the `[B, heads, Lq, Lk]` scores; "blockwise" computes them a query block x key block
+      tile at a time (online softmax, custom VJP), never holding more than one tile; "auto"
+      is cuDNN's fused kernel on GPU in bf16/fp16 and "blockwise" elsewhere. Same results
+      up to float rounding.
     """
 
     num_layers: int = 2
@@ -65,6 +71,7 @@ class ModelConfig:
     unfreeze: tuple[str, ...] = ()
     codebook_size: int = NUM_IMAGE_CODES
     image_pos_grid: tuple[int, int] = (0, 0)
+    attention: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
@@ -85,6 +92,8 @@ class ModelConfig:
                 bad(key, f"{getattr(self, key)!r} not in {DTYPES}")
         if self.remat_policy not in REMAT_POLICIES:
             bad("remat_policy", f"{self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.attention not in ATTENTION:
+            bad("attention", f"{self.attention!r} not in {ATTENTION}")
         if self.image_logits not in IMAGE_LOGITS:
             bad("image_logits", f"{self.image_logits!r} not in {IMAGE_LOGITS}")
         if self.loss_chunk_size < 0:

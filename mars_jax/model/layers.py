@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Finite "minus infinity" for masked attention scores (`mars.attend_blocks`): a query row
+# Finite "minus infinity" for masked attention scores (`attention.py`): a query row
 # whose keys are all masked gets a uniform softmax instead of NaN, and is then zeroed.
 MASK_VALUE = -1e30
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from mars_jax.model import heads, layers, mars
+from mars_jax.model import activation_sharding, heads, layers, mars
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import layout as layout_lib
 from mars_jax.tokens import vocab
@@ -123,6 +123,7 @@ def chunked_loss_sum(
     Gradients flow to `h_NxD` and `trainable["vision_head"]` (the text head is frozen).
     """
     weights_N = weights_N.astype(jnp.float32)
+    h_NxD = activation_sharding.tokens(h_NxD)
     text_head, vision_head = frozen["text_head"], trainable["vision_head"]
 
     def chunk_loss(h, t, w):
@@ -132,11 +133,22 @@ def chunked_loss_sum(
     chunk = cfg.loss_chunk_size
     if chunk == 0 or chunk >= n:
         return chunk_loss(h_NxD, targets_N, weights_N)
-    num_chunks = -(-n // chunk)
-    pad = num_chunks * chunk - n
-    h = jnp.pad(h_NxD, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)
-    t = jnp.pad(targets_N, (0, pad)).reshape(num_chunks, chunk)
-    w = jnp.pad(weights_N, (0, pad)).reshape(num_chunks, chunk)
+    # Under a mesh whose batch shards split the tokens evenly, a chunk takes `chunk / shards`
+    # tokens of every shard, so it stays spread over the devices that hold them (no token
+    # moves); without one, chunks are consecutive tokens. The sum does not depend on the order.
+    shards = activation_sharding.num_shards()
+    shards = shards if n % shards == 0 else 1
+    per = -(-chunk // shards)  # tokens of one shard in a chunk
+    num_chunks = -(-(n // shards) // per)
+
+    def chunked(x):
+        x = x.reshape(shards, n // shards, *x.shape[1:])
+        pad = [(0, 0), (0, num_chunks * per - n // shards)] + [(0, 0)] * (x.ndim - 2)
+        x = jnp.pad(x, pad).reshape(shards, num_chunks, per, *x.shape[2:])
+        x = x.swapaxes(0, 1).reshape(num_chunks, shards * per, *x.shape[3:])
+        return activation_sharding.tokens(x, axis=1)
+
+    h, t, w = chunked(h_NxD), chunked(targets_N), chunked(weights_N)
 
     # Remat the whole step: its only residuals are then the chunk itself, not the heads
     # closed over by the scan, stacked once per chunk.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mars_jax.model import heads, layers
+from mars_jax.model import activation_sharding, attention, heads, layers
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import layout as layout_lib
 from mars_jax.tokens import vocab
@@ -120,57 +120,23 @@ def expert(fn, modality: str, text_params: dict, vision_params: dict, is_vision_
     return jax.tree.map(pick, out_text, out_vision)
 
 
-def block_masks(segs, valid_BxL: jax.Array) -> list[list[jax.Array]]:
-    """masks[i][j]: `[B, S_i, S_j]`, whether queries of segment i may see keys of segment j≤i."""
-    masks = []
-    for i, (_, qs, qe) in enumerate(segs):
-        row = []
-        for _, ks, ke in segs[: i + 1]:
-            key_valid = valid_BxL[:, None, ks:ke]
-            if ks == qs:
-                causal = jnp.tril(jnp.ones((qe - qs, ke - ks), bool))
-                row.append(causal[None] & key_valid)
-            else:
-                row.append(jnp.broadcast_to(key_valid, (valid_BxL.shape[0], qe - qs, ke - ks)))
-        masks.append(row)
-    return masks
-
-
 def attend_blocks(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
-    """Softmax attention over keys given as separate blocks `[(k, v), ...]`.
+    """Softmax attention over keys given as separate blocks `[(k, v), ...]`, each with an
+    explicit mask (`attention.materialised`; the decoders' path).
 
     Scores are computed per block and normalised jointly. Keeping the blocks apart means
     the backward pass computes no key/value gradient for blocks that depend on frozen
     weights only (the text stream of text-to-image).
     """
-    b, nq, h, dh = q_BxQxHxDh.shape
-    g = kv_blocks[0][0].shape[2]
-    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
-    scores = [
-        jnp.where(
-            m[:, None, None],
-            jnp.einsum("bqgrd,bkgd->bgrqk", q, k, preferred_element_type=jnp.float32),
-            layers.MASK_VALUE,
-        )
-        for (k, _), m in zip(kv_blocks, mask_blocks, strict=True)
-    ]
-    sizes = [s.shape[-1] for s in scores]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-    any_key = jnp.any(jnp.concatenate(mask_blocks, axis=-1), axis=-1)[:, None, None, :, None]
-    probs = jnp.where(any_key, probs, 0.0)
-    out, start = 0.0, 0
-    for (_, v), n in zip(kv_blocks, sizes, strict=True):
-        p = probs[..., start : start + n].astype(v.dtype)
-        out = out + jnp.einsum("bgrqk,bkgd->bqgrd", p, v)
-        start += n
-    return out.reshape(b, nq, h, dh)
+    return attention.materialised(q_BxQxHxDh, kv_blocks, mask_blocks)
 
 
 def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vision_N, cfg):
     """Pre-norm + expert QKV of one segment: `[B, S, H, Dh]`, `[B, S, KV, Dh]` x2."""
     dtype = jnp.dtype(cfg.compute_dtype)
     b, s, d = x_BxSxD.shape
-    h_ND = layers.rms_norm(x_BxSxD.reshape(b * s, d), frozen_layer["ln1"], cfg.norm_eps)
+    x_ND = activation_sharding.tokens(x_BxSxD.reshape(b * s, d))
+    h_ND = layers.rms_norm(x_ND, frozen_layer["ln1"], cfg.norm_eps)
     cos, sin = cos_sin
     q, k, v = expert(
         lambda p: layers.qkv_projection(h_ND, p, cos, sin, dtype),
@@ -179,8 +145,8 @@ def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vi
         trainable_layer["vision_attn"],
         is_vision_N,
     )
-    unflat = lambda t: t.reshape(b, s, *t.shape[1:])
-    return unflat(q), unflat(k), unflat(v)
+    unflat = lambda t: activation_sharding.tokens(t.reshape(b, s, *t.shape[1:]))
+    return unflat(activation_sharding.tokens(q)), unflat(k), unflat(v)
 
 
 def segment_finish(
@@ -189,11 +155,11 @@ def segment_finish(
     """Shared O-projection and residual, then pre-norm + expert FFN and residual."""
     dtype = jnp.dtype(cfg.compute_dtype)
     b, s, d = x_BxSxD.shape
-    x_ND = x_BxSxD.reshape(b * s, d)
+    x_ND = activation_sharding.tokens(x_BxSxD.reshape(b * s, d))
     a_ND = layers.out_projection(
         attn_BxSxHxDh.reshape(b * s, *attn_BxSxHxDh.shape[2:]), frozen_layer["o"], dtype
     )
-    x_ND = x_ND + a_ND.astype(x_ND.dtype)
+    x_ND = activation_sharding.tokens(x_ND + a_ND.astype(x_ND.dtype))
     h_ND = layers.rms_norm(x_ND, frozen_layer["ln2"], cfg.norm_eps)
     f_ND = expert(
         lambda p: layers.swiglu(h_ND, p, dtype),
@@ -202,7 +168,8 @@ def segment_finish(
         trainable_layer["vision_mlp"],
         is_vision_N,
     )
-    return (x_ND + f_ND.astype(x_ND.dtype)).reshape(b, s, d)
+    out_ND = activation_sharding.tokens(x_ND + f_ND.astype(x_ND.dtype))
+    return activation_sharding.tokens(out_ND.reshape(b, s, d))
 
 
 def _maybe_remat(fn, cfg: ModelConfig):
@@ -231,7 +198,6 @@ def forward_segments(
     tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
     valid_BxL = jnp.asarray(valid_BxL, bool)
     segs = segments_of(layout, tokens_BxL.shape[1])
-    masks = block_masks(segs, valid_BxL)
     consts = []
     for _, start, stop in segs:
         pos_N = positions_BxL[:, start:stop].reshape(-1)
@@ -261,7 +227,8 @@ def forward_segments(
         out = []
         for i, (x, (m, _, _), (_, isv)) in enumerate(zip(xs, segs, consts, strict=True)):
             kv_blocks = [(k, v) for _, k, v in qkv[: i + 1]]
-            a = attend_blocks(qkv[i][0], kv_blocks, masks[i])
+            key_valid = [valid_BxL[:, start:stop] for _, start, stop in segs[: i + 1]]
+            a = attention.attend(qkv[i][0], kv_blocks, key_valid, cfg.attention, cfg.compute_dtype)
             out.append(segment_finish(x, a, m, frozen_layer, trainable_layer, isv, cfg))
         kv = None
         if return_kv:

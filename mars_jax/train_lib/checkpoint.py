@@ -24,9 +24,11 @@ from typing import Any
 
 import grain.checkpoint as grain_ckpt
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from mars_jax.train_lib import integrity
 from mars_jax.train_lib import workdir as workdir_lib
@@ -114,14 +116,22 @@ def restore(
     state_shardings: dict,
     iterator: Any,
 ) -> dict:
-    """Restore the state onto ``state_shardings`` and the iterator in place; returns the state."""
-    items = {
-        "state": ocp.args.StandardRestore(abstract_with_shardings(abstract_state, state_shardings))
-    }
+    """Restore the state onto ``state_shardings`` and the iterator in place; returns the state.
+
+    A checkpoint of an earlier version also holds an unused ``rng``: it is read and dropped.
+    """
+    target = abstract_with_shardings(abstract_state, state_shardings)
+    saved = manager.item_metadata(step).state
+    if saved is not None and "rng" in saved and "rng" not in target:
+        rep = jax.sharding.NamedSharding(jax.tree.leaves(state_shardings)[0].mesh, P())
+        target = {**target, "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)}
+    items = {"state": ocp.args.StandardRestore(target)}
     if _has_state(iterator):
         items["data"] = grain_ckpt.CheckpointRestore(iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored.state
+    state = dict(restored.state)
+    state.pop("rng", None)
+    return state
 
 
 def load_trainable_from(

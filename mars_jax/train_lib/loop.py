@@ -430,7 +430,7 @@ def run(
                     "state",
                     lambda: state_lib.jit_init_state(setup.tx, setup.state_shardings),
                 )
-                state = init(trainable, state_lib.rng_from_seed(int(config.train.seed)))
+                state = init(trainable)
             start = int(jax.device_get(state["step"]))
             summary = _loop(
                 setup, workdir, manager, state, frozen, iterator, base_identity, start, sealer

@@ -1,9 +1,13 @@
-"""Train state: the trainable subtree, its optimizer state, step counters and RNG.
+"""Train state: the trainable subtree, its optimizer state and step counters.
 
 The state is a plain dict pytree (what Orbax saves and what the jitted step donates):
 
-    {"step": int32[], "skipped": int32[], "rng": uint32[2],
+    {"step": int32[], "skipped": int32[],
      "trainable": {...fp32...}, "opt_state": optax state over trainable leaves only}
+
+It holds no RNG: nothing in the step is random (caption choice and dropout are drawn by the
+data pipeline, seeded per element, and resume with the iterator's checkpoint). Checkpoints
+of earlier versions, which stored an unused `rng`, still restore (`checkpoint.restore`).
 
 The frozen LLM is never part of it: it is an argument of the step, kept in bf16, not
 differentiated, not donated and not checkpointed.
@@ -56,20 +60,18 @@ def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransforma
     return optax.chain(*parts), lr
 
 
-def _init_state(trainable: Any, rng: jax.Array, tx: optax.GradientTransformation) -> dict:
+def _init_state(trainable: Any, tx: optax.GradientTransformation) -> dict:
     trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
     return {
         "step": jnp.zeros((), jnp.int32),
         "skipped": jnp.zeros((), jnp.int32),
-        "rng": rng,
         "trainable": trainable,
         "opt_state": tx.init(trainable),
     }
 
 
 def abstract_state(abstract_trainable: Any, tx: optax.GradientTransformation) -> dict:
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    return jax.eval_shape(lambda t, r: _init_state(t, r, tx), abstract_trainable, rng)
+    return jax.eval_shape(lambda t: _init_state(t, tx), abstract_trainable)
 
 
 def state_shardings(
@@ -88,20 +90,15 @@ def state_shardings(
     return {
         "step": rep,
         "skipped": rep,
-        "rng": rep,
         "trainable": trainable_shardings,
         "opt_state": opt,
     }
 
 
-def rng_from_seed(seed: int) -> jax.Array:
-    return jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
-
-
 def jit_init_state(tx: optax.GradientTransformation, shardings: dict):
-    """``(trainable, rng) -> state`` under jit, explicit ``out_shardings`` (incl. ``tx.init``)."""
+    """``trainable -> state`` under jit, explicit ``out_shardings`` (incl. ``tx.init``)."""
     return jax.jit(
-        lambda t, r: _init_state(t, r, tx),
-        in_shardings=(shardings["trainable"], shardings["rng"]),
+        lambda t: _init_state(t, tx),
+        in_shardings=(shardings["trainable"],),
         out_shardings=shardings,
     )

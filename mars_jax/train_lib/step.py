@@ -5,7 +5,8 @@ Layouts and the model config are closed over (static); ``compile_train_step`` wr
 ``jax.jit`` with explicit in/out shardings and the state donated.
 
 Gradient accumulation splits the global batch into ``grad_accum`` micro-batches and runs them
-under ``lax.scan``. Micro-batch ``a`` takes rows ``a, a + A, a + 2A, ...`` so every device
+under ``lax.scan`` and combines them by tokens (``loss_and_grads``): the result is the
+token mean over the whole batch. Micro-batch ``a`` takes rows ``a, a + A, a + 2A, ...`` so every device
 keeps its own rows (no resharding): ``[B, ...] -> [B/A, A, ...] -> [A, B/A, ...]``.
 
 Non-finite loss or gradient norm: the update is dropped (trainable params and optimizer state
@@ -40,6 +41,61 @@ def _split_micro(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict:
     return jax.tree.map(split, batch)
 
 
+def _weight(metrics: Mapping[str, jax.Array], key: str) -> jax.Array:
+    """The token count a mean metric is taken over: `<task>/tokens` for `<task>/...`, else
+    `tokens` (1 when the loss function reports none)."""
+    task = key.rpartition("/")[0]
+    for name in (f"{task}/tokens" if task else None, "tokens"):
+        if name in metrics:
+            return jax.lax.stop_gradient(metrics[name]).astype(jnp.float32)
+    return jnp.ones((), jnp.float32)
+
+
+def loss_and_grads(
+    loss_fn: LossFn, trainable, frozen, batch: dict, grad_accum: int = 1, mesh: Mesh | None = None
+) -> tuple[jax.Array, dict, Any]:
+    """``(loss, metrics, grads)`` of the whole batch, in ``grad_accum`` micro-batches.
+
+    Micro-batches are combined by tokens, not averaged: each contributes its summed token
+    loss (its mean loss times its ``metrics["tokens"]``) and gradient, and the sums are
+    divided once by the batch's total tokens. So a micro-batch of short captions weighs
+    what its tokens weigh, and the result equals one pass over the whole batch. Metrics
+    named ``*tokens`` are summed; other metrics are means weighted by their task's tokens.
+    """
+
+    def grads_of(mb, by_tokens: bool):
+        def f(t):
+            loss, metrics = loss_fn(frozen, t, mb)
+            return loss * _weight(metrics, "loss") if by_tokens else loss, (loss, metrics)
+
+        (_, (loss, metrics)), grads = jax.value_and_grad(f, has_aux=True)(trainable)
+        return loss, metrics, grads
+
+    if grad_accum == 1:
+        return grads_of(batch, by_tokens=False)
+    micro = _split_micro(batch, grad_accum, mesh)
+
+    def sums_of(mb):
+        loss, metrics, grads = grads_of(mb, by_tokens=True)
+        metrics = {**metrics, "loss": loss}
+        weights = {k: _weight(metrics, k) for k in metrics if not k.endswith("tokens")}
+        weighted = {k: v * weights[k] if k in weights else v for k, v in metrics.items()}
+        return weighted, weights, grads
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(sums_of, first)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+    def body(acc, mb):
+        return jax.tree.map(lambda a, o: a + o.astype(jnp.float32), acc, sums_of(mb)), None
+
+    (weighted, weights, grads), _ = jax.lax.scan(body, zeros, micro)
+    per_token = lambda x, w: x / jnp.maximum(w, 1e-9)
+    metrics = {k: per_token(v, weights[k]) if k in weights else v for k, v in weighted.items()}
+    grads = jax.tree.map(lambda g: per_token(g, weights["loss"]), grads)
+    return metrics["loss"], metrics, grads
+
+
 def make_train_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
@@ -50,33 +106,13 @@ def make_train_step(
     """Build ``train_step(state, frozen, batch_arrays) -> (state, metrics)``.
 
     ``loss_fn(frozen, trainable, batch_arrays) -> (loss, metrics)`` is the model's total loss
-    with layouts and config bound; ``metrics`` are scalars averaged over micro-batches.
+    with layouts and config bound; ``metrics`` are scalars, combined over micro-batches by
+    their tokens (``loss_and_grads``).
     """
-
-    def grads_of(trainable, frozen, batch):
-        def f(t):
-            return loss_fn(frozen, t, batch)
-
-        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(trainable)
-        return loss, metrics, grads
 
     def train_step(state: dict, frozen: Any, batch: dict) -> tuple[dict, dict]:
         trainable = state["trainable"]
-        if grad_accum == 1:
-            loss, metrics, grads = grads_of(trainable, frozen, batch)
-        else:
-            micro = _split_micro(batch, grad_accum, mesh)
-            first = jax.tree.map(lambda x: x[0], micro)
-            shapes = jax.eval_shape(lambda b: grads_of(trainable, frozen, b), first)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
-
-            def body(acc, mb):
-                out = grads_of(trainable, frozen, mb)
-                return jax.tree.map(lambda a, o: a + o.astype(jnp.float32), acc, out), None
-
-            (loss, metrics, grads), _ = jax.lax.scan(body, zeros, micro)
-            scale = 1.0 / grad_accum
-            loss, metrics, grads = jax.tree.map(lambda x: x * scale, (loss, metrics, grads))
+        loss, metrics, grads = loss_and_grads(loss_fn, trainable, frozen, batch, grad_accum, mesh)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -87,7 +123,6 @@ def make_train_step(
         new_state = {
             "step": state["step"] + 1,
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
-            "rng": state["rng"],
             "trainable": keep(new_trainable, trainable),
             "opt_state": keep(new_opt, state["opt_state"]),
         }

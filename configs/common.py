@@ -165,7 +165,6 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         # copies of its layers (a deviation from MARS; `ModelConfig.unfreeze`).
         c.model.unfreeze = ("text_attn", "text_mlp", "o", "ln1", "ln2")
         c.model.codebook_size = 512  # the demo VQ's codes: the vision head skips the rest
-        c.data.codebook_size = 512  # synthetic batches (benchmarks)
         c.model.compute_dtype = "float32"  # XLA:CPU has no fast bf16 matmul
         c.model.image_pos_grid = (8, 8)  # a code's place in the 8x8 grid (deviation from MARS)
         c.data.caption_ratio = 0.0  # a frozen random text head cannot learn to caption

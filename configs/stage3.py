@@ -22,7 +22,6 @@ def get_config(arg: str | None = None):
     # Next-K-token prediction (paper eq. 2; docs/NKTP.md): 4 codes per step, written in
     # region-interleaved order so the 4 codes predicted together lie in different quadrants.
     c.model.nktp_k = 4
-    c.data.hires_order_k = c.model.nktp_k
     if preset == "qwen7b":
         c.base.checkpoint = "checkpoints/qwen7b_base"
         c.base.init_from = "runs/stage2_qwen7b"

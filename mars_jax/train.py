@@ -198,7 +198,7 @@ def compile_only(config) -> float:
     print(
         f"mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
     )
-    limit = float(config.train.get("device_memory_gib", 80.0))
+    limit = float(config.train.device_memory_gib)
     accum = int(config.train.grad_accum)
     per_device = int(config.train.global_batch) // sharding.batch_shards(setup.mesh)
     rows, seen = [], {}

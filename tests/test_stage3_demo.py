@@ -23,7 +23,7 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     assert c.base.init_from == "runs/demo_stage1"  # continues the README's stage-I demo run
     c.base.init_from = ""  # here: from the base init (no stage-I run to start from)
     assert c.sample.every_steps == 0  # the text→image preview does not apply to an SR run
-    assert c.data.demo_scenes > 0 and c.model.nktp_k == c.data.hires_order_k == 4
+    assert c.data.demo_scenes > 0 and c.model.nktp_k == 4
 
     shards = str(tmp_path / "stage3")
     demo_shards.ensure_demo_shards(shards, 3, 16)

@@ -56,7 +56,7 @@ def main(argv):
         jax.block_until_ready(state)
         seconds = time.perf_counter() - start
     device = jax.devices()[0]
-    peak = float(setup.config.train.get("peak_flops_per_device", 0.0)) or (
+    peak = float(setup.config.train.peak_flops_per_device) or (
         metrics.peak_flops_per_device(device.device_kind, device.platform, jax.local_device_count())
     )
     print(f"devices={jax.device_count()} kind={device.device_kind} mesh={dict(setup.mesh.shape)}")

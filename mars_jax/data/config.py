@@ -46,11 +46,18 @@ def default_data_config(stage: int) -> ml_collections.ConfigDict:
     # than max_bad_records skipped in one process also ends it (0: no limit).
     c.on_bad_record = "skip"
     c.max_bad_records = 100
-    # Synthetic batches only (real ones take grids and codebook size from manifest.json).
+    # Synthetic batches (real ones take their grids from manifest.json; codes are drawn
+    # from the model's `codebook_size`).
     c.synthetic = False
-    c.codebook_size = 8192
     # Code grids (h, w) of the synthetic buckets; stage III: the low-res grids.
     c.grids = ((16, 16),) if stage == 1 else ((16, 16), (16, 24), (24, 16))
-    # Stage III synthetic: high-res grid = low-res grid * hires_scale (256 -> 1024: 4).
+    # Stage III synthetic: high-res grid = low-res grid * hires_scale (256 -> 1024: 4), or
+    # the grids given here, one per low-res grid (aspect-keeping buckets).
     c.hires_scale = 4
+    c.hires_grids = ()
+    # The built-in demo: scenes built into `shards` on first use (0: not a demo run), the
+    # VQ it encodes with (empty: the shipped one), its training mix of scene kinds.
+    c.demo_scenes = 0
+    c.demo_vq = ""
+    c.demo_kind_mix = None
     return c

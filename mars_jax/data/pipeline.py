@@ -54,7 +54,7 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 def task_batch_sizes(data_config: ml_collections.ConfigDict, local_batch: int) -> dict[str, int]:
     """Rows per task in one per-process batch (stage I: captions = round(B * ratio))."""
-    multiple = int(data_config.get("task_batch_multiple", 1))
+    multiple = int(data_config.task_batch_multiple)
     if local_batch % multiple:
         raise ValueError(
             f"data.task_batch_multiple={multiple} does not divide the per-process batch "
@@ -125,7 +125,7 @@ def synthetic_image_grids(data_config: ml_collections.ConfigDict) -> list[tuple[
     """The (high-res) code grids of synthetic batches: `data.grids`, times `data.hires_scale`
     in stage III (where `data.grids` are the low-res grids), or there `data.hires_grids`
     when set (one per low-res grid, e.g. the aspect-preserving grids of `image_ops`)."""
-    if int(data_config.stage) == 3 and data_config.get("hires_grids"):
+    if int(data_config.stage) == 3 and data_config.hires_grids:
         return [(int(h), int(w)) for h, w in data_config.hires_grids]
     scale = int(data_config.hires_scale) if int(data_config.stage) == 3 else 1
     return [(int(h) * scale, int(w) * scale) for h, w in data_config.grids]
@@ -134,16 +134,16 @@ def synthetic_image_grids(data_config: ml_collections.ConfigDict) -> list[tuple[
 class _SyntheticBatch:
     """Batch ``step`` of a random but well-formed stream; a pure function of (seed, step)."""
 
-    def __init__(self, data_config, sizes: dict[str, int], process_index: int, seed: int):
+    def __init__(
+        self, data_config, sizes, process_index: int, seed: int, codebook_size: int, order_k: int
+    ):
         self.stage = int(data_config.stage)
         self.text_len = int(data_config.text_len)
         self.grids = [tuple(int(x) for x in g) for g in data_config.grids]
         self.image_grids = synthetic_image_grids(data_config)  # high-res in stage III
-        self.codebook_size = min(int(data_config.codebook_size), vocab.NUM_IMAGE_CODES)
+        self.codebook_size = min(int(codebook_size), vocab.NUM_IMAGE_CODES)
         self.dropout = float(data_config.caption_dropout)
-        self.assemble = AssembleBatch(
-            self.stage, sizes, self.text_len, int(data_config.get("hires_order_k", 1))
-        )
+        self.assemble = AssembleBatch(self.stage, sizes, self.text_len, order_k)
         self.batch_rows = sum(sizes.values())
         self.process_index, self.seed = process_index, seed
 
@@ -173,11 +173,17 @@ def make_synthetic_iterator(
     process_index: int = 0,
     process_count: int = 1,
     seed: int | None = None,
+    *,
+    codebook_size: int = vocab.NUM_IMAGE_CODES,
+    hires_order_k: int = 1,
 ) -> grain.DatasetIterator:
-    """Endless random batches in the real format, with the same state API as the real one."""
+    """Endless random batches in the real format, with the same state API as the real one.
+
+    `codebook_size`: codes drawn (the model's `codebook_size`); `hires_order_k`: the stage-III
+    code order of a model with that many next-K heads (`model.nktp_k`)."""
     seed = int(data_config.seed if seed is None else seed)
     sizes = task_batch_sizes(data_config, local_batch_size(global_batch_size, process_count))
-    make = _SyntheticBatch(data_config, sizes, process_index, seed)
+    make = _SyntheticBatch(data_config, sizes, process_index, seed, codebook_size, hires_order_k)
     ds = grain.MapDataset.range(0, 2**62).map(make).to_iter_dataset()
     return iter(ds)
 
@@ -373,7 +379,9 @@ class _ToExample(grain.transforms.RandomMap):
         return ex
 
 
-def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, process_count, seed):
+def _bucket_dataset(
+    shards_dir, bucket, data_config, sizes, process_index, process_count, seed, order_k
+):
     files = [os.path.join(shards_dir, f) for f in bucket["files"]]
     source = grain.sources.ArrayRecordDataSource(files)
     counts = [int(c) for c in bucket["file_counts"]]
@@ -394,8 +402,8 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
         int(bucket["codebook_size"]),
         float(data_config.refined_caption_prob),
         float(data_config.caption_dropout),
-        str(data_config.get("on_bad_record", "skip")),
-        int(data_config.get("max_bad_records", 0)),
+        str(data_config.on_bad_record),
+        int(data_config.max_bad_records),
     )
     source = _CheckedSource(source, to_example._where, to_example.policy, to_example.max_bad)
     ds = grain.MapDataset.source(source).map_with_index(lambda i, x: (i, x))
@@ -406,12 +414,7 @@ def _bucket_dataset(shards_dir, bucket, data_config, sizes, process_index, proce
     ds = ds.random_map(to_example, seed=element_seed)
     read = grain.ReadOptions(num_threads=int(data_config.read_threads), prefetch_buffer_size=64)
     ds = ds.to_iter_dataset(read)
-    assemble = AssembleBatch(
-        int(data_config.stage),
-        sizes,
-        int(data_config.text_len),
-        int(data_config.get("hires_order_k", 1)),
-    )
+    assemble = AssembleBatch(int(data_config.stage), sizes, int(data_config.text_len), order_k)
     return ds.batch(local_batch, drop_remainder=True, batch_fn=assemble), per_process
 
 
@@ -453,12 +456,18 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     seed: int | None = None,
+    *,
+    codebook_size: int = vocab.NUM_IMAGE_CODES,
+    hires_order_k: int = 1,
 ) -> grain.DatasetIterator:
-    """This process's slice (global batch / process_count rows) of the stage's batches."""
-    if data_config.get("synthetic", False):
+    """This process's slice (global batch / process_count rows) of the stage's batches.
+
+    `codebook_size` (synthetic data) and `hires_order_k` (stage III) are the model's."""
+    if data_config.synthetic:
         return make_synthetic_iterator(
-            data_config, global_batch_size, process_index, process_count, seed
-        )
+            data_config, global_batch_size, process_index, process_count, seed,
+            codebook_size=codebook_size, hires_order_k=hires_order_k,
+        )  # fmt: skip
     seed = int(data_config.seed if seed is None else seed)
     shards_dir = data_config.shards
     manifest = load_manifest(shards_dir)
@@ -482,8 +491,9 @@ def make_train_iterator(
     for name in sorted(manifest["buckets"]):
         bucket = dict(manifest["buckets"][name], name=name, codebook_size=manifest["codebook_size"])
         ds, n = _bucket_dataset(
-            shards_dir, bucket, data_config, sizes, process_index, process_count, seed
-        )
+            shards_dir, bucket, data_config, sizes, process_index, process_count, seed,
+            hires_order_k,
+        )  # fmt: skip
         if ds is None:
             log.warning("bucket %s: %d records per process, fewer than one batch; unused", name, n)
             continue

@@ -48,11 +48,11 @@ def prepare_options(stage: int, source: str, out: str, vq_dir: str) -> prepare.P
 def ensure_for_config(config) -> None:
     """Build a demo preset's shards on first use (`data.demo_scenes` > 0, real shards)."""
     data = config.data
-    if not data.get("demo_scenes", 0) or data.get("synthetic", False):
+    if not data.demo_scenes or data.synthetic:
         return
     ensure_demo_shards(
-        data.shards, int(config.stage), int(data.demo_scenes), vq_dir=data.get("demo_vq", ""),
-        kind_mix=data.get("demo_kind_mix", None),
+        data.shards, int(config.stage), int(data.demo_scenes), vq_dir=data.demo_vq,
+        kind_mix=data.demo_kind_mix,
     )  # fmt: skip
 
 

@@ -92,10 +92,10 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
     """
     data = config.data
     global_batch = int(config.train.global_batch)
-    shards = data.get("shards", "")
-    if shards and not data.get("synthetic", False):
+    shards = data.shards
+    if shards and not data.synthetic:
         manifest = workdir_lib.resolve(shards) / "manifest.json"
-        if not manifest.exists() and not int(data.get("num_examples", 0)):
+        if not manifest.exists() and not int(data.num_examples):
             raise FileNotFoundError(
                 f"train.num_steps <= 0 asks for data.num_epochs passes, but {manifest} does "
                 "not exist (prepare the shards with `python -m mars_jax.data.prepare`, or set "
@@ -111,7 +111,7 @@ def epoch_steps(config: ml_collections.ConfigDict, process_count: int) -> int:
                 )
             return steps
     return schedule.total_steps(
-        0, float(data.num_epochs), int(data.get("num_examples", 0)) or None, global_batch
+        0, float(data.num_epochs), int(data.num_examples) or None, global_batch
     )
 
 
@@ -163,7 +163,7 @@ def prepare(
                 f"base.init_from={config.base.init_from!r}: no {ckpt_lib.CHECKPOINT_DIR}/ "
                 "there (train the previous stage first, or fix the path)"
             )
-    if config.data.get("synthetic", False):
+    if config.data.synthetic:
         for grid in pipeline.synthetic_image_grids(config.data):
             model_cfg.check_image_grid(grid, "data.grids (synthetic)")
     elif check_paths:
@@ -335,6 +335,8 @@ def make_iterator(config: ml_collections.ConfigDict):
         int(config.train.global_batch),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        codebook_size=int(config.model.codebook_size),
+        hires_order_k=int(config.model.nktp_k),
     )
 
 
@@ -453,7 +455,7 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
     preemption = _Preemption()
     config_dict = json.loads(setup.config_json)
     device = jax.devices()[0]
-    peak = float(config.train.get("peak_flops_per_device", 0.0)) or (
+    peak = float(config.train.peak_flops_per_device) or (
         metrics.peak_flops_per_device(device.device_kind, device.platform, jax.local_device_count())
     )
     log_every = max(1, int(config.train.log_every))
@@ -463,8 +465,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
     last_saved = manager.latest_step()
 
     state_finite = True  # the state restored or initialised is finite (checked by the step)
-    real_data = not config.data.get("synthetic", False)
-    max_skips = int(config.train.get("max_consecutive_skips", 0))
+    real_data = not config.data.synthetic
+    max_skips = int(config.train.max_consecutive_skips)
     skips, first_bad = 0, None  # consecutive skipped updates and where the streak began
 
     # The newest checkpoint saved outside a streak of skipped updates.
@@ -586,7 +588,11 @@ def abstract_batch(setup: Setup) -> tuple[dict, dict]:
 
     data = ml_collections.ConfigDict(setup.config.data.to_dict())
     data.synthetic = True
-    it = pipeline.make_synthetic_iterator(data, int(setup.config.train.global_batch))
+    model = setup.model_cfg
+    it = pipeline.make_synthetic_iterator(
+        data, int(setup.config.train.global_batch),
+        codebook_size=model.codebook_size, hires_order_k=model.nktp_k,
+    )  # fmt: skip
     arrays, layouts = split_layouts(next(it))
     batch_sharding = sharding.batch_sharding(setup.mesh)
     abstract = jax.tree.map(

@@ -28,8 +28,8 @@ from mars_jax.vq.checkpoint import load_vq
 
 def _vq_and_grid(config: ml_collections.ConfigDict):
     """The run's VQ tokenizer and first code grid, from the shards' manifest."""
-    vq_dir, grid = config.sample.get("vq", ""), None
-    if config.data.get("shards"):
+    vq_dir, grid = config.sample.vq, None
+    if config.data.shards:
         manifest = manifest_lib.load_manifest(config.data.shards)
         vq_dir = vq_dir or manifest_lib.vq_dir(manifest)
         grid = manifest_lib.grids(manifest)[0]
@@ -43,12 +43,12 @@ class Previewer:
     """Samples `config.sample.prompts` with the live params; a no-op without prompts or VQ."""
 
     def __init__(self, config: ml_collections.ConfigDict, model_cfg: ModelConfig):
-        self.prompts = [str(p) for p in config.sample.get("prompts", [])]
-        self.every = int(config.sample.get("every_steps", 0))
+        self.prompts = [str(p) for p in config.sample.prompts]
+        self.every = int(config.sample.every_steps)
         self.model_cfg = model_cfg
         self.text_len = int(config.data.text_len)
         self.scfg = options.SamplingConfig(**options.run_options(config.sample))
-        self.seed = int(config.sample.get("seed", 0))
+        self.seed = int(config.sample.seed)
         self.enabled = bool(self.prompts) and self.every > 0
         if self.enabled:
             self.vq_cfg, self.vq_params, self.grid = _vq_and_grid(config)

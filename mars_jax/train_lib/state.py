@@ -40,12 +40,10 @@ def decay_mask(trainable: Any, no_decay: tuple[str, ...] = NO_DECAY_DEFAULT) -> 
 
 def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransformation, Any]:
     """AdamW with warm-up + cosine and global-norm clipping, from the ``optim`` config section."""
-    lr = schedule.warmup_cosine(
-        optim.peak_lr, num_steps, optim.warmup_ratio, optim.get("end_lr_ratio", 0.0)
-    )
-    no_decay = tuple(optim.get("no_decay", NO_DECAY_DEFAULT))
+    lr = schedule.warmup_cosine(optim.peak_lr, num_steps, optim.warmup_ratio, optim.end_lr_ratio)
+    no_decay = tuple(optim.no_decay)
     parts = []
-    if optim.get("grad_clip", 0.0) and optim.grad_clip > 0:
+    if optim.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(optim.grad_clip))
     parts.append(
         optax.adamw(

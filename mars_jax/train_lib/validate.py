@@ -216,7 +216,6 @@ def config_errors(
     c.int_("data.worker_buffer_size", 1)
     c.int_("data.read_threads", 1)
     c.int_("data.seed")
-    c.int_("data.codebook_size", 1)
     c.int_("data.num_examples", 0, optional=True)
     c.enum("data.on_bad_record", ON_BAD_RECORD, optional=True)
     c.int_("data.max_bad_records", 0, optional=True)

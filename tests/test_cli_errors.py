@@ -1,8 +1,13 @@
 """Every command answers `--help`, and answers a mistake in one line (`error: ...`, exit
-status 2, no traceback) before it loads a model or writes a file."""
+status 2, no traceback) before it loads a model or writes a file.
+
+The commands run in-process (their `main(argv)`, as the console scripts call it); the
+trainer, whose flags absl parses at start-up, and one sampling command also run as
+`python -m` processes."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -35,13 +40,26 @@ def _run(args: list[str], cwd: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_help(command, tmp_path):
-    result = _run([f"mars_jax.{command}", "--help"], str(tmp_path))
-    assert result.returncode == 0, result.stderr[-1000:]
-    assert f"python -m mars_jax.{command}" in result.stdout
-    if command != "train":  # absl prints the module's docstring and the flags instead
-        assert result.stdout.startswith(f"usage: python -m mars_jax.{command}")
+def _main(command: str, argv: list[str]) -> int:
+    """Run a command's `main(argv)` in-process; its exit status."""
+    module = importlib.import_module(f"mars_jax.{command}")
+    try:
+        return int(module.main(argv) or 0)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "train"])
+def test_help(command, capsys):
+    assert _main(command, ["--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m mars_jax.{command}")
+
+
+def test_help_as_processes(tmp_path):
+    for command in ("train", "generate"):
+        result = _run([f"mars_jax.{command}", "--help"], str(tmp_path))
+        assert result.returncode == 0, result.stderr[-1000:]
+        assert f"python -m mars_jax.{command}" in result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +112,7 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize("args, message", MISTAKES, ids=[" ".join(a[:3]) for a, _ in MISTAKES])
-def test_a_mistake_is_one_line(args, message, fake_run, tmp_path):
+def test_a_mistake_is_one_line(args, message, fake_run, tmp_path, capsys):
     fill = {
         "RUN": fake_run, "OUT": str(tmp_path / "out"), "TMP": str(tmp_path),
         "VQ": demo_shards.demo_vq_dir(),
@@ -105,10 +123,18 @@ def test_a_mistake_is_one_line(args, message, fake_run, tmp_path):
             arg = arg.replace(f"={key}", f"={value}")
         argv.append(arg)
     message = message.replace("RUN", fake_run)
-    result = _run(argv, str(tmp_path))
-    assert result.returncode == 2, (result.stdout[-500:], result.stderr[-1500:])
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
+    command = argv[0].removeprefix("mars_jax.")
+    status = _main(command, argv[1:])  # an unexpected exception fails the test here
+    err = capsys.readouterr().err
+    assert status == 2, err[-1500:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-1500:]
     assert message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mistake_is_one_line_as_a_process(fake_run, tmp_path):
+    argv = ["mars_jax.generate", f"--checkpoint={fake_run}", f"--out={tmp_path / 'out'}"]
+    result = _run(argv, str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: no prompt: pass --prompt=... or --prompt-file=..."

@@ -166,6 +166,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.model.unfreeze = ("text_attn", "text_mlp", "o", "ln1", "ln2")
         c.model.codebook_size = 512  # the demo VQ's codes: the vision head skips the rest
         c.model.compute_dtype = "float32"  # XLA:CPU has no fast bf16 matmul
+        c.model.attention = "reference"  # ~80-token sequences: materialised scores are cheaper
         c.model.image_pos_grid = (8, 8)  # a code's place in the 8x8 grid (deviation from MARS)
         c.data.caption_ratio = 0.0  # a frozen random text head cannot learn to caption
         c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from mars_jax.eval import clip, inception
+
 
 def images_per_s(fn, images: np.ndarray, repeats: int) -> float:
     fn(images)  # compile
@@ -34,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256, help="side of the input images")
     p.add_argument("--clip", choices=("b32", "l14"), default="b32")
     args = p.parse_args(argv)
-
-    from mars_jax.eval import clip, inception
 
     images = np.random.default_rng(0).integers(
         0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8

@@ -51,8 +51,10 @@ import numpy as np
 
 from mars_jax import cli
 from mars_jax.data import image_ops, records, sources
+from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats, vocab
 from mars_jax.vq import images as vq_images
+from mars_jax.vq.checkpoint import load_vq, vq_identity
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +382,6 @@ def _check_config(out: str, settings: dict) -> None:
 
 def run(opts: PrepareOptions) -> dict | None:
     """Prepare (or resume) ``opts.out``; returns the manifest once every shard is done."""
-    from mars_jax.text.tokenizer import load_tokenizer
-    from mars_jax.vq.checkpoint import load_vq, vq_identity
 
     if opts.stage not in (1, 2, 3):
         raise ValueError(f"--stage must be 1, 2 or 3, got {opts.stage}")

@@ -38,6 +38,7 @@ import numpy as np
 import regex
 
 from mars_jax.eval import weights
+from mars_jax.eval.inception import batched
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -592,8 +593,6 @@ class ClipModel:
     name: str = "clip"
 
     def image_features(self, images_NxHxWx3: np.ndarray) -> np.ndarray:
-        from mars_jax.eval.inception import batched
-
         out = []
         for start in range(0, len(images_NxHxWx3), self.batch_size):
             chunk = images_NxHxWx3[start : start + self.batch_size]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mars_jax.eval import weights
+from mars_jax.eval import clip, inception, weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,12 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = weights.read_torch(args.src)
         if args.kind == "inception":
-            from mars_jax.eval import inception
-
             inception.params_from_state_dict(state)  # raises naming a missing/mismatched tensor
         else:
-            from mars_jax.eval import clip
-
             clip.config_from_state_dict(clip.normalize_state_dict(state))
     except (ImportError, OSError, KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

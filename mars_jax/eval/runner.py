@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mars_jax.eval import coco, fid, fid_stats
+from mars_jax.eval import clip, coco, features, fid, fid_stats, inception, weights
 
 REPORT_FILE = "report.json"
 RUN_FILE = "run.json"  # the sampler's step and settings, written when generation starts
@@ -154,7 +154,6 @@ def _clip_weights_file(folder: str) -> str:
 
 
 def load_inception(path: str, batch_size: int):
-    from mars_jax.eval import inception
 
     info = {"name": "pytorch-fid FID Inception-v3 pool3 (2048-d)", "weights": path}
     info["sha256"] = file_sha256(path)
@@ -162,7 +161,6 @@ def load_inception(path: str, batch_size: int):
 
 
 def load_clip(folder: str, batch_size: int):
-    from mars_jax.eval import clip
 
     model = clip.load_clip(folder, batch_size)
     weights = _clip_weights_file(folder)
@@ -208,8 +206,6 @@ def run_fid(args, log: Callable[[str], None] = print) -> dict[str, Any]:
     if args.inception:
         extractor, info = load_inception(args.inception, args.feature_batch)
     else:
-        from mars_jax.eval import features
-
         extractor = features.load_extractor(args.extractor)
         info = {"name": args.extractor}
     mu1, s1 = fid_stats.stats_of(args.images, extractor.image_features, "images", _progress(args))
@@ -260,7 +256,6 @@ def run_clipscore(args, log: Callable[[str], None] = print) -> dict[str, Any]:
 def check_networks(args) -> None:
     """Read and check the weight files on the host (no device memory) before a long
     generation stage; a bad file is a ``UsageError`` naming the tensor."""
-    from mars_jax.eval import clip, inception, weights
 
     try:
         inception.params_from_state_dict(weights.load_state_dict_file(args.inception), False)

@@ -10,12 +10,15 @@ A config is an ``ml_collections.ConfigDict`` with the sections
   devices), ``dcn_shape`` for multi-slice/multi-node (data parallel across the slow network),
   ``rules`` mapping logical parameter axes to mesh axes;
 - ``checkpoint``: ``every_steps``, ``keep``, ``async_save``;
-- ``base``: converted base checkpoint dir (empty = random init from ``seed``), and
-  ``init_from``: a previous stage's workdir whose final trainable params start this stage;
+- ``base``: converted base checkpoint dir (empty = random init from ``seed``),
+  ``init_from``: a previous stage's workdir whose final trainable params start this stage,
+  and ``demo_lm``: write the shipped demo LLM to ``checkpoint`` on first use;
 - ``sample``: images for fixed prompts during training (``every_steps``, ``prompts``, ...).
 
-Presets: ``qwen7b`` mirrors the paper, ``tiny`` is for tests, ``demo`` trains on CPU in
-minutes on the synthetic shapes data.
+Presets: ``qwen7b`` mirrors the paper, ``tiny`` is for tests, ``demo`` and ``demo_frozen``
+train on CPU in minutes on the synthetic shapes data, from the shipped pretrained demo LLM:
+``demo_frozen`` is the MARS recipe (the LLM frozen), ``demo`` also trains copies of the LLM's
+layers (``model.unfreeze``, a deviation from MARS that composes better at this size).
 
 Measurements behind the presets' settings: docs/RESULTS.md.
 """
@@ -27,7 +30,10 @@ import ml_collections
 from mars_jax.data.config import default_data_config
 from mars_jax.model.config import ModelConfig
 
-PRESETS = ("qwen7b", "tiny", "demo")
+PRESETS = ("qwen7b", "tiny", "demo", "demo_frozen")
+DEMO_PRESETS = ("demo", "demo_frozen")
+# Where the shipped demo LLM is written as a base checkpoint on first use.
+DEMO_BASE_DIR = "data/demo/base_lm"
 
 # FSDP (ZeRO-3-like) by default: every weight split along its `embed` axis over the `fsdp`
 # mesh axis; `tensor` (size 1 by default) splits heads / MLP / vocab for tensor parallelism.
@@ -84,7 +90,8 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = stage
     c.preset = preset
-    model = {"qwen7b": ModelConfig.qwen7b, "tiny": ModelConfig.tiny, "demo": ModelConfig.demo}
+    model = {"qwen7b": ModelConfig.qwen7b, "tiny": ModelConfig.tiny}
+    model.update({name: ModelConfig.demo for name in DEMO_PRESETS})
     c.model = ml_collections.ConfigDict(model[preset]().to_dict())
     c.data = default_data_config(stage)
     c.optim = optim_config()
@@ -114,7 +121,7 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(
         dict(every_steps=1000, keep=3, async_save=True, on_damage="fallback", checksums=True)
     )
-    c.base = ml_collections.ConfigDict(dict(checkpoint="", seed=0, init_from=""))
+    c.base = ml_collections.ConfigDict(dict(checkpoint="", seed=0, init_from="", demo_lm=False))
     # Images for fixed prompts during training (mars_jax/preview.py): every `every_steps`
     # and at the last step, into <workdir>/samples/ and TensorBoard. `vq`: the VQ tokenizer
     # to decode with (default: the one named by the shards' manifest).
@@ -154,21 +161,22 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.optim.warmup_ratio = 0.2
         c.checkpoint.every_steps = 2
         c.checkpoint.keep = 2
-    elif preset == "demo":
+    elif preset in DEMO_PRESETS:
+        c.base.checkpoint = DEMO_BASE_DIR
+        c.base.demo_lm = True
         c.model.image_logits = "vision_only"
         # Shapes scenes built on first use (mars_jax/demo/shards.py); each seen about once.
         c.data.demo_scenes = 40000
         c.data.demo_kind_mix = dict(DEMO_KIND_MIX)
         c.data.shards = demo_shards_dir(c.stage, c.data.demo_scenes, DEMO_KIND_MIX)
         c.data.num_epochs = 10  # the iterator ends after these passes (num_steps ends first)
-        # Its "LLM" is a random init that image tokens cannot read captions through: train
-        # copies of its layers (a deviation from MARS; `ModelConfig.unfreeze`).
-        c.model.unfreeze = ("text_attn", "text_mlp", "o", "ln1", "ln2")
+        if preset == "demo":  # trained copies of the LLM's layers (deviation from MARS)
+            c.model.unfreeze = ("text_attn", "text_mlp", "o", "ln1", "ln2")
         c.model.codebook_size = 512  # the demo VQ's codes: the vision head skips the rest
         c.model.compute_dtype = "float32"  # XLA:CPU has no fast bf16 matmul
         c.model.attention = "reference"  # ~80-token sequences: materialised scores are cheaper
         c.model.image_pos_grid = (8, 8)  # a code's place in the 8x8 grid (deviation from MARS)
-        c.data.caption_ratio = 0.0  # a frozen random text head cannot learn to caption
+        c.data.caption_ratio = 0.25  # stage I trains both tasks (paper §3.4)
         c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets
         c.sample.every_steps = 200
         # The best measured sampling; `generate`, `evaluate` and `cascade` use it by default.

@@ -20,6 +20,6 @@ def get_config(arg: str | None = None):
         # One pass of 64 sequences per device: 25.4 (16x16) to 41.2 GiB/device (16x32 and
         # 32x16, the aspect-2 buckets) on 64 devices (docs/SCALE.md).
         c.train.grad_accum = 1
-    elif preset == "demo":
-        c.base.init_from = "runs/demo_stage1"
+    elif preset in common.DEMO_PRESETS:
+        c.base.init_from = f"runs/{preset}_stage1"
     return c

@@ -37,11 +37,11 @@ def get_config(arg: str | None = None):
         # at one sequence per device).
         c.data.hires_scale = 4
         c.train.grad_accum = 3
-    elif preset == "demo":
+    elif preset in common.DEMO_PRESETS:
         c.data.demo_scenes = 8000  # 2,000 steps × 16 see each 4 times
         c.data.demo_kind_mix = None  # the held-out prompts' (default) mix
         c.data.shards = common.demo_shards_dir(3, c.data.demo_scenes, None)  # built on first use
-        c.base.init_from = "runs/demo_stage1"  # the stage-I demo run; see the docstring
+        c.base.init_from = f"runs/{preset}_stage1"  # the stage-I demo run; see the docstring
         c.sample.every_steps = 0  # the preview samples text→image, which this run does not train
         # Longer sequences and four heads: batch 16 keeps the run near 10 CPU minutes.
         c.train.global_batch = 16

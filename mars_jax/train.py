@@ -89,6 +89,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from mars_jax.data import pipeline  # noqa: E402
 from mars_jax.demo import shards as demo_shards  # noqa: E402
+from mars_jax.train_lib import base as base_lib  # noqa: E402
 from mars_jax.train_lib import buckets, distributed, integrity, loop, sharding, validate  # noqa: E402
 from mars_jax.train_lib import checkpoint as ckpt_lib  # noqa: E402
 
@@ -310,6 +311,7 @@ def _main(config):
         raise validate.ConfigError(problems)
     if jax.process_index() == 0:  # the demo runs on one host
         demo_shards.ensure_for_config(config)
+        base_lib.ensure_demo_base(config.base)
     summary = loop.run(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     if jax.process_index() == 0:
         print(f"finished at step {summary['step']} ({summary['reason']})")

@@ -26,7 +26,7 @@ STAGES = {1: stage1, 2: stage2, 3: stage3}
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-@pytest.mark.parametrize("preset", ["qwen7b", "tiny", "demo"])
+@pytest.mark.parametrize("preset", ["qwen7b", "tiny", "demo", "demo_frozen"])
 def test_every_preset_builds(stage, preset):
     c = STAGES[stage].get_config(preset)
     assert c.stage == stage and c.data.stage == stage

@@ -28,6 +28,7 @@ def main(argv):
     config = FLAGS.config
     config.base.checkpoint = ""
     config.base.init_from = ""
+    config.base.demo_lm = False
     config.data.synthetic = True
     config.train.num_steps = max(int(config.train.num_steps), FLAGS.warmup + FLAGS.steps)
     setup = loop.prepare(config)

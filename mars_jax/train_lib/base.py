@@ -28,8 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mars_jax.demo import lm_asset
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import vocab
 from mars_jax.train_lib import workdir as workdir_lib
 
 
@@ -174,3 +176,25 @@ def _random_init(model_cfg: ModelConfig, shardings: Any):
     return jax.jit(
         lambda key: to_bf16(params_lib.init_frozen(model_cfg, key)), out_shardings=shardings
     )
+
+
+def ensure_demo_base(base_config: Any) -> None:
+    """With ``base.demo_lm``, write the shipped demo LLM (``mars_jax/assets/demo_lm``) as the
+    base checkpoint ``base.checkpoint`` unless an up-to-date one is there (its
+    ``base_info.json`` names the asset's sha256). Writing is cheap (seconds) and happens once."""
+    if not base_config.demo_lm:
+        return
+    asset_dir = lm_asset.demo_lm_dir()
+    digest = lm_asset.file_sha256(os.path.join(asset_dir, lm_asset.PARAMS_FILE))
+    out_dir = os.fspath(workdir_lib.resolve(base_config.checkpoint))
+    info_path = os.path.join(out_dir, INFO_FILE)
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            if json.load(f).get("asset_sha256") == digest:
+                return
+    cfg, tensors, info = lm_asset.read_asset(asset_dir)
+    print(f"writing the demo LLM as a base checkpoint: {out_dir}", flush=True)
+    frozen = lm_asset.expand(cfg, tensors, int(info["init_seed"]))
+    source = "mars_jax demo LLM (python -m mars_jax.demo.train_lm)"
+    info = {"source": source, "family": "qwen", "text_rows": vocab.ENDOFTEXT}
+    save_base(out_dir, cfg, frozen, {**info, "asset_sha256": digest})

@@ -232,6 +232,11 @@ def config_errors(
     # sample
     c.int_("sample.every_steps", 0, optional=True)
 
+    # base
+    c.bool_("base.demo_lm", optional=True)
+    if c.value("base.demo_lm") is True and not c.value("base.checkpoint"):
+        c.fail("base.checkpoint", "", "must name where base.demo_lm writes the demo LLM")
+
     # model
     _model_errors(c)
 

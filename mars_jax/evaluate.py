@@ -14,7 +14,8 @@ pytorch-fid's Inception, CLIP score with OpenAI CLIP) are ``mars_jax.eval.runner
 
 ``shapes``: images are generated for the held-out prompts (``mars_jax.demo.shapes``: color ×
 shape pairs never seen in training, English and Chinese captions of the same scenes) and
-scored by the pixel checker. Per-language lines come first; the last line is
+scored by the pixel checker. Per-language lines come first, then the other checks and
+``shapes_blank_images=<n>`` (images with no object at all, ``checker.is_blank``); the last line is
 ``shapes_color_acc=<a> shapes_shape_acc=<b>`` over both languages. A contact sheet with the
 verdicts and a JSON of every prompt's verdicts are written to ``--out``.
 
@@ -86,8 +87,12 @@ def generate_for_prompts(
 
 
 def score_shapes(rows: list[dict[str, Any]], images: np.ndarray) -> dict[str, Any]:
-    """Checker verdicts per row, and accuracies overall and per language."""
-    verdicts = [checker.check(im, r["spec"]) for im, r in zip(images, rows, strict=True)]
+    """Checker verdicts per row (with ``blank``: no object at all), and accuracies overall and
+    per language, and the number of blank images."""
+    verdicts = [
+        {**checker.check(im, r["spec"]), "blank": checker.is_blank(im)}
+        for im, r in zip(images, rows, strict=True)
+    ]
     langs = sorted({r["lang"] for r in rows})
     per_lang = {
         lang: checker.accuracies(
@@ -95,7 +100,12 @@ def score_shapes(rows: list[dict[str, Any]], images: np.ndarray) -> dict[str, An
         )
         for lang in langs
     }
-    return {"verdicts": verdicts, "all": checker.accuracies(verdicts), "per_lang": per_lang}
+    return {
+        "verdicts": verdicts,
+        "all": checker.accuracies(verdicts),
+        "per_lang": per_lang,
+        "blank": sum(v["blank"] for v in verdicts),
+    }
 
 
 def save_contact_sheet(path: str, images: np.ndarray, verdicts, columns: int = 8) -> None:
@@ -137,6 +147,7 @@ def evaluate_shapes(
         log(_format("shapes", acc, f"[{lang}]"))
     others = {k: v for k, v in result["all"].items() if k not in ("color", "shape")}
     log(_format("shapes", others))
+    log(f"shapes_blank_images={result['blank']}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         save_contact_sheet(os.path.join(out_dir, SHEET_FILE), images, result["verdicts"])
@@ -146,7 +157,12 @@ def evaluate_shapes(
         ]
         with open(os.path.join(out_dir, VERDICTS_FILE), "w", encoding="utf-8") as f:
             json.dump(
-                {"accuracy": result["all"], "per_lang": result["per_lang"], "prompts": records},
+                {
+                    "accuracy": result["all"],
+                    "per_lang": result["per_lang"],
+                    "blank_images": result["blank"],
+                    "prompts": records,
+                },
                 f,
                 ensure_ascii=False,
                 indent=1,

@@ -90,3 +90,22 @@ def test_count_check():
     assert checker.check(shapes.render(more), spec)["count"] is False
     if fewer is not spec:
         assert checker.check(shapes.render(fewer), spec)["count"] is False
+
+
+def test_blank_images_are_those_without_any_object():
+    # Every rendered scene (blurred too) has an object; background only is blank, also with
+    # the few off-color pixels a VQ decode of a background-only code grid leaves.
+    assert not any(checker.is_blank(im) for im in DATA.images)
+    assert not any(checker.is_blank(im) for im in _blur(DATA.images))
+    background = np.zeros((64, 64, 3), np.uint8) + np.uint8(shapes.BACKGROUND_RGB)
+    assert checker.is_blank(background)
+    noisy = background.copy()
+    noisy[0, :3] = (90, 90, 90)  # 3 stray pixels
+    noisy[10:20, 10:20] += 20  # a faint patch, within the distance of the background
+    assert checker.is_blank(noisy) and checker.object_pixels(noisy) == 3
+    # The smallest object is not blank: a 16-px triangle, alone on the background.
+    small = [s for s in DATA.specs if all(o.bbox[2] - o.bbox[0] == 16 for o in s.objects)]
+    tri = next(s for s in small if s.objects[0].shape == "triangle")
+    one = shapes.SceneSpec("single", tri.objects[:1], position="center")
+    assert not checker.is_blank(shapes.render(one))
+    assert checker.object_pixels(shapes.render(one)) >= checker.MIN_BLOB_AREA

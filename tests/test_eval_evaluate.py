@@ -43,6 +43,7 @@ def test_ground_truth_scores_one_with_per_language_lines_and_files(tmp_path):
     assert produce.seeds == [7, 8]
     assert all(v == 1.0 for v in result["all"].values()), result["all"]
     assert lines[-1] == "shapes_color_acc=1.0000 shapes_shape_acc=1.0000"
+    assert lines[-2] == "shapes_blank_images=0" and result["blank"] == 0
     assert lines[0].startswith("shapes_color_acc[en]=1.0000 shapes_shape_acc[en]=1.0000")
     assert lines[1].startswith("shapes_color_acc[zh]=1.0000")
     sheet = Image.open(os.path.join(out, evaluate.SHEET_FILE))
@@ -51,6 +52,21 @@ def test_ground_truth_scores_one_with_per_language_lines_and_files(tmp_path):
         saved = json.load(f)
     assert len(saved["prompts"]) == 2 * len(PROMPTS)
     assert saved["prompts"][1]["lang"] == "zh" and saved["prompts"][1]["color"] is True
+    assert saved["blank_images"] == 0 and saved["prompts"][1]["blank"] is False
+
+
+def test_blank_images_are_counted():
+    def every_third_blank(captions, seed):
+        images = ground_truth_producer(PROMPTS)(captions, seed)
+        images[::3] = evaluate.shapes.BACKGROUND_RGB
+        return images
+
+    lines = []
+    result = evaluate.evaluate_shapes(PROMPTS, every_third_blank, log=lines.append)
+    n = len(range(0, len(PROMPTS), 3))
+    assert result["blank"] == n and lines[-2] == f"shapes_blank_images={n}"
+    assert [v["blank"] for v in result["verdicts"]] == [i % 3 == 0 for i in range(len(PROMPTS))]
+    assert lines[-1].startswith("shapes_color_acc=")
 
 
 def test_noise_scores_low():

@@ -69,6 +69,26 @@ def test_vision_init_from_text():
     assert tr["vision_head"].dtype == np.float32
 
 
+def test_zero_vision_queries_start_image_tokens_attending_uniformly():
+    """`vision_query_init="zero"`: only the vision queries differ from the copy init, and an
+    image token's first-layer attention weights are uniform over what it sees."""
+    cfg = ModelConfig.tiny(frozen_dtype="float32", vision_query_init="zero")
+    p = params.init_params(cfg, jax.random.key(0))
+    fr, tr = jax.tree.map(np.asarray, (p["frozen"], p["trainable"]))
+    attn, text = tr["layers"]["vision_attn"], fr["layers"]["text_attn"]
+    assert not attn["q"].any() and not attn["q_bias"].any()
+    for name in ("k", "v", "k_bias", "v_bias"):
+        np.testing.assert_array_equal(attn[name], text[name])
+    x = np.random.default_rng(0).normal(size=(5, cfg.width)).astype(np.float32)
+    q = np.einsum("sd,dhk->shk", x, attn["q"][0]) + attn["q_bias"][0]
+    k = np.einsum("sd,dhk->shk", x, text["k"][0]) + text["k_bias"][0]
+    k = np.repeat(k, cfg.num_heads // cfg.num_kv_heads, axis=1)  # grouped-query heads
+    scores = np.einsum("qhk,shk->hqs", q, k)
+    assert np.ptp(scores) == 0  # softmax of equal scores: uniform attention
+    with pytest.raises(ValueError, match="vision_query_init"):
+        ModelConfig.tiny(vision_query_init="random")
+
+
 def test_layouts():
     assert L.t2i(4, 9) == (("text", 4), ("vision", 11))
     assert L.caption(4, 9) == (("vision", 11), ("text", 4))

@@ -15,6 +15,7 @@ from mars_jax.tokens.vocab import NUM_IMAGE_CODES
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
 IMAGE_LOGITS = ("full", "vision_only")
 ATTENTION = ("reference", "blockwise", "auto")  # `attention.IMPLEMENTATIONS`
+VISION_QUERY_INITS = ("copy", "zero")
 DTYPES = ("float32", "bfloat16", "float16")
 # Per-layer groups of the frozen LLM that `ModelConfig.unfreeze` may name.
 UNFREEZABLE = ("text_attn", "text_mlp", "o", "ln1", "ln2")
@@ -46,6 +47,12 @@ class ModelConfig:
       positions are relative and do not give that place. Needs every image `cols` codes
       wide (high-res codes in stage III; low-res codes take their top-left child's place)
       and at most `rows` high (`check_image_grid`).
+    vision_query_init: how the vision expert's query projection starts: "copy" of the text
+      expert's (paper §3.3, like the rest of the expert) or "zero" (weights and bias), so
+      every image token starts attending uniformly to the caption and the codes before it
+      and reads the caption as a bag of words from the first step. A pretrained LLM's
+      copied queries attend sharply along text patterns instead, and the demo model learned
+      to ignore its prompts (docs/RESULTS.md).
     attention: implementation of attention (`model/attention.py`): "reference" materialises
       the `[B, heads, Lq, Lk]` scores; "blockwise" computes them a query block x key block
       tile at a time (online softmax, custom VJP), never holding more than one tile; "auto"
@@ -72,6 +79,7 @@ class ModelConfig:
     codebook_size: int = NUM_IMAGE_CODES
     image_pos_grid: tuple[int, int] = (0, 0)
     attention: str = "auto"
+    vision_query_init: str = "copy"
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
@@ -94,6 +102,8 @@ class ModelConfig:
             bad("remat_policy", f"{self.remat_policy!r} not in {REMAT_POLICIES}")
         if self.attention not in ATTENTION:
             bad("attention", f"{self.attention!r} not in {ATTENTION}")
+        if self.vision_query_init not in VISION_QUERY_INITS:
+            bad("vision_query_init", f"{self.vision_query_init!r} not in {VISION_QUERY_INITS}")
         if self.image_logits not in IMAGE_LOGITS:
             bad("image_logits", f"{self.image_logits!r} not in {IMAGE_LOGITS}")
         if self.loss_chunk_size < 0:

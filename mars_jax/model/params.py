@@ -173,7 +173,8 @@ def init_trainable_from_frozen(
 
     - vision embedding rows: the mean of the real text embedding rows (the first
       `num_text_rows`, default all), so new tokens start at the centre of the text cloud;
-    - vision experts (QKV with bias, FFN): exact copies of the text experts;
+    - vision experts (QKV with bias, FFN): exact copies of the text experts (the query
+      projection zero with `cfg.vision_query_init == "zero"`);
     - vision head: the mean of the real text-head columns plus a small relative noise.
       Every vision logit then starts at the LLM's mean text logit at that position: on the
       same scale as the text logits (a zero head would put all 8,200 vision ids at logit 0,
@@ -185,10 +186,17 @@ def init_trainable_from_frozen(
     embed = jnp.asarray(frozen["embed"][:n], jnp.float32)
     head = jnp.asarray(frozen["text_head"][:, :n], jnp.float32)
     copy = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+    vision_attn = copy(frozen["layers"]["text_attn"])
+    if cfg.vision_query_init == "zero":
+        vision_attn = {
+            **vision_attn,
+            "q": jnp.zeros_like(vision_attn["q"]),
+            "q_bias": jnp.zeros_like(vision_attn["q_bias"]),
+        }
     trainable = {
         "vision_embed": vision_embed_init(jnp.mean(embed, axis=0), cfg),
         "layers": {
-            "vision_attn": copy(frozen["layers"]["text_attn"]),
+            "vision_attn": vision_attn,
             "vision_mlp": copy(frozen["layers"]["text_mlp"]),
         },
         "vision_head": vision_head_init(jnp.mean(head, axis=1), jnp.std(head), rng, cfg),

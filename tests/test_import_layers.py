@@ -18,6 +18,7 @@ PACKAGE = ROOT / "mars_jax"
 LAYERS = {
     "tokens": 0,
     "outputs": 0,
+    "digests": 0,
     "text": 1,
     "vq": 1,
     "model": 2,

@@ -37,7 +37,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import glob
-import hashlib
 import itertools
 import json
 import logging
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from mars_jax import cli
+from mars_jax import cli, digests
 from mars_jax.data import image_ops, records, sources
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats, vocab
@@ -128,14 +127,6 @@ def write_shard_outputs(out: str, shard: int, buckets: dict[str, dict], stats: d
         files[name] = {k: b[k] for k in ("grid", "lo_grid", "image_hw", "lo_image_hw")}
         files[name].update(file=rel, count=len(b["records"]))
     _atomic_json(_done_path(out, shard), dict(stats, shard=shard, buckets=files))
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
 
 
 def finalize(out: str, num_shards: int, header: dict) -> dict | None:
@@ -404,7 +395,7 @@ def run(opts: PrepareOptions) -> dict | None:
         "vq": {"dir": os.path.abspath(opts.vq), "identity": vq_identity(vq_cfg, vq_params)},
         "tokenizer": {
             "vocab_file": os.path.basename(tok.vocab_file),
-            "sha256": _sha256_file(tok.vocab_file),
+            "sha256": digests.file_sha256(tok.vocab_file)[:32],
         },
         "sizes": {
             k: getattr(opts, k)

@@ -19,7 +19,6 @@ init as a random base) where the corpus never looked, the trained rows elsewhere
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -45,14 +44,6 @@ def demo_lm_dir() -> str:
             "`python -m mars_jax.demo.train_lm --out=mars_jax/assets/demo_lm`"
         )
     return DEMO_LM_DIR
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def flatten_layers(layers: dict) -> dict[str, np.ndarray]:

@@ -19,7 +19,6 @@ one ``error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mars_jax import digests
 from mars_jax.eval import clip, coco, features, fid, fid_stats, inception, weights
 
 REPORT_FILE = "report.json"
@@ -136,14 +136,6 @@ def validate(args: argparse.Namespace) -> None:
     _need(args.feature_batch >= 1, f"--feature_batch={args.feature_batch}: must be >= 1")
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _clip_weights_file(folder: str) -> str:
     if os.path.isfile(folder):
         return folder
@@ -156,7 +148,7 @@ def _clip_weights_file(folder: str) -> str:
 def load_inception(path: str, batch_size: int):
 
     info = {"name": "pytorch-fid FID Inception-v3 pool3 (2048-d)", "weights": path}
-    info["sha256"] = file_sha256(path)
+    info["sha256"] = digests.file_sha256(path)
     return inception.InceptionFeatures(inception.load_params(path), batch_size), info
 
 
@@ -169,7 +161,7 @@ def load_clip(folder: str, batch_size: int):
         "name": model.name,
         "folder": folder,
         "weights": weights,
-        "sha256": file_sha256(weights),
+        "sha256": digests.file_sha256(weights),
         "shape": f"ViT patch {c.patch_size}, {c.image_size}px, width {c.vision.width}, "
         f"{c.vision.layers} layers; text width {c.text.width}; embed {c.embed_dim}",
     }

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mars_jax import digests
 from mars_jax.demo import lm_asset
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
@@ -185,7 +186,7 @@ def ensure_demo_base(base_config: Any) -> None:
     if not base_config.demo_lm:
         return
     asset_dir = lm_asset.demo_lm_dir()
-    digest = lm_asset.file_sha256(os.path.join(asset_dir, lm_asset.PARAMS_FILE))
+    digest = digests.file_sha256(os.path.join(asset_dir, lm_asset.PARAMS_FILE))
     out_dir = os.fspath(workdir_lib.resolve(base_config.checkpoint))
     info_path = os.path.join(out_dir, INFO_FILE)
     if os.path.exists(info_path):

@@ -42,6 +42,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from mars_jax import digests
 from mars_jax.train_lib import step as step_lib
 from mars_jax.train_lib import workdir as workdir_lib
 
@@ -72,14 +73,6 @@ class Problem:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: epath.Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_state_text(iterator: Any) -> str:
@@ -143,7 +136,7 @@ def seal(step_dir: epath.Path) -> dict:
     files = {}
     for rel in _files_list(step_dir):
         path = step_dir / rel
-        files[rel] = {"size": path.stat().length, "sha256": sha256_file(path)}
+        files[rel] = {"size": path.stat().length, "sha256": digests.file_sha256(path)}
     record = {"version": _VERSION, "files": files, "sha256": _seal_hash(files)}
     tmp = step_dir / f".tmp-{SEAL_FILE}"
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
@@ -277,7 +270,7 @@ def check_step(
                     ),
                     True,
                 )
-            if sha256_file(path) != files[rel]["sha256"]:
+            if digests.file_sha256(path) != files[rel]["sha256"]:
                 return Problem(_part(rel), "checksum", f"{rel}: sha256 mismatch"), True
     for rel in required_files(expect_data, process_index, process_count):
         if not (step_dir / rel).exists():

@@ -92,7 +92,7 @@ def test_expanded_base_predicts_what_was_trained(small_asset):
 
 def test_demo_base_is_written_once_and_is_the_expanded_asset(small_asset, tmp_path, monkeypatch):
     monkeypatch.setattr(lm_asset, "DEMO_LM_DIR", small_asset)
-    c = stage1.get_config("demo")
+    c = stage1.get_config("demo_frozen")
     assert c.base.demo_lm and c.base.checkpoint
     c.base.checkpoint = str(tmp_path / "base_lm")
     base_lib.ensure_demo_base(c.base)
@@ -119,7 +119,8 @@ def test_shipped_asset_covers_the_demo_text():
 
 
 def test_frozen_preset_is_the_mars_recipe():
-    frozen, unfrozen = stage1.get_config("demo_frozen"), stage1.get_config("demo")
-    assert frozen.model.unfreeze == () and unfrozen.model.unfreeze
-    for c in (frozen, unfrozen):
-        assert c.base.demo_lm and c.data.caption_ratio > 0
+    frozen = stage1.get_config("demo_frozen")
+    assert frozen.model.unfreeze == () and frozen.base.demo_lm and frozen.data.caption_ratio > 0
+    assert frozen.model.vision_query_init == "zero"
+    first = stage1.get_config("demo")  # the README's first command: the best-scoring demo
+    assert first.model.unfreeze and not first.base.demo_lm and not first.base.checkpoint

@@ -22,8 +22,7 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     c = stage3.get_config("demo")
     assert c.base.init_from == "runs/demo_stage1"  # continues the README's stage-I demo run
     c.base.init_from = ""  # here: from the base init (no stage-I run to start from)
-    assert c.base.demo_lm  # the shipped demo LLM; here a random base keeps the test small
-    c.base.update(checkpoint="", demo_lm=False)
+    assert not c.base.demo_lm and not c.base.checkpoint  # continues the random-LLM demo
     assert c.sample.every_steps == 0  # the text→image preview does not apply to an SR run
     assert c.data.demo_scenes > 0 and c.model.nktp_k == 4
 

@@ -106,6 +106,8 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # limit). A non-finite train state always ends it (docs/RELIABILITY.md).
             max_consecutive_skips=20,
             seed=0,
+            # Loss weight of each token of a task: the loss is the weighted token mean.
+            task_weights=dict(t2i=1.0, caption=1.0, sr=1.0),
             peak_flops_per_device=0.0,  # 0: look up by device kind (metrics.py)
             # Accelerator memory (GiB) for `train --compile_only`: a bucket whose step needs
             # more is an error; more than 7/8 of it (70 of 80) is flagged as short of headroom.

@@ -192,6 +192,7 @@ def test_total_loss_sums_tokens_over_tasks():
         "t2i/tokens",
         "caption/loss",
         "caption/tokens",
+        "loss_weight",
     }
     np.testing.assert_allclose(metrics["caption/tokens"], 2 * TEXT_T)
     np.testing.assert_allclose(metrics["t2i/loss"], sums["t2i"][0] / sums["t2i"][1], rtol=1e-5)

@@ -488,3 +488,15 @@ def test_metrics_truncated_after_the_resumed_step(tmp_path):
         f.write('{"step": 6, "lo')  # a line cut by a kill
     assert metrics.truncate_after(path, 3) == 3
     assert [json.loads(x)["step"] for x in open(path)] == [1, 2, 3]
+
+
+def test_task_weights_are_checked_by_name_and_value():
+    config = stage2.get_config("tiny")
+    config.train.task_weights.caption = -1.0
+    config.train.task_weights.captions = 2.0
+    errors = validate.config_errors(config, num_devices=8)
+    assert any(e.startswith("train.task_weights.caption=-1.0: ") for e in errors), errors
+    assert any(
+        e.startswith("train.task_weights.captions=2.0: ") and "one of" in e for e in errors
+    ), errors
+    assert len(errors) == 2, errors

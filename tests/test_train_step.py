@@ -99,3 +99,37 @@ def test_checkpoint_of_earlier_version_with_rng_restores(tmp_path):
     restored = checkpoint.restore(manager, 3, abstract, shardings, None)
     assert set(restored) == set(fresh)
     np.testing.assert_array_equal(restored["trainable"]["w"], trainable["w"])
+
+
+def test_task_weights_weigh_each_tasks_tokens_also_under_accumulation():
+    """`train.task_weights`: the loss is sum_t w_t S_t / sum_t w_t N_t, and accumulation by
+    the weighted token count still equals one pass over the batch."""
+    p = params.init_params(CFG, jax.random.key(0))
+    layouts = LAYOUTS + (("t2i", L.caption(TEXT_T, CODES)),)
+    batch = {
+        "caption": _captions([1, 8, 2, 7])["caption"],
+        "t2i": _captions([3, 5, 8, 2])["caption"],
+    }
+    weights = (("caption", 4.0), ("t2i", 1.0))
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def run(accum, task_weights, trainable):
+        loss_fn = lambda frozen, t, b: loss.total_loss(frozen, t, b, layouts, CFG, task_weights)
+        return step.loss_and_grads(loss_fn, trainable, p["frozen"], batch, accum)
+
+    loss1, metrics1, grads1 = run(1, weights, p["trainable"])
+    loss2, metrics2, grads2 = run(2, weights, p["trainable"])
+    sums = {t: float(metrics1[f"{t}/loss"]) * float(metrics1[f"{t}/tokens"]) for t in batch}
+    tokens = {t: float(metrics1[f"{t}/tokens"]) for t in batch}
+    expected = (4 * sums["caption"] + sums["t2i"]) / (4 * tokens["caption"] + tokens["t2i"])
+    np.testing.assert_allclose(loss1, expected, rtol=1e-5)
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-5)
+    assert float(metrics2["tokens"]) == float(metrics1["tokens"]) == sum(tokens.values())
+    assert float(metrics2["loss_weight"]) == 4 * tokens["caption"] + tokens["t2i"]
+    flat1 = jax.flatten_util.ravel_pytree(grads1)[0]
+    flat2 = jax.flatten_util.ravel_pytree(grads2)[0]
+    assert float(np.abs(flat2 - flat1).max()) <= 1e-5 * float(np.abs(flat1).max())
+    # Equal weights give the plain token mean, which differs from the weighted one.
+    plain, _, _ = run(1, (), p["trainable"])
+    np.testing.assert_allclose(plain, sum(sums.values()) / sum(tokens.values()), rtol=1e-5)
+    assert abs(float(plain) - float(loss1)) > 1e-3

@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--weight_decay",
+        type=float,
+        default=0.01,
+        help="AdamW decay; LLMs are pretrained with ~0.1, which keeps weights near the init scale",
+    )
     p.add_argument("--num_sentences", type=int, default=60_000)
     p.add_argument("--seed", type=int, default=0, help="corpus and data order")
     p.add_argument("--init_seed", type=int, default=0, help="random init of all rows")
@@ -147,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, args.lr, max(1, args.steps // 20), args.steps, end_value=args.lr * 0.05
     )
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=args.weight_decay)
+    )
     opt_state = tx.init(params)
 
     @jax.jit
@@ -191,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "lr": args.lr,
+        "weight_decay": args.weight_decay,
         "held_out_loss": log[-1]["held_out_loss"],
         "train_seconds": round(time.time() - t0, 1),
     }

@@ -312,27 +312,42 @@ def sr_loss(
 
 
 def total_loss(
-    frozen: dict, trainable: dict, batch: Mapping[str, Mapping], layouts, cfg: ModelConfig
+    frozen: dict,
+    trainable: dict,
+    batch: Mapping[str, Mapping],
+    layouts,
+    cfg: ModelConfig,
+    task_weights=(),
 ) -> tuple[jax.Array, dict]:
-    """Mean token loss over all tasks of a batch, and flat per-task metrics.
+    """Weighted mean token loss over all tasks of a batch, and flat per-task metrics.
 
-    Tasks are combined by summing token losses and dividing by the summed weight, so each
-    token counts once whatever task it comes from. `layouts` maps task name to layout
-    (a dict, or a tuple of `(name, layout)` pairs, which is hashable for `jit`).
+    Each token of task `t` weighs `task_weights[t]` (default 1): the loss is
+    `sum_t w_t * S_t / sum_t w_t * N_t` (`S_t`: the task's summed token loss, `N_t`: its
+    tokens). With all weights 1 each token counts once whatever task it comes from; a
+    larger caption weight lets stage I's short captions steer the shared parameters
+    (docs/RESULTS.md). `layouts` maps task name to layout and `task_weights` task name to
+    weight (dicts, or tuples of `(name, value)` pairs, which are hashable for `jit`); a
+    weight for a task the batch lacks is unused.
+    `metrics["tokens"]` counts tokens; `metrics["loss_weight"]` is the weighted count the
+    loss is divided by (gradient accumulation combines micro-batches by it).
     """
-    layouts = dict(layouts)
+    layouts, weights = dict(layouts), dict(task_weights)
     sum_loss = jnp.zeros((), jnp.float32)
     sum_weight = jnp.zeros((), jnp.float32)
+    num_tokens = jnp.zeros((), jnp.float32)
     metrics = {}
     for name in sorted(batch):
         if name not in layouts:
             raise KeyError(f"no layout for task {name!r}; layouts given for {sorted(layouts)}")
         # Stage III with next-K heads: the next-K-token loss (docs/NKTP.md).
         fn = sr_loss if name == "sr" and cfg.nktp_k > 1 else task_loss
-        task_sum, task_weight, task_metrics = fn(frozen, trainable, batch[name], layouts[name], cfg)
-        sum_loss, sum_weight = sum_loss + task_sum, sum_weight + task_weight
+        task_sum, task_tokens, task_metrics = fn(frozen, trainable, batch[name], layouts[name], cfg)
+        w = float(weights.get(name, 1.0))
+        sum_loss, sum_weight = sum_loss + w * task_sum, sum_weight + w * task_tokens
+        num_tokens = num_tokens + task_tokens
         metrics.update({f"{name}/{k}": v for k, v in task_metrics.items()})
     loss = sum_loss / jnp.maximum(sum_weight, 1e-9)
     metrics["loss"] = loss
-    metrics["tokens"] = sum_weight
+    metrics["tokens"] = num_tokens
+    metrics["loss_weight"] = sum_weight
     return loss, metrics

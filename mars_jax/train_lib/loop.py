@@ -205,10 +205,18 @@ def prepare(
             json.dumps(config.optim.to_dict(), sort_keys=True, default=str),
             num_steps,
             int(train.grad_accum),
+            task_weights(config),
             mesh,
             tuple((str(n), _hashable(a)) for n, a in rules),
         ),
     )
+
+
+def task_weights(config: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
+    """`train.task_weights` as hashable `(task, weight)` pairs; configs of runs that predate
+    the key weigh every token 1."""
+    weights = config.train.get("task_weights") or {}
+    return tuple(sorted((str(k), float(v)) for k, v in dict(weights).items()))
 
 
 def _hashable(axes: Any) -> Any:
@@ -235,7 +243,7 @@ def get_step(setup: Setup, layouts: dict):
     if key not in _STEPS:
         s = setup
         loss_fn = lambda frozen, trainable, batch: loss_lib.total_loss(
-            frozen, trainable, batch, layouts_key, s.model_cfg
+            frozen, trainable, batch, layouts_key, s.model_cfg, task_weights(s.config)
         )
         fn = step_lib.make_train_step(
             loss_fn, s.tx, s.lr_schedule, int(s.config.train.grad_accum), s.mesh

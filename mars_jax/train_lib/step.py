@@ -42,13 +42,20 @@ def _split_micro(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict:
 
 
 def _weight(metrics: Mapping[str, jax.Array], key: str) -> jax.Array:
-    """The token count a mean metric is taken over: `<task>/tokens` for `<task>/...`, else
+    """The token count a mean metric is taken over: `<task>/tokens` for `<task>/...`; for
+    the loss its weighted count `loss_weight` (per-task weights, `loss.total_loss`); else
     `tokens` (1 when the loss function reports none)."""
     task = key.rpartition("/")[0]
-    for name in (f"{task}/tokens" if task else None, "tokens"):
+    own = f"{task}/tokens" if task else "loss_weight" if key == "loss" else None
+    for name in (own, "tokens"):
         if name in metrics:
             return jax.lax.stop_gradient(metrics[name]).astype(jnp.float32)
     return jnp.ones((), jnp.float32)
+
+
+def _is_count(key: str) -> bool:
+    """Metrics that are counts (summed over micro-batches), not means."""
+    return key.endswith("tokens") or key == "loss_weight"
 
 
 def loss_and_grads(
@@ -60,7 +67,8 @@ def loss_and_grads(
     loss (its mean loss times its ``metrics["tokens"]``) and gradient, and the sums are
     divided once by the batch's total tokens. So a micro-batch of short captions weighs
     what its tokens weigh, and the result equals one pass over the whole batch. Metrics
-    named ``*tokens`` are summed; other metrics are means weighted by their task's tokens.
+    named ``*tokens`` (and ``loss_weight``) are summed; other metrics are means weighted by
+    their task's tokens.
     """
 
     def grads_of(mb, by_tokens: bool):
@@ -78,7 +86,7 @@ def loss_and_grads(
     def sums_of(mb):
         loss, metrics, grads = grads_of(mb, by_tokens=True)
         metrics = {**metrics, "loss": loss}
-        weights = {k: _weight(metrics, k) for k in metrics if not k.endswith("tokens")}
+        weights = {k: _weight(metrics, k) for k in metrics if not _is_count(k)}
         weighted = {k: v * weights[k] if k in weights else v for k, v in metrics.items()}
         return weighted, weights, grads
 

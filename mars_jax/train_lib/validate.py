@@ -21,6 +21,7 @@ from mars_jax.train_lib import workdir as workdir_lib
 NONFINITE_POLICIES = ("skip", "stop")
 ON_DAMAGE = ("fallback", "stop")
 ON_BAD_RECORD = ("skip", "stop")
+TASKS = ("t2i", "caption", "sr")  # the training tasks of stages I-III (data/pipeline.py)
 
 # Keys whose change on resume is refused unless --allow_config_change: they change what
 # is trained (stage, model shapes), the batch, or the data stream the iterator state indexes.
@@ -190,6 +191,13 @@ def config_errors(
     c.enum("train.nonfinite", NONFINITE_POLICIES)
     c.int_("train.max_consecutive_skips", 0, optional=True)
     c.float_("train.peak_flops_per_device", 0.0, optional=True)
+    weights = c.value("train.task_weights")
+    if weights is not _MISSING:
+        for task in weights:
+            if task not in TASKS:
+                c.fail(f"train.task_weights.{task}", weights[task], f"task must be one of {TASKS}")
+            else:
+                c.float_(f"train.task_weights.{task}", 0.0, low_open=True)
     if global_batch and grad_accum and global_batch % grad_accum:
         c.fail(
             "train.grad_accum",

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import stage1
+from configs import stage1, stage2, stage3
 from mars_jax.demo import lm_asset, lm_corpus, train_lm
 from mars_jax.model import mars
 from mars_jax.text.tokenizer import load_tokenizer
@@ -118,9 +118,15 @@ def test_shipped_asset_covers_the_demo_text():
     assert info["held_out_loss"] < 1.0
 
 
-def test_frozen_preset_is_the_mars_recipe():
-    frozen = stage1.get_config("demo_frozen")
-    assert frozen.model.unfreeze == () and frozen.base.demo_lm and frozen.data.caption_ratio > 0
-    assert frozen.model.vision_query_init == "zero"
-    first = stage1.get_config("demo")  # the README's first command: the best-scoring demo
-    assert first.model.unfreeze and not first.base.demo_lm and not first.base.checkpoint
+def test_demo_presets_load_the_pretrained_llm_and_train_both_tasks():
+    """Both demo presets: the shipped LLM as base, a fresh vision expert, captions weighed up;
+    `demo_frozen` keeps the LLM frozen (MARS), `demo` trains copies of its layers. Stages II
+    and III continue stage I's run on the same base."""
+    for preset in ("demo", "demo_frozen"):
+        c = stage1.get_config(preset)
+        assert c.base.demo_lm and c.base.checkpoint and c.model.vision_expert_init == "random"
+        assert c.data.caption_ratio > 0 and c.train.task_weights.caption > 1
+        assert bool(c.model.unfreeze) == (preset == "demo")
+        for later in (stage2.get_config(preset), stage3.get_config(preset)):
+            assert later.base.checkpoint == c.base.checkpoint and later.base.demo_lm
+            assert later.base.init_from == f"runs/{preset}_stage1"

@@ -89,6 +89,28 @@ def test_zero_vision_queries_start_image_tokens_attending_uniformly():
         ModelConfig.tiny(vision_query_init="random")
 
 
+def test_random_vision_expert_is_fresh_and_the_rest_still_copied():
+    """`vision_expert_init="random"`: the vision QKV and FFN are new normal(0.02) draws, not
+    the text expert; embeddings, head and unfrozen copies start as with "copy"."""
+    copy_cfg = ModelConfig.tiny(frozen_dtype="float32", unfreeze=("o",))
+    rand_cfg = copy_cfg.replace(vision_expert_init="random")
+    frozen = params.init_frozen(copy_cfg, jax.random.key(0))
+    copied = params.init_trainable_from_frozen(copy_cfg, frozen, jax.random.key(1))
+    fresh = params.init_trainable_from_frozen(rand_cfg, frozen, jax.random.key(1))
+    for group in ("vision_attn", "vision_mlp"):
+        text = frozen["layers"]["text_" + group.split("_")[1]]
+        for name, x in fresh["layers"][group].items():
+            x = np.asarray(x, np.float32)
+            assert x.shape == text[name].shape and x.dtype == copied["layers"][group][name].dtype
+            assert not np.allclose(x, np.asarray(text[name], np.float32)), (group, name)
+            assert 0.015 < x.std() < 0.025, (group, name, x.std())
+    same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
+    for key in ("vision_embed", "vision_head", "unfrozen_layers"):
+        same(fresh[key], copied[key])
+    with pytest.raises(ValueError, match="vision_expert_init"):
+        ModelConfig.tiny(vision_expert_init="zero")
+
+
 def test_layouts():
     assert L.t2i(4, 9) == (("text", 4), ("vision", 11))
     assert L.caption(4, 9) == (("vision", 11), ("text", 4))

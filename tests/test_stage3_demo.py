@@ -15,6 +15,7 @@ from configs import stage3
 from mars_jax import evaluate
 from mars_jax.demo import shards as demo_shards
 from mars_jax.model.config import ModelConfig
+from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import loop
 
 
@@ -22,7 +23,7 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     c = stage3.get_config("demo")
     assert c.base.init_from == "runs/demo_stage1"  # continues the README's stage-I demo run
     c.base.init_from = ""  # here: from the base init (no stage-I run to start from)
-    assert not c.base.demo_lm and not c.base.checkpoint  # continues the random-LLM demo
+    assert c.base.demo_lm and c.base.checkpoint  # on the stage-I demo's base LLM
     assert c.sample.every_steps == 0  # the text→image preview does not apply to an SR run
     assert c.data.demo_scenes > 0 and c.model.nktp_k == 4
 
@@ -41,6 +42,8 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     with pytest.raises(ValueError, match=r"stage3 bucket .*8x8 code grid does not fit"):
         loop.check_shards_fit_model(shards, narrow)  # before compiling, naming the bucket
 
+    c.base.checkpoint = str(tmp_path / "base_lm")
+    base_lib.ensure_demo_base(c.base)  # what `train` does first: the shipped LLM as a base
     c.data.shards = shards
     c.data.demo_scenes = 16
     c.train.update(global_batch=4, num_steps=2)

@@ -116,15 +116,15 @@ def to_asset_tensors(p: dict, token_ids: np.ndarray) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser("demo.train_lm", __doc__)
     p.add_argument("--out", required=True, help="output directory of the asset")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--weight_decay",
         type=float,
-        default=0.01,
-        help="AdamW decay; LLMs are pretrained with ~0.1, which keeps weights near the init scale",
+        default=0.1,
+        help="AdamW decay, as LLMs are pretrained: it keeps the weights near the init scale",
     )
     p.add_argument("--num_sentences", type=int, default=60_000)
     p.add_argument("--seed", type=int, default=0, help="corpus and data order")

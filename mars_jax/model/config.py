@@ -16,6 +16,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_wit
 IMAGE_LOGITS = ("full", "vision_only")
 ATTENTION = ("reference", "blockwise", "auto")  # `attention.IMPLEMENTATIONS`
 VISION_QUERY_INITS = ("copy", "zero")
+VISION_EXPERT_INITS = ("copy", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 # Per-layer groups of the frozen LLM that `ModelConfig.unfreeze` may name.
 UNFREEZABLE = ("text_attn", "text_mlp", "o", "ln1", "ln2")
@@ -53,6 +54,9 @@ class ModelConfig:
       and reads the caption as a bag of words from the first step. A pretrained LLM's
       copied queries attend sharply along text patterns instead, and the demo model learned
       to ignore its prompts (docs/RESULTS.md).
+    vision_expert_init: "copy": the vision expert (QKV, FFN) starts as a copy of the text
+      expert (paper §3.3); "random": normal(0.02) like a fresh layer, for LLMs whose text
+      attention and FFN are a poor start for image codes (docs/RESULTS.md).
     attention: implementation of attention (`model/attention.py`): "reference" materialises
       the `[B, heads, Lq, Lk]` scores; "blockwise" computes them a query block x key block
       tile at a time (online softmax, custom VJP), never holding more than one tile; "auto"
@@ -80,6 +84,7 @@ class ModelConfig:
     image_pos_grid: tuple[int, int] = (0, 0)
     attention: str = "auto"
     vision_query_init: str = "copy"
+    vision_expert_init: str = "copy"
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
@@ -104,6 +109,8 @@ class ModelConfig:
             bad("attention", f"{self.attention!r} not in {ATTENTION}")
         if self.vision_query_init not in VISION_QUERY_INITS:
             bad("vision_query_init", f"{self.vision_query_init!r} not in {VISION_QUERY_INITS}")
+        if self.vision_expert_init not in VISION_EXPERT_INITS:
+            bad("vision_expert_init", f"{self.vision_expert_init!r} not in {VISION_EXPERT_INITS}")
         if self.image_logits not in IMAGE_LOGITS:
             bad("image_logits", f"{self.image_logits!r} not in {IMAGE_LOGITS}")
         if self.loss_chunk_size < 0:

@@ -173,8 +173,9 @@ def init_trainable_from_frozen(
 
     - vision embedding rows: the mean of the real text embedding rows (the first
       `num_text_rows`, default all), so new tokens start at the centre of the text cloud;
-    - vision experts (QKV with bias, FFN): exact copies of the text experts (the query
-      projection zero with `cfg.vision_query_init == "zero"`);
+    - vision experts (QKV with bias, FFN): exact copies of the text experts, or normal(0.02)
+      draws with `cfg.vision_expert_init == "random"` (the query projection zero with
+      `cfg.vision_query_init == "zero"`);
     - vision head: the mean of the real text-head columns plus a small relative noise.
       Every vision logit then starts at the LLM's mean text logit at that position: on the
       same scale as the text logits (a zero head would put all 8,200 vision ids at logit 0,
@@ -187,6 +188,9 @@ def init_trainable_from_frozen(
     head = jnp.asarray(frozen["text_head"][:, :n], jnp.float32)
     copy = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
     vision_attn = copy(frozen["layers"]["text_attn"])
+    vision_mlp = copy(frozen["layers"]["text_mlp"])
+    if cfg.vision_expert_init == "random":
+        vision_attn, vision_mlp = _redraw((vision_attn, vision_mlp), jax.random.fold_in(rng, 3))
     if cfg.vision_query_init == "zero":
         vision_attn = {
             **vision_attn,
@@ -197,13 +201,21 @@ def init_trainable_from_frozen(
         "vision_embed": vision_embed_init(jnp.mean(embed, axis=0), cfg),
         "layers": {
             "vision_attn": vision_attn,
-            "vision_mlp": copy(frozen["layers"]["text_mlp"]),
+            "vision_mlp": vision_mlp,
         },
         "vision_head": vision_head_init(jnp.mean(head, axis=1), jnp.std(head), rng, cfg),
     }
     trainable.update(copy(_unfrozen(cfg, frozen["layers"])))  # `cfg.unfreeze`: exact copies
     trainable.update(image_pos_init(cfg, jax.random.fold_in(rng, 2)))
     return heads.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
+
+
+def _redraw(tree, rng: jax.Array):
+    """Every leaf of `tree` drawn afresh from normal(INIT_STD), same shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(rng, len(leaves))
+    draw = lambda key, x: (INIT_STD * jax.random.normal(key, x.shape, jnp.float32)).astype(x.dtype)
+    return jax.tree.unflatten(treedef, [draw(k, x) for k, x in zip(keys, leaves, strict=True)])
 
 
 def image_pos_init(cfg: ModelConfig, rng: jax.Array) -> dict:

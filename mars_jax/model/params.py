@@ -210,12 +210,17 @@ def init_trainable_from_frozen(
     return heads.extend_trainable(cfg, trainable, jax.random.fold_in(rng, 1))
 
 
+def _normal(rng: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """A fresh parameter: normal(INIT_STD), drawn in float32, stored in `dtype`."""
+    return (INIT_STD * jax.random.normal(rng, shape, jnp.float32)).astype(dtype)
+
+
 def _redraw(tree, rng: jax.Array):
-    """Every leaf of `tree` drawn afresh from normal(INIT_STD), same shapes and dtypes."""
+    """Every leaf of `tree` drawn afresh with `_normal`, same shapes and dtypes."""
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(rng, len(leaves))
-    draw = lambda key, x: (INIT_STD * jax.random.normal(key, x.shape, jnp.float32)).astype(x.dtype)
-    return jax.tree.unflatten(treedef, [draw(k, x) for k, x in zip(keys, leaves, strict=True)])
+    fresh = [_normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, fresh)
 
 
 def image_pos_init(cfg: ModelConfig, rng: jax.Array) -> dict:
@@ -224,11 +229,11 @@ def image_pos_init(cfg: ModelConfig, rng: jax.Array) -> dict:
     if not shapes:
         return {}
     table = shapes["image_pos_embed"]
-    draw = lambda key, shape: (INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(
-        cfg.trainable_dtype
-    )
     row_key, col_key = jax.random.split(rng)
-    return _image_pos(cfg, draw(row_key, table["row"]), draw(col_key, table["col"]))
+    dtype = cfg.trainable_dtype
+    return _image_pos(
+        cfg, _normal(row_key, table["row"], dtype), _normal(col_key, table["col"], dtype)
+    )
 
 
 def vision_embed_init(text_embed_mean_D: jax.Array, cfg: ModelConfig) -> jax.Array:

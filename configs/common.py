@@ -206,6 +206,11 @@ def _demo_pretrained_llm(c: ml_collections.ConfigDict, frozen: bool) -> None:
     the LLM frozen. Measurements behind each choice: docs/RESULTS.md."""
     c.base.checkpoint = DEMO_BASE_DIR
     c.base.demo_lm = True
+    # Its head ties every id its corpus never used to one column: the loss scores captions
+    # from the ~125 distinct columns, exactly (model.text_head_ids).
+    from mars_jax.demo import lm_asset
+
+    c.model.text_head_ids = lm_asset.token_ids()
     # Copies of the demo LLM's attention and FFN learned image codes more slowly than fresh ones.
     c.model.vision_expert_init = "random"
     if not frozen:

@@ -229,3 +229,40 @@ def test_codebook_size_computes_only_the_vqs_codes():
     assert (np.asarray(ce_out) > 1e29).all()  # the mask value: bad data shows
     with pytest.raises(ValueError, match="codebook_size"):
         ModelConfig.tiny(codebook_size=9000)
+
+
+def test_tied_text_head_gives_the_full_heads_loss_and_gradients():
+    """`text_head_ids`: a head whose other columns are one shared column (the demo LLM's)
+    scores text from the distinct columns alone; loss and gradients equal the full head's,
+    for targets inside and outside the ids. An untied column is found by its id."""
+    rng = np.random.default_rng(3)
+    ids = tuple(sorted(set(rng.integers(1, 5000, 40).tolist()) | {vocab.ENDOFTEXT}))
+    tied_cfg = CFG.replace(text_head_ids=ids, loss_chunk_size=4)
+    p = params.init_params(tied_cfg, jax.random.key(0))  # drawn tied
+    assert heads.tied_text_id(tied_cfg) == 0
+    assert heads.untied_text_id(p["frozen"]["text_head"], tied_cfg) is None
+    head = np.asarray(p["frozen"]["text_head"])
+    np.testing.assert_array_equal(head[:, 7], head[:, 150_000])  # tied ids share a column
+    assert not np.array_equal(head[:, ids[0]], head[:, 0])
+    batch = _batch(rng, "caption")
+    text = batch["tokens"][:, -TEXT_T:]
+    text[:, : TEXT_T // 2] = rng.choice(ids, (2, TEXT_T // 2))  # half inside the ids
+    batch["targets"] = np.concatenate([batch["tokens"][:, 1:], np.full((2, 1), vocab.PAD)], 1)
+
+    def value_and_grad(cfg):
+        f = lambda tr: loss.task_loss(p["frozen"], tr, batch, CAPTION, cfg)[0]
+        return jax.jit(jax.value_and_grad(f))(p["trainable"])
+
+    tied_value, tied_grads = value_and_grad(tied_cfg)
+    full_value, full_grads = value_and_grad(tied_cfg.replace(text_head_ids=()))
+    np.testing.assert_allclose(tied_value, full_value, rtol=1e-5)
+    ref_sum, _ = _reference(p, batch, CAPTION)
+    np.testing.assert_allclose(tied_value, ref_sum, rtol=1e-5)
+    # Leaves that get only round-off (the image's queries): compare on the largest scale.
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(full_grads))
+    for a, b in zip(jax.tree.leaves(tied_grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+    untied = p["frozen"]["text_head"].at[:, 4321].add(0.01)
+    assert heads.untied_text_id(untied, tied_cfg) == 4321
+    with pytest.raises(ValueError, match="text_head_ids"):
+        CFG.replace(text_head_ids=(5, 3))

@@ -25,6 +25,7 @@ import os
 import jax
 import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from mars_jax.model import params as params_lib
@@ -76,6 +77,13 @@ def read_asset(asset_dir: str) -> tuple[ModelConfig, dict, dict]:
         info = json.load(f)
     tensors = load_file(os.path.join(asset_dir, PARAMS_FILE))
     return cfg, tensors, info
+
+
+def token_ids(asset_dir: str | None = None) -> tuple[int, ...]:
+    """The ids with their own head column (``model.text_head_ids`` of a model on the asset)."""
+    path = os.path.join(asset_dir or demo_lm_dir(), PARAMS_FILE)
+    with safe_open(path, framework="numpy") as f:
+        return tuple(int(i) for i in np.sort(f.get_tensor("token_ids")))
 
 
 def expand(cfg: ModelConfig, tensors: dict, init_seed: int) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mars_jax.tokens.vocab import NUM_IMAGE_CODES
+from mars_jax.tokens.vocab import NUM_IMAGE_CODES, TEXT_VOCAB_SIZE
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "nothing_saveable", "dots_with_no_batch_dims")
 IMAGE_LOGITS = ("full", "vision_only")
@@ -62,6 +62,13 @@ class ModelConfig:
       tile at a time (online softmax, custom VJP), never holding more than one tile; "auto"
       is cuDNN's fused kernel on GPU in bf16/fp16 and "blockwise" elsewhere. Same results
       up to float rounding.
+    text_head_ids: the text ids whose text-head columns may differ; the column of every
+      other id is one shared column (that of `tied_text_id`). The shipped demo LLM has this
+      form (its pretraining tied the ids its corpus never uses). The loss then computes the
+      151,936-way text softmax exactly from `len(text_head_ids) + 1` columns, the shared
+      logit counted once per tied id: a caption token costs ~1,000x less than through the
+      full head. Loading a base whose head is not tied this way is an error; a random base
+      is drawn tied. `()` (every real LLM): all columns are computed.
     """
 
     num_layers: int = 2
@@ -85,9 +92,11 @@ class ModelConfig:
     attention: str = "auto"
     vision_query_init: str = "copy"
     vision_expert_init: str = "copy"
+    text_head_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "unfreeze", tuple(self.unfreeze))
+        object.__setattr__(self, "text_head_ids", tuple(int(i) for i in self.text_head_ids))
         object.__setattr__(self, "image_pos_grid", tuple(int(n) for n in self.image_pos_grid))
 
         def bad(key: str, why: str):
@@ -122,6 +131,18 @@ class ModelConfig:
         grid = self.image_pos_grid
         if len(grid) != 2 or min(grid) < 0 or (0 in grid and grid != (0, 0)):
             bad("image_pos_grid", f"must be (rows, cols) > 0, or (0, 0) for none; got {grid}")
+        ids = self.text_head_ids
+        if ids and (
+            list(ids) != sorted(set(ids))
+            or ids[0] < 0
+            or ids[-1] >= TEXT_VOCAB_SIZE
+            or len(ids) >= TEXT_VOCAB_SIZE
+        ):
+            bad(
+                "text_head_ids",
+                f"must be increasing distinct ids in [0, {TEXT_VOCAB_SIZE}), not all of them; "
+                f"got {len(ids)} ids from {ids[:4]}... to {ids[-1]}",
+            )
         unknown = [name for name in self.unfreeze if name not in UNFREEZABLE]
         if unknown or len(set(self.unfreeze)) != len(self.unfreeze):
             bad("unfreeze", f"{list(self.unfreeze)}: names must be distinct, from {UNFREEZABLE}")

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mars_jax.model import layers
 from mars_jax.model.config import ModelConfig
@@ -109,6 +110,61 @@ def text_logits(frozen: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
     return jnp.dot(
         h_NxD.astype(dtype), frozen["text_head"].astype(dtype), preferred_element_type=jnp.float32
     )
+
+
+def tied_text_id(cfg: ModelConfig) -> int:
+    """The first id outside `cfg.text_head_ids`: its column is the one every such id shares."""
+    ids = set(cfg.text_head_ids)
+    return next(i for i in range(vocab.TEXT_VOCAB_SIZE) if i not in ids)
+
+
+def text_lse_and_target(
+    frozen: dict, h_NxD: jax.Array, text_ids_N: jax.Array, cfg: ModelConfig
+) -> tuple[jax.Array, jax.Array]:
+    """`(logsumexp of the 151,936 text logits, the logit of text_ids)`, each `[N]` fp32.
+
+    With `cfg.text_head_ids` the head's other columns are one shared column, so the
+    log-partition is `lse(logits of the distinct columns, shared logit + log(#tied ids))`:
+    the same value from `len(ids) + 1` columns instead of 151,936.
+    """
+    if not cfg.text_head_ids:
+        logits = text_logits(frozen, h_NxD, cfg)
+        target = jnp.take_along_axis(logits, text_ids_N[:, None], axis=1)[:, 0]
+        return jax.nn.logsumexp(logits, axis=-1), target
+    ids = jnp.asarray(cfg.text_head_ids, jnp.int32)
+    n = len(cfg.text_head_ids)
+    columns = np.append(cfg.text_head_ids, tied_text_id(cfg))
+    dtype = jnp.dtype(cfg.compute_dtype)
+    head = frozen["text_head"][:, columns].astype(dtype)
+    logits = jnp.dot(h_NxD.astype(dtype), head, preferred_element_type=jnp.float32)
+    tied_count = np.zeros(n + 1, np.float32)
+    tied_count[n] = np.log(vocab.TEXT_VOCAB_SIZE - n)
+    lse = jax.nn.logsumexp(logits + tied_count, axis=-1)
+    at = jnp.clip(jnp.searchsorted(ids, text_ids_N), 0, n - 1)
+    column = jnp.where(ids[at] == text_ids_N, at, n)
+    return lse, jnp.take_along_axis(logits, column[:, None], axis=1)[:, 0]
+
+
+def tie_text_head(head_DxV: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """`head` with every column outside `cfg.text_head_ids` set to the shared one."""
+    if not cfg.text_head_ids:
+        return head_DxV
+    ids = np.asarray(cfg.text_head_ids)
+    tied = jnp.broadcast_to(head_DxV[:, tied_text_id(cfg)][:, None], head_DxV.shape)
+    return tied.at[:, ids].set(head_DxV[:, ids])
+
+
+def untied_text_id(head_DxV: jax.Array, cfg: ModelConfig) -> int | None:
+    """The first id outside `cfg.text_head_ids` whose column is not the shared one (None:
+    the head is tied as `cfg` says)."""
+    if not cfg.text_head_ids:
+        return None
+    free = np.zeros(vocab.TEXT_VOCAB_SIZE, bool)
+    free[np.asarray(cfg.text_head_ids)] = True
+    shared = head_DxV[:, tied_text_id(cfg)][:, None]
+    differs = jnp.any(head_DxV != shared, axis=0) & ~jnp.asarray(free)
+    first = int(jnp.argmax(differs))
+    return first if bool(differs[first]) else None
 
 
 def compact_vision_logits(trainable: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -52,10 +52,9 @@ def token_cross_entropy(
     lse_v = jax.nn.logsumexp(lv, axis=-1)
     if mode == VISION_ONLY:
         return lse_v - jnp.where(target_is_vision, tgt_v, layers.MASK_VALUE)
-    lt = heads.text_logits(frozen, h_NxD, cfg)
     t_ids = jnp.clip(targets_N, 0, vocab.TEXT_VOCAB_SIZE - 1)
-    tgt_t = jnp.take_along_axis(lt, t_ids[:, None], axis=1)[:, 0]
-    lse = jnp.logaddexp(jax.nn.logsumexp(lt, axis=-1), lse_v)
+    lse_t, tgt_t = heads.text_lse_and_target(frozen, h_NxD, t_ids, cfg)
+    lse = jnp.logaddexp(lse_t, lse_v)
     if mode == BY_TARGET:
         lse = jnp.where(target_is_vision, lse_v, lse)
     return lse - jnp.where(target_is_vision, tgt_v, tgt_t)

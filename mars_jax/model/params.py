@@ -163,7 +163,9 @@ def init_frozen(cfg: ModelConfig, rng: jax.Array) -> dict:
         else:
             out.append(flat[start : start + size].reshape(shape).astype(dtype))
         start += size
-    return jax.tree.unflatten(treedef, out)
+    frozen = jax.tree.unflatten(treedef, out)
+    frozen["text_head"] = heads.tie_text_head(frozen["text_head"], cfg)
+    return frozen
 
 
 def init_trainable_from_frozen(

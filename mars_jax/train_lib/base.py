@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from mars_jax import digests
 from mars_jax.demo import lm_asset
+from mars_jax.model import heads
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import vocab
@@ -165,6 +166,14 @@ def load_frozen(base_config: Any, model_cfg: ModelConfig, shardings: Any) -> tup
         frozen = read_frozen(path, shardings, cfg=model_cfg)
         frozen = jax.jit(to_bf16, out_shardings=shardings)(frozen)
         source = os.fspath(workdir_lib.resolve(path))
+        untied = heads.untied_text_id(frozen["text_head"], model_cfg)
+        if untied is not None:
+            raise ValueError(
+                f"base checkpoint {source}: model.text_head_ids names "
+                f"{len(model_cfg.text_head_ids)} ids, but the text-head column of id {untied} "
+                f"differs from the shared one of id {heads.tied_text_id(model_cfg)}; this "
+                "base's head is not tied that way: set model.text_head_ids=()"
+            )
     else:
         seed = int(base_config.seed)
         init = _random_init(model_cfg, shardings)

@@ -105,6 +105,9 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     # The vision head computes the VQ's codes and the specials (`ModelConfig.codebook_size`).
     codebook = _cfg(cfg, "codebook_size", vocab.NUM_IMAGE_CODES) or vocab.NUM_IMAGE_CODES
     vision_rows = codebook + vocab.VISION_VOCAB_SIZE - vocab.NUM_IMAGE_CODES
+    # A tied text head (`ModelConfig.text_head_ids`) is computed from its distinct columns.
+    tied_ids = _cfg(cfg, "text_head_ids", ()) or ()
+    text_columns = len(tied_ids) + 1 if tied_ids else vocab.TEXT_VOCAB_SIZE
     unfrozen = set(_cfg(cfg, "unfreeze", ()) or ())
     text_weight_grads = 2 * (
         n_qkv * ("text_attn" in unfrozen)
@@ -130,7 +133,7 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
         attn = pairs * (4 + (8 if needs_bwd else 0)) * h * dh
         total += layers * (length * per_tok + attn)
         if index in loss_segments:
-            text_head = 0 if (is_vis and vision_only) else 4 * d * vocab.TEXT_VOCAB_SIZE
+            text_head = 0 if (is_vis and vision_only) else 4 * d * text_columns
             total += length * (text_head + 6 * d * vision_rows)
         pos += length
     return total

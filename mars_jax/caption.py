@@ -1,11 +1,12 @@
 """Captioning CLI: images → text with a trained model (the stage-I image → text task).
 
     python -m mars_jax.caption --checkpoint=<run | run/checkpoints/N | bundle> \
-        --image=a.png [--image=photos/] [--out=captions.jsonl] [--temperature=0] [--top-p=1]
+        --image=a.png [--image=photos/] [--lang=en] [--out=captions.jsonl] [--temperature=0]
 
 Each image is resized and centre-cropped to the model's trained size, VQ-encoded, and
 captioned from `<img> codes <end>` with the KV-cached decoder: greedy by default
-(`--temperature=0`), else temperature / top-k / top-p sampling. Prints one
+(`--temperature=0`), else temperature / top-k / top-p sampling. `--lang=en` or `zh` keeps
+every drawn token in that language (default `any`: the model's choice). Prints one
 `<file>\\t<caption>` line per image; `--out` writes jsonl (`{"image", "caption"}`).
 """
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from mars_jax import cli, runs, sample_flags
 from mars_jax.sampling import images as images_lib
 from mars_jax.sampling import options
+from mars_jax.text import languages
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -28,6 +30,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sample_flags.add_checkpoint_args(p)
     p.add_argument("--image", action="append", required=True, help="an image or a folder")
     p.add_argument("--out", default=None, help="jsonl file of {image, caption} lines")
+    p.add_argument(
+        "--lang",
+        default=languages.ANY,
+        choices=(languages.ANY, *languages.LANGUAGES),
+        help="the caption's language (any: the model's choice)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--top_p", type=float, default=1.0)
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in tqdm(batches, desc="caption", unit="batch", disable=len(batches) < 2):
             captions += images_lib.caption_images(
                 run, pictures[start : start + args.batch_size], scfg, args.max_tokens,
-                args.seed + start, args.batch_size,
+                args.seed + start, args.batch_size, lang=args.lang,
             )  # fmt: skip
     for path, text in zip(files, captions, strict=True):
         print(f"{path}\t{text}")

@@ -320,14 +320,16 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
 
 
 def evaluate_captions(args: argparse.Namespace) -> int:
-    """Image → text on held-out demo scenes (`eval/captions.py`): greedy captions, checked
-    for the scene's colors, shapes, count and relation in the language the model wrote.
-    With `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
+    """Image → text on held-out demo scenes (`eval/captions.py`): greedy captions in English
+    and in Chinese, checked for the scene's colors, shapes, count and relation. With
+    `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
     run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
     scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0)
 
-    def captioner(images: np.ndarray, seed: int) -> list[str]:
-        return images_lib.caption_images(run, list(images), scfg, 48, seed, args.batch_size)
+    def captioner(images: np.ndarray, seed: int, lang: str) -> list[str]:
+        return images_lib.caption_images(
+            run, list(images), scfg, 48, seed, args.batch_size, lang=lang
+        )
 
     result = caption_bench.run_caption_bench(
         captioner, args.num_scenes, args.prompt_seed, args.seed

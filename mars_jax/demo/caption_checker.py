@@ -46,9 +46,12 @@ def _shape_words(lang: str) -> dict[str, list[str]]:
     return {s: [s, shapes.SHAPES_PLURAL[s]] for s in shapes.SHAPES}
 
 
-def check_caption(text: str, spec: shapes.SceneSpec) -> dict[str, bool | None]:
-    """Each check of `CHECKS` for `text` as a caption of `spec`."""
-    lang = language(text)
+def check_caption(
+    text: str, spec: shapes.SceneSpec, lang: str | None = None
+) -> dict[str, bool | None]:
+    """Each check of `CHECKS` for `text` as a caption of `spec`, read as `lang` (default:
+    the language the text is in)."""
+    lang = lang or language(text)
     low = text.lower()
     colors = _found(low, _color_words(lang), lang)
     found_shapes = _found(low, _shape_words(lang), lang)

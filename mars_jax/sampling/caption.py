@@ -3,7 +3,8 @@
 The prompt is `<img> codes <end>` (all vision tokens, one vision-expert prefill); the caption
 is then decoded one token per `decoder.extend` from the frozen text head, over the text ids
 up to `<|endoftext|>` (which ends it; the Qwen specials after it and the padding rows are
-never drawn). Greedy at temperature 0, else temperature / top-k / top-p sampling.
+never drawn), or over those of one language (`text/languages.py`). Greedy at temperature 0,
+else temperature / top-k / top-p sampling.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mars_jax.model import decoder
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import options
 from mars_jax.sampling.options import SamplingConfig
+from mars_jax.text import languages
 from mars_jax.tokens import vocab
 
 
@@ -40,23 +42,24 @@ def caption_ids(
     weights: decoder.DecodeWeights,
     prompt_BxP: jax.Array,
     rng: jax.Array,
+    allowed_V: jax.Array,
     *,
     cfg: ModelConfig,
     scfg: SamplingConfig,
     max_tokens: int,
 ) -> jax.Array:
-    """Caption token ids `[B, max_tokens]`; after a row's `<|endoftext|>` it repeats it."""
+    """Caption token ids `[B, max_tokens]` drawn from the ids `allowed_V` marks (`[151936]`
+    bool); after a row's `<|endoftext|>` it repeats it."""
     b, p = prompt_BxP.shape
     cache = decoder.init_cache(cfg, b, p + max_tokens, weights.compute_dtype)
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     h, cache = decoder.extend(
         weights, cache, prompt_BxP, positions, jnp.ones((b, p), bool), 0, cfg, "vision"
     )
-    allowed = jnp.arange(vocab.TEXT_VOCAB_SIZE) <= vocab.ENDOFTEXT
 
     def step(carry, key):
         h_BxD, cache, i, done_B = carry
-        logits = jnp.where(allowed, decoder.text_logits(weights, h_BxD, cfg), -jnp.inf)
+        logits = jnp.where(allowed_V, decoder.text_logits(weights, h_BxD, cfg), -jnp.inf)
         token_B = jnp.where(done_B, vocab.ENDOFTEXT, options.choose(logits, key, scfg))
         h, cache = decoder.extend(
             weights, cache, token_B[:, None], jnp.full((b, 1), p + i, jnp.int32),
@@ -78,15 +81,18 @@ def caption_codes(
     scfg: SamplingConfig,
     max_tokens: int = 64,
     seed: int = 0,
+    lang: str = languages.ANY,
 ) -> list[list[int]]:
-    """Caption ids of each image (VQ codes `[B, h, w]`), without `<|endoftext|>`."""
+    """Caption ids of each image (VQ codes `[B, h, w]`), without `<|endoftext|>`, in `lang`
+    (`en`, `zh`, or `any`: the model's choice)."""
+    allowed = jnp.asarray(languages.allowed_text_ids(lang))
     cfg.check_image_grid(tuple(np.shape(codes_Bxhxw)[1:]), "captioning")
     if isinstance(frozen, decoder.DecodeWeights):
         weights = frozen
     else:
         weights = decoder.prepare(frozen, trainable, cfg, None, str(cfg.compute_dtype))
     ids = caption_ids(
-        weights, jnp.asarray(prompt_tokens(codes_Bxhxw)), jax.random.key(seed),
+        weights, jnp.asarray(prompt_tokens(codes_Bxhxw)), jax.random.key(seed), allowed,
         cfg=cfg, scfg=scfg, max_tokens=int(max_tokens),
     )  # fmt: skip
     out = []

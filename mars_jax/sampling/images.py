@@ -201,8 +201,10 @@ def caption_images(
     max_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 16,
+    lang: str = "any",
 ) -> list[str]:
-    """A caption per image (image → text, the stage-I captioning task).
+    """A caption per image (image → text, the stage-I captioning task), in `lang` (`en`,
+    `zh`, or `any`: the model's choice).
 
     Each image is resized and centre-cropped to the model's first trained size, as data
     preparation does, then VQ-encoded.
@@ -215,7 +217,7 @@ def caption_images(
     for start in range(0, len(images_uint8), batch_size):
         codes = np.stack(encode_for_prompt(model, images_uint8[start : start + batch_size]))
         ids = caption.caption_codes(
-            weights, None, model.model_cfg, codes, scfg, max_tokens, seed + start
+            weights, None, model.model_cfg, codes, scfg, max_tokens, seed + start, lang
         )
         out += [tok.decode(row) for row in ids]
     return out

@@ -102,6 +102,10 @@ class QwenTokenizer:
         normalized = [unicodedata.normalize("NFC", t) for t in texts]
         return self._encoding.encode_ordinary_batch(normalized)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one id (a piece of a multi-byte character may stand alone)."""
+        return self._encoding.decode_single_token_bytes(int(token_id))
+
     def decode(self, ids: Sequence[int]) -> str:
         """Decodes ids (specials included) to text; invalid UTF-8 pieces become U+FFFD."""
         return self._encoding.decode([int(i) for i in ids], errors="replace")

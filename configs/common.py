@@ -216,9 +216,10 @@ def _demo_pretrained_llm(c: ml_collections.ConfigDict, frozen: bool) -> None:
     if not frozen:
         c.model.unfreeze = ("text_attn", "text_mlp", "o", "ln1", "ln2")
     if c.stage == 1:
-        # A caption row costs ~5 text-to-image rows (the 151,936-column text head): 4 of 32,
-        # each caption token weighing 3 image tokens (at 1 captions are ~2 % of the loss and
-        # were never learned; 10 captioned better and drew worse).
-        c.data.caption_ratio = 0.125
+        # With the tied head a caption row costs about an image row: 8 caption rows on top
+        # of the 28 image rows, each caption token weighing 3 image tokens (at 1 captions are
+        # ~2 % of the loss and were never learned; 10 captioned better and drew worse).
+        c.train.global_batch = 36
+        c.data.caption_ratio = 8 / 36
         c.train.task_weights.caption = 3.0
-        c.train.num_steps = 1300  # ~0.8 s/step with the caption rows
+        c.train.num_steps = 1300

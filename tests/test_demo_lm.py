@@ -110,6 +110,25 @@ def test_demo_base_is_written_once_and_is_the_expanded_asset(small_asset, tmp_pa
     )
 
 
+def test_demo_base_has_the_tied_head_the_preset_names(small_asset, tmp_path, monkeypatch):
+    """The demo presets' `model.text_head_ids` are the asset's trained ids, and the base it
+    writes is tied that way; a base whose head is not tied as named is a clear error."""
+    from mars_jax.model.config import ModelConfig
+
+    monkeypatch.setattr(lm_asset, "DEMO_LM_DIR", small_asset)
+    c = stage1.get_config("demo")
+    _, tensors, _ = lm_asset.read_asset(small_asset)
+    assert c.model.text_head_ids == tuple(sorted(tensors["token_ids"].tolist()))
+    c.base.checkpoint = str(tmp_path / "base_lm")
+    base_lib.ensure_demo_base(c.base)
+    cfg = ModelConfig.from_dict(c.model)
+    frozen, _ = base_lib.load_frozen(c.base, cfg, None)  # tied as named: loads
+    assert frozen["text_head"].shape == (cfg.width, vocab.TEXT_VOCAB_SIZE)
+    fewer = cfg.replace(text_head_ids=cfg.text_head_ids[1:])  # one trained id left out
+    with pytest.raises(ValueError, match=f"text_head_ids.*id {cfg.text_head_ids[0]}"):
+        base_lib.load_frozen(c.base, fewer, None)
+
+
 def test_shipped_asset_covers_the_demo_text():
     """Every id of the demo's prompts has its own trained row in the shipped LLM."""
     _, tensors, info = lm_asset.read_asset(lm_asset.demo_lm_dir())

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from mars_jax import cli
 from mars_jax.demo import lm_asset, lm_corpus, shapes
-from mars_jax.model import mars
+from mars_jax.model import heads, mars
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.text.tokenizer import load_tokenizer
@@ -78,7 +78,7 @@ def pack_rows(
 def init_compact(cfg: ModelConfig, token_ids: np.ndarray, init_seed: int) -> dict:
     """Trainable compact params, cut from the random init the asset's other rows keep."""
     full = params_lib.init_frozen(cfg.replace(frozen_dtype="float32"), jax.random.key(init_seed))
-    other = int(np.setdiff1d(np.arange(vocab.ENDOFTEXT), token_ids)[0])
+    other = heads.shared_column_id(token_ids)  # the column the trainer's check expects
     return {
         "embed_rows": full["embed"][token_ids],
         "head_columns": full["text_head"][:, token_ids],

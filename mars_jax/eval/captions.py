@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from mars_jax.demo import caption_checker, shapes
+from mars_jax.text import languages
 
 # (images uint8 [N, H, W, 3], seed, language) -> one caption per image
 Captioner = Callable[[np.ndarray, int, str], Sequence[str]]
-LANGUAGES = ("en", "zh")
 
 
 def held_out_scenes(num_scenes: int, seed: int) -> list[shapes.SceneSpec]:
@@ -42,7 +42,7 @@ def run_caption_bench(
     num_scenes: int = 32,
     seed: int = 0,
     sample_seed: int = 0,
-    langs: Sequence[str] = LANGUAGES,
+    langs: Sequence[str] = languages.LANGUAGES,
 ) -> dict[str, Any]:
     """Caption the held-out scenes in each language of `langs`;
     `{"all": accuracies, "per_lang": {lang: accuracies}, "records": [...]}`."""

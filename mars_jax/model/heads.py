@@ -112,10 +112,16 @@ def text_logits(frozen: dict, h_NxD: jax.Array, cfg: ModelConfig) -> jax.Array:
     )
 
 
-def tied_text_id(cfg: ModelConfig) -> int:
-    """The first id outside `cfg.text_head_ids`: its column is the one every such id shares."""
-    ids = set(cfg.text_head_ids)
+def shared_column_id(distinct_ids) -> int:
+    """The first text id outside `distinct_ids`: in a tied head (the demo LLM's), its column
+    is the one every id outside them shares."""
+    ids = {int(i) for i in distinct_ids}
     return next(i for i in range(vocab.TEXT_VOCAB_SIZE) if i not in ids)
+
+
+def tied_text_id(cfg: ModelConfig) -> int:
+    """`shared_column_id` of `cfg.text_head_ids`."""
+    return shared_column_id(cfg.text_head_ids)
 
 
 def text_lse_and_target(

@@ -15,6 +15,7 @@ from mars_jax.model import decoder
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import caption, nktp, t2i
 from mars_jax.sampling.options import SamplingConfig
+from mars_jax.text import languages
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats
 from mars_jax.vq import images as vq_images
@@ -201,7 +202,7 @@ def caption_images(
     max_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 16,
-    lang: str = "any",
+    lang: str = languages.ANY,
 ) -> list[str]:
     """A caption per image (image → text, the stage-I captioning task), in `lang` (`en`,
     `zh`, or `any`: the model's choice).

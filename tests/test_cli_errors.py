@@ -28,6 +28,7 @@ COMMANDS = [
     "data.prepare",
     "evaluate",
     "vq.train",
+    "plot",
     "train",
 ]
 
@@ -108,6 +109,7 @@ MISTAKES = [
     (["evaluate", "--bench=shapes", "--checkpoint=/nope"], "--checkpoint=/nope: no such"),
     (["evaluate", "--bench=nope"], "invalid choice"),
     (["vq.train", "--images=/nope", "--out=OUT", "--steps=1"], "--images=/nope: no such"),
+    (["plot", "--run=/nope", "--out=OUT.png"], "/nope/metrics.jsonl not found"),
 ]
 
 

@@ -116,7 +116,9 @@ class FaultyIterator:
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ref"))
-    summary = loop.run(tiny_config(), workdir)
+    config = tiny_config()
+    config.train.reading_every = 2  # the probe does not change the run (its losses are shared)
+    summary = loop.run(config, workdir)
     return {"workdir": workdir, "summary": summary, "losses": read_losses(workdir)}
 
 
@@ -132,6 +134,18 @@ def test_reference_run_trains_and_writes_logs(ref):
         assert key in records[-1], key
     events = os.listdir(os.path.join(ref["workdir"], "tensorboard"))
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_reading_probe_logs_the_loss_with_other_rows_captions(ref):
+    """Every `train.reading_every` steps the log holds the t2i loss with each row's caption
+    taken from another row, and the gap to the step's own loss; other steps hold neither."""
+    records = [json.loads(line) for line in open(os.path.join(ref["workdir"], "metrics.jsonl"))]
+    for r in records:
+        assert ("t2i/reading_gap" in r) == (r["step"] % 2 == 0), r["step"]
+        if r["step"] % 2 == 0:
+            gap = r["t2i/loss_mismatched"] - r["t2i/loss"]
+            np.testing.assert_allclose(r["t2i/reading_gap"], gap, rtol=1e-6)
+            assert np.isfinite(r["t2i/loss_mismatched"]) and r["t2i/loss_mismatched"] > 0
 
 
 def test_text_logits_after_training_equal_the_bases(ref):
@@ -204,11 +218,17 @@ def test_resume_on_different_mesh_with_accumulation(ref, tmp_path):
             shutil.rmtree(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR, str(step)))
     config = tiny_config(shape=(2, 2, 2))
     config.train.grad_accum = 2
+    config.train.reading_every = 2  # the probe over micro-batches
     summary = loop.run(config, workdir)
     losses = read_losses(workdir)
     assert sorted(losses) == [3, 4] and summary["step"] == NUM_STEPS
     for step in (3, 4):
         np.testing.assert_allclose(losses[step], ref["losses"][step], rtol=MESH_RTOL)
+    probed = [json.loads(line) for line in open(os.path.join(ref["workdir"], "metrics.jsonl"))]
+    resumed = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    np.testing.assert_allclose(
+        resumed[-1]["t2i/loss_mismatched"], probed[-1]["t2i/loss_mismatched"], rtol=MESH_RTOL
+    )
 
 
 def test_sigterm_saves_and_resume_is_exact(ref, tmp_path):

@@ -63,9 +63,9 @@ def task_batch_sizes(data_config: ml_collections.ConfigDict, local_batch: int) -
     if data_config.stage == 1:
         n_caption = int(np.floor(local_batch * data_config.caption_ratio / multiple + 0.5))
         n_caption *= multiple  # rounded half up, to a multiple
-        sizes = {"t2i": local_batch - n_caption, "caption": n_caption}
+        sizes = {formats.T2I: local_batch - n_caption, formats.CAPTION: n_caption}
         return {k: v for k, v in sizes.items() if v > 0}
-    return {"t2i" if data_config.stage == 2 else "sr": local_batch}
+    return {formats.T2I if data_config.stage == 2 else formats.SR: local_batch}
 
 
 # --------------------------------------------------------------------------- batch assembly
@@ -97,24 +97,24 @@ class AssembleBatch:
         return ids
 
     def __call__(self, examples: Sequence[dict]) -> dict:
-        n_caption = self.sizes.get("caption", 0)
+        n_caption = self.sizes.get(formats.CAPTION, 0)
         T = self.text_len
         batch: dict[str, Any] = {}
         if n_caption:
             head = examples[:n_caption]
             texts = [self._text(ex, T - 1) for ex in head]
-            batch["caption"] = formats.caption_batch([ex["codes"] for ex in head], texts, T)
+            batch[formats.CAPTION] = formats.caption_batch([ex["codes"] for ex in head], texts, T)
         rest = examples[n_caption:]
         empty = np.zeros(0, np.int32)
         texts = [empty if ex["drop"] else self._text(ex, T) for ex in rest]
         codes = [ex["codes"] for ex in rest]
         if self.stage in (1, 2):
-            batch["t2i"] = formats.t2i_batch(texts, codes, T)
+            batch[formats.T2I] = formats.t2i_batch(texts, codes, T)
         else:
             order = code_order.hires_order(np.shape(codes[0]), self.hires_order_k)
             codes = list(code_order.to_sequence_order(np.stack(codes), self.hires_order_k))
             lo = [ex["lo_codes"] for ex in rest]
-            batch["sr"] = formats.sr_batch(texts, lo, codes, T, hi_order=order)
+            batch[formats.SR] = formats.sr_batch(texts, lo, codes, T, hi_order=order)
         return batch
 
 

@@ -39,6 +39,9 @@ Layout = model_layout.Layout
 TaskRows = dict[str, np.ndarray]
 
 ROW_KEYS = ("tokens", "positions", "valid", "targets", "loss_mask")
+# The training tasks (a batch maps each to its rows): stage I t2i and caption, II t2i, III sr.
+T2I, CAPTION, SR = "t2i", "caption", "sr"
+TASKS = (T2I, CAPTION, SR)
 
 
 def resolution_prompt(width: int, height: int, caption: str) -> str:

@@ -36,6 +36,7 @@ from mars_jax.train_lib import (
     integrity,
     metrics,
     preview,
+    reading,
     run_info,
     schedule,
     sharding,
@@ -230,6 +231,7 @@ def _hashable(axes: Any) -> Any:
 # a restart after preemption) reuse them instead of compiling again.
 _STEPS: dict[tuple, Any] = {}
 _INITS: dict[tuple, Any] = {}
+_PROBES: dict[tuple, Any] = {}
 
 
 def _layouts_key(layouts: dict) -> tuple:
@@ -250,6 +252,34 @@ def get_step(setup: Setup, layouts: dict):
         )
         _STEPS[key] = step_lib.compile_train_step(fn, s.mesh, s.state_shardings, s.frozen_shardings)
     return _STEPS[key]
+
+
+def get_mismatched_loss(setup: Setup, layouts: dict, tasks: tuple[str, ...]):
+    """The jitted reading probe (``reading.py``) of these tasks, with the step's loss."""
+    layouts_key = _layouts_key(layouts)
+    key = (setup.key, layouts_key, tasks)
+    if key not in _PROBES:
+        s = setup
+        loss_fn = lambda frozen, trainable, batch: loss_lib.total_loss(
+            frozen, trainable, batch, layouts_key, s.model_cfg, task_weights(s.config)
+        )
+        _PROBES[key] = jax.jit(
+            reading.make_mismatched_loss(loss_fn, tasks, int(s.config.train.grad_accum), s.mesh)
+        )
+    return _PROBES[key]
+
+
+def _probe_reading(setup: Setup, step_now: int, frozen, trainable, arrays, layouts) -> dict:
+    """``<task>/loss_mismatched`` of this batch when ``train.reading_every`` divides the
+    step about to be taken (``reading.py``); else ``{}``."""
+    every = int(setup.config.train.get("reading_every", 0) or 0)
+    tasks = tuple(reading.probed_tasks(arrays))
+    if not every or step_now % every or not tasks:
+        return {}
+    rolled = {t: reading.mismatched_rows(arrays[t], layouts[t]) for t in tasks}
+    global_rolled = sharding.global_batch_from_local(rolled, setup.mesh, jax.process_count())
+    fn = get_mismatched_loss(setup, layouts, tasks)
+    return {k: float(v) for k, v in jax.device_get(fn(frozen, trainable, global_rolled)).items()}
 
 
 def _cached_init(setup: Setup, name: Any, build):
@@ -517,6 +547,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
             global_arrays = sharding.global_batch_from_local(
                 arrays, setup.mesh, jax.process_count()
             )
+            # Before the step: it donates the parameters the probe reads.
+            probe = _probe_reading(setup, step + 1, frozen, state["trainable"], arrays, layouts)
             t0 = time.perf_counter()
             state, out = get_step(setup, layouts)(state, frozen, global_arrays)
             out = jax.device_get(out)
@@ -524,6 +556,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
             if real_data:  # records skipped by data.on_bad_record='skip' (this process)
                 out["data/bad_records"] = pipeline.bad_record_count()
             step += 1
+            if probe:
+                out.update(probe, **reading.gaps(probe, out))
             state_finite = bool(out["state_finite"])
             tokens = _tokens_in(arrays) * jax.process_count()
             if not state_finite:
@@ -557,7 +591,8 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
                     )
             else:
                 skips, first_bad = 0, None
-            if step % log_every == 0 or step == setup.num_steps or not bool(out["finite"]):
+            logged = step % log_every == 0 or step == setup.num_steps or bool(probe)
+            if logged or not bool(out["finite"]):
                 flops = metrics.flops_per_step(
                     setup.model_cfg,
                     layouts,

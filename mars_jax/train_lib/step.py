@@ -29,7 +29,7 @@ from mars_jax.train_lib.sharding import BATCH_AXES, batch_sharding
 LossFn = Callable[[Any, Any, Mapping[str, Any], Mapping[str, Any]], tuple[jax.Array, dict]]
 
 
-def _split_micro(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict:
+def split_micro(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict:
     def split(x):
         b = x.shape[0]
         y = x.reshape(b // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
@@ -81,7 +81,7 @@ def loss_and_grads(
 
     if grad_accum == 1:
         return grads_of(batch, by_tokens=False)
-    micro = _split_micro(batch, grad_accum, mesh)
+    micro = split_micro(batch, grad_accum, mesh)
 
     def sums_of(mb):
         loss, metrics, grads = grads_of(mb, by_tokens=True)

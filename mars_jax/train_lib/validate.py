@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mars_jax.model.config import ModelConfig
+from mars_jax.tokens import formats
 from mars_jax.train_lib import workdir as workdir_lib
 
 NONFINITE_POLICIES = ("skip", "stop")
 ON_DAMAGE = ("fallback", "stop")
 ON_BAD_RECORD = ("skip", "stop")
-TASKS = ("t2i", "caption", "sr")  # the training tasks of stages I-III (data/pipeline.py)
+TASKS = formats.TASKS
 
 # Keys whose change on resume is refused unless --allow_config_change: they change what
 # is trained (stage, model shapes), the batch, or the data stream the iterator state indexes.
@@ -187,6 +188,7 @@ def config_errors(
     grad_accum = c.int_("train.grad_accum", 1)
     c.int_("train.num_steps")
     c.int_("train.log_every", 1)
+    c.int_("train.reading_every", 0, optional=True)
     c.int_("train.seed")
     c.enum("train.nonfinite", NONFINITE_POLICIES)
     c.int_("train.max_consecutive_skips", 0, optional=True)

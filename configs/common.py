@@ -81,6 +81,8 @@ def optim_config(peak_lr: float = 1e-4, warmup_ratio: float = 0.01) -> ml_collec
             weight_decay=0.1,
             grad_clip=1.0,
             no_decay=("bias", "ln", "norm"),
+            # Learning rate of the LLM layer copies (`model.unfreeze`) relative to peak_lr.
+            unfrozen_lr_scale=1.0,
         )
     )
 

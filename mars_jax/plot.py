@@ -6,7 +6,7 @@
 ``--run=[LABEL=]DIR`` names a training workdir (its label defaults to the folder name); runs
 that share a label (training seeds of one configuration) share a colour. One panel per
 metric; by default the task losses and the reading gaps (``train_lib/reading.py``) that any
-run logged. ``--smooth=N``: moving mean over N logged points. Needs matplotlib
+run logged. ``--smooth=N``: moving mean over N logged points; ``--start=S``: draw from step S on. Needs matplotlib
 (``pip install -e ".[plot]"``).
 """
 
@@ -84,7 +84,9 @@ def choose_metrics(requested: Sequence[str], runs: dict[str, list[dict]]) -> lis
     return chosen
 
 
-def draw(runs: dict[str, list[dict]], names: list[str], window: int, out: str) -> None:
+def draw(
+    runs: dict[str, list[dict]], names: list[str], window: int, out: str, start: int = 0
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,9 +101,10 @@ def draw(runs: dict[str, list[dict]], names: list[str], window: int, out: str) -
             for j, c in enumerate(curves):
                 if name in c:
                     steps, values = c[name]
+                    shown = steps >= start  # smoothed over all points, drawn from `start`
                     ax.plot(
-                        steps,
-                        smooth(values, window),
+                        steps[shown],
+                        smooth(values, window)[shown],
                         color=colors[i % len(colors)],
                         alpha=0.85,
                         lw=1.2,
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="append", required=True, help="[LABEL=]workdir, repeatable")
     p.add_argument("--metric", action="append", default=[], help="a logged metric, repeatable")
     p.add_argument("--smooth", type=int, default=5, help="moving mean over N logged points")
+    p.add_argument("--start", type=int, default=0, help="draw from this step on")
     p.add_argument("--out", required=True, help="the PNG to write")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.smooth < 1:
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         names = choose_metrics(args.metric, runs)
         if os.path.dirname(args.out):
             os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        draw(runs, names, args.smooth, args.out)
+        draw(runs, names, args.smooth, args.out, args.start)
     print(f"wrote {args.out}: {', '.join(names)} of {sum(map(len, runs.values()))} run(s)")
     return 0
 

@@ -127,6 +127,34 @@ def test_optimizer_masks_decay_on_biases():
     assert mask["layers"]["vision_attn"] == {"q": True, "q_bias": False}
 
 
+def test_unfrozen_lr_scale_scales_the_layer_copies_updates_only():
+    """AdamW's update of the LLM layer copies times `optim.unfrozen_lr_scale` (learning rate
+    and weight decay alike); the vision expert's update unchanged."""
+    rng = np.random.default_rng(0)
+    trainable = {
+        "layers": {"vision_mlp": {"up": rng.normal(size=(3, 4)).astype(np.float32)}},
+        state_lib.UNFROZEN_KEY: {"o": rng.normal(size=(4, 2)).astype(np.float32)},
+    }
+    grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), trainable)
+
+    def first_update(scale):
+        c = stage1.get_config("tiny")
+        c.optim.unfrozen_lr_scale = scale
+        tx, _ = state_lib.make_optimizer(c.optim, num_steps=10)
+        state = tx.init(trainable)
+        for _ in range(2):  # past the first warm-up step, whose lr is 0
+            updates, state = tx.update(grads, state, trainable)
+        return updates
+
+    plain, scaled = first_update(1.0), first_update(0.25)
+    np.testing.assert_allclose(
+        scaled["layers"]["vision_mlp"]["up"], plain["layers"]["vision_mlp"]["up"]
+    )
+    copies = state_lib.UNFROZEN_KEY
+    np.testing.assert_allclose(scaled[copies]["o"], 0.25 * plain[copies]["o"], rtol=1e-6)
+    assert np.abs(plain[copies]["o"]).max() > 0
+
+
 def test_peak_flops_lookup():
     assert metrics.peak_flops_per_device("NVIDIA A100-SXM4-80GB", "gpu", 8) == 312e12
     assert metrics.peak_flops_per_device("NVIDIA H100 80GB HBM3", "gpu", 8) == 989e12

@@ -48,7 +48,8 @@ def test_writes_one_png_of_labelled_runs(tmp_path, capsys):
     b = _write_run(tmp_path / "seed1", _records(0.1))
     c = _write_run(tmp_path / "frozen", _records(0.5))
     out = str(tmp_path / "figs" / "curves.png")
-    code = plot.main([f"--run=demo={a}", f"--run=demo={b}", f"--run={c}", f"--out={out}"])
+    argv = [f"--run=demo={a}", f"--run=demo={b}", f"--run={c}", "--start=50", f"--out={out}"]
+    code = plot.main(argv)
     assert code == 0
     image = Image.open(out)
     assert image.format == "PNG" and image.size[0] > 600

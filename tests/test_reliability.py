@@ -307,6 +307,8 @@ BAD_VALUES = [
     ("mesh.shape", (8, 1), "must be 3 integers"),
     ("checkpoint.on_damage", "ignore", "must be one of"),
     ("data.on_bad_record", "maybe", "must be one of"),
+    ("optim.unfrozen_lr_scale", -0.5, "must be >= 0"),
+    ("train.reading_every", -1, "must be >= 0"),
 ]
 
 

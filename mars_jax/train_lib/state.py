@@ -26,6 +26,9 @@ from mars_jax.train_lib import schedule
 from mars_jax.train_lib.sharding import replicated
 
 NO_DECAY_DEFAULT = ("bias", "ln", "norm")
+# The trainable subtree of the LLM layer copies (`model.unfreeze`), whose learning rate
+# `optim.unfrozen_lr_scale` scales: copies of pretrained weights, next to fresh ones.
+UNFROZEN_KEY = "unfrozen_layers"
 
 
 def decay_mask(trainable: Any, no_decay: tuple[str, ...] = NO_DECAY_DEFAULT) -> Any:
@@ -55,7 +58,24 @@ def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransforma
             mask=lambda tree: decay_mask(tree, no_decay),
         )
     )
+    scale = float(optim.get("unfrozen_lr_scale", 1.0))
+    if scale != 1.0:
+        parts.append(scale_subtree(UNFROZEN_KEY, scale))
     return optax.chain(*parts), lr
+
+
+def scale_subtree(key: str, factor: float) -> optax.GradientTransformation:
+    """Multiply the updates of the trainable subtree ``key`` by ``factor`` (after AdamW: its
+    learning rate and weight decay both scale). Stateless, so checkpoints keep their shape."""
+
+    def scale(updates, state, params=None):
+        del params
+        if isinstance(updates, dict) and key in updates:
+            scaled = jax.tree.map(lambda u: u * factor, updates[key])
+            updates = {**updates, key: scaled}
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), scale)
 
 
 def _init_state(trainable: Any, tx: optax.GradientTransformation) -> dict:

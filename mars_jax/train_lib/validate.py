@@ -182,6 +182,7 @@ def config_errors(
     c.float_("optim.eps", 0.0, low_open=True, optional=True)
     c.float_("optim.weight_decay", 0.0, optional=True)
     c.float_("optim.grad_clip", 0.0, optional=True)
+    c.float_("optim.unfrozen_lr_scale", 0.0, optional=True)
 
     # train
     global_batch = c.int_("train.global_batch", 1)

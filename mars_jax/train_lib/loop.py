@@ -238,15 +238,20 @@ def _layouts_key(layouts: dict) -> tuple:
     return tuple(sorted((k, tuple(tuple(s) for s in v)) for k, v in layouts.items()))
 
 
+def _loss_fn(setup: Setup, layouts_key: tuple):
+    """``(frozen, trainable, batch) -> (loss, metrics)``: the model's weighted total loss."""
+    return lambda frozen, trainable, batch: loss_lib.total_loss(
+        frozen, trainable, batch, layouts_key, setup.model_cfg, task_weights(setup.config)
+    )
+
+
 def get_step(setup: Setup, layouts: dict):
     """The jitted step for these layouts (layouts are static: stage II has a few)."""
     layouts_key = _layouts_key(layouts)
     key = (setup.key, layouts_key)
     if key not in _STEPS:
         s = setup
-        loss_fn = lambda frozen, trainable, batch: loss_lib.total_loss(
-            frozen, trainable, batch, layouts_key, s.model_cfg, task_weights(s.config)
-        )
+        loss_fn = _loss_fn(setup, layouts_key)
         fn = step_lib.make_train_step(
             loss_fn, s.tx, s.lr_schedule, int(s.config.train.grad_accum), s.mesh
         )
@@ -259,13 +264,10 @@ def get_mismatched_loss(setup: Setup, layouts: dict, tasks: tuple[str, ...]):
     layouts_key = _layouts_key(layouts)
     key = (setup.key, layouts_key, tasks)
     if key not in _PROBES:
-        s = setup
-        loss_fn = lambda frozen, trainable, batch: loss_lib.total_loss(
-            frozen, trainable, batch, layouts_key, s.model_cfg, task_weights(s.config)
+        fn = reading.make_mismatched_loss(
+            _loss_fn(setup, layouts_key), tasks, int(setup.config.train.grad_accum), setup.mesh
         )
-        _PROBES[key] = jax.jit(
-            reading.make_mismatched_loss(loss_fn, tasks, int(s.config.train.grad_accum), s.mesh)
-        )
+        _PROBES[key] = jax.jit(fn)
     return _PROBES[key]
 
 

@@ -37,6 +37,7 @@ LAYERS = {
     "evaluate": 7,
     "convert": 7,
     "export": 7,
+    "plot": 7,
     "sample_flags": 7,
     "cli": 0,
 }

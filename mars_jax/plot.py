@@ -6,8 +6,8 @@
 ``--run=[LABEL=]DIR`` names a training workdir (its label defaults to the folder name); runs
 that share a label (training seeds of one configuration) share a colour. One panel per
 metric; by default the task losses and the reading gaps (``train_lib/reading.py``) that any
-run logged. ``--smooth=N``: moving mean over N logged points; ``--start=S``: draw from step S on. Needs matplotlib
-(``pip install -e ".[plot]"``).
+run logged. ``--smooth=N``: moving mean over N logged points; ``--start=S``: draw from
+step S on. Needs matplotlib (``pip install -e ".[plot]"``).
 """
 
 from __future__ import annotations

@@ -275,8 +275,10 @@ def _probe_reading(setup: Setup, step_now: int, frozen, trainable, arrays, layou
     """``<task>/loss_mismatched`` of this batch when ``train.reading_every`` divides the
     step about to be taken (``reading.py``); else ``{}``."""
     every = int(setup.config.train.get("reading_every", 0) or 0)
+    if not every or step_now % every:
+        return {}
     tasks = tuple(reading.probed_tasks(arrays))
-    if not every or step_now % every or not tasks:
+    if not tasks:
         return {}
     rolled = {t: reading.mismatched_rows(arrays[t], layouts[t]) for t in tasks}
     global_rolled = sharding.global_batch_from_local(rolled, setup.mesh, jax.process_count())

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 from mars_jax import cli, runs
 from mars_jax.train_lib import base as base_lib
+from mars_jax.train_lib import metrics as metrics_lib
 from mars_jax.train_lib import workdir as workdir_lib
 from mars_jax.vq.checkpoint import save_vq
 
@@ -39,8 +40,7 @@ def _last_metrics(root: str) -> dict:
     path = workdir_lib.resolve(root) / "metrics.jsonl"
     if not path.exists():
         return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    return metrics_lib.last_record(path.read_text().splitlines())
 
 
 def model_card(run: runs.LoadedRun, info: dict, metrics: dict) -> str:

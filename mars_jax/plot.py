@@ -12,7 +12,6 @@ step S on. Needs matplotlib (``pip install -e ".[plot]"``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -43,14 +42,11 @@ def read_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise cli.UsageError(f"--run: {path} not found (not a training workdir?)")
     by_step: dict[int, dict] = {}
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                by_step[int(record["step"])] = record
-            except (ValueError, KeyError, TypeError) as e:
-                raise cli.UsageError(f"{path} line {number}: not a metrics record ({e})") from e
+        for number, line, record in metrics_lib.parse_records(f):
+            if record is not None:
+                by_step[record["step"]] = record
+            elif line.strip():
+                raise cli.UsageError(f"{path} line {number}: not a metrics record")
     curves: dict[str, list[tuple[int, float]]] = {}
     for step in sorted(by_step):
         for key, value in by_step[step].items():

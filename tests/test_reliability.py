@@ -492,6 +492,12 @@ def test_metrics_truncated_after_the_resumed_step(tmp_path):
     assert [json.loads(x)["step"] for x in open(path)] == [1, 2, 3]
 
 
+def test_last_metrics_record_skips_a_line_cut_by_a_kill():
+    lines = [json.dumps({"step": 4, "loss": 0.5}), "", '{"step": 5, "lo']
+    assert metrics.last_record(lines) == {"step": 4, "loss": 0.5}
+    assert metrics.last_record(['"not a record"', "[1]"]) == {}
+
+
 def test_task_weights_are_checked_by_name_and_value():
     config = stage2.get_config("tiny")
     config.train.task_weights.caption = -1.0

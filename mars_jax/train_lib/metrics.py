@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mars_jax.tokens import vocab
@@ -255,6 +255,27 @@ class MetricsWriter:
         self._bar.close()
 
 
+def parse_records(lines: Iterable[str]) -> Iterator[tuple[int, str, dict | None]]:
+    """``(line number, line, record)`` for each line of a ``metrics.jsonl``; the record is
+    None where the line is not one (blank, or cut by a kill). The one parser of the log
+    format: training truncates with it on resume, ``plot`` and ``export`` read with it."""
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            record["step"] = int(record["step"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            record = None
+        yield number, line, record
+
+
+def last_record(lines: Iterable[str]) -> dict:
+    """The last readable record of a ``metrics.jsonl`` ({} if none)."""
+    last: dict = {}
+    for _, _, record in parse_records(lines):
+        last = record if record is not None else last
+    return last
+
+
 def truncate_after(path, step: int) -> int:
     """Drop the lines of ``path`` (metrics.jsonl) with a step after ``step`` (and unreadable
     ones, e.g. a line cut by a kill); rewrites atomically. Returns the number dropped."""
@@ -263,13 +284,8 @@ def truncate_after(path, step: int) -> int:
         return 0
     kept, dropped = [], 0
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-                keep = int(record["step"]) <= step
-            except (ValueError, KeyError, TypeError):
-                keep = False
-            if keep:
+        for _, line, record in parse_records(f):
+            if record is not None and record["step"] <= step:
                 kept.append(line if line.endswith("\n") else line + "\n")
             else:
                 dropped += 1

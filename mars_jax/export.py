@@ -37,7 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _last_metrics(root: str) -> dict:
-    path = workdir_lib.resolve(root) / "metrics.jsonl"
+    path = workdir_lib.resolve(root) / metrics_lib.METRICS_FILE
     if not path.exists():
         return {}
     return metrics_lib.last_record(path.read_text().splitlines())

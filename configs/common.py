@@ -228,8 +228,9 @@ def _demo_pretrained_llm(c: ml_collections.ConfigDict, frozen: bool) -> None:
         c.train.global_batch = 36
         c.data.caption_ratio = 8 / 36
         c.train.task_weights.caption = 3.0
-        c.train.num_steps = 1300
-        if not frozen:
+        if frozen:
+            c.train.num_steps = 1300
+        else:
             # The fresh vision expert at 1.5e-3, the layer copies at 6e-4, 1,100 steps (the
             # first command's 15 minutes on a 2-core CPU): it captions better than one rate of
             # 6e-4 over 1,300 steps or an expert at 1e-3, and draws about as well

@@ -63,7 +63,8 @@ def model_card(run: runs.LoadedRun, info: dict, metrics: dict) -> str:
         "## Model",
         "",
         f"- layers {cfg.num_layers}, width {cfg.width}, heads {cfg.num_heads} "
-        f"(kv {cfg.num_kv_heads}), MLP {cfg.mlp_dim}, next-K heads {cfg.nktp_k}",
+        f"(kv {cfg.num_kv_heads}), MLP {cfg.mlp_dim} (vision {cfg.vision_ffn_dim}), "
+        f"next-K heads {cfg.nktp_k}",
         f"- frozen base: `{info['base']['source']}` (hash `{info['base']['hash'][:16]}…`)",
         f"- text slot {info['text_len']} tokens; code grids {grids}; VQ codebook "
         f"{run.vq_cfg.codebook_size}, factor {run.vq_cfg.downsample_factor}",

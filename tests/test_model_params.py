@@ -111,6 +111,41 @@ def test_random_vision_expert_is_fresh_and_the_rest_still_copied():
         ModelConfig.tiny(vision_expert_init="zero")
 
 
+def test_narrow_vision_ffn_is_drawn_fresh_runs_and_is_counted():
+    """`vision_mlp_dim`: the vision FFN has its own hidden size (random init only), the model
+    runs with it, and the FLOP count of an image token shrinks by its matmuls."""
+    from mars_jax.model import mars
+    from mars_jax.train_lib import metrics
+
+    wide = ModelConfig.tiny(vision_expert_init="random")
+    narrow = wide.replace(vision_mlp_dim=32)
+    frozen = params.init_frozen(narrow, jax.random.key(0))
+    trainable = params.init_trainable_from_frozen(narrow, frozen, jax.random.key(1))
+    mlp = trainable["layers"]["vision_mlp"]
+    assert mlp["gate"].shape == mlp["up"].shape == (2, 64, 32) and mlp["down"].shape == (2, 32, 64)
+    assert frozen["layers"]["text_mlp"]["gate"].shape == (2, 64, 128)  # the LLM is unchanged
+    assert 0.015 < float(np.std(np.asarray(mlp["down"], np.float32))) < 0.025
+    shapes = jax.tree.map(lambda x: tuple(x.shape), trainable)
+    want = jax.tree.map(lambda s: tuple(s.shape), params.abstract_params(narrow)["trainable"])
+    assert shapes == want
+
+    layout = L.t2i(4, 9)
+    codes = [vocab.FIRST_IMAGE_CODE + c for c in range(9)]
+    tokens = jnp.asarray([[10, 11, 12, 13, vocab.IMAGE_START, *codes, vocab.IMAGE_END]])
+    positions, valid = jnp.arange(15)[None], jnp.ones((1, 15), bool)
+    logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, layout, narrow)
+    assert np.isfinite(np.asarray(logits, np.float32)).all()
+
+    per_seq = lambda cfg: metrics.flops_per_sequence(cfg, layout, (1,))
+    vision_tokens = 11
+    saved = wide.num_layers * vision_tokens * 6 * 3 * wide.width * (128 - 32)
+    assert per_seq(wide) - per_seq(narrow) == pytest.approx(saved)
+    with pytest.raises(ValueError, match="vision_mlp_dim.*vision_expert_init"):
+        ModelConfig.tiny(vision_mlp_dim=32)  # a copy of the text FFN has mlp_dim
+    with pytest.raises(ValueError, match="vision_mlp_dim"):
+        ModelConfig.tiny(vision_expert_init="random", vision_mlp_dim=-1)
+
+
 def test_layouts():
     assert L.t2i(4, 9) == (("text", 4), ("vision", 11))
     assert L.caption(4, 9) == (("vision", 11), ("text", 4))

@@ -57,6 +57,11 @@ class ModelConfig:
     vision_expert_init: "copy": the vision expert (QKV, FFN) starts as a copy of the text
       expert (paper §3.3); "random": normal(0.02) like a fresh layer, for LLMs whose text
       attention and FFN are a poor start for image codes (docs/RESULTS.md).
+    vision_mlp_dim: hidden size of the vision expert's FFN; 0 (the paper): `mlp_dim`, the
+      text expert's. A narrower vision FFN is a deviation from SemVIE for budgets far too
+      small for the LLM's layer size (the CPU demo): an image token then costs fewer FLOPs
+      and a run fits more steps. Needs `vision_expert_init="random"` (a copy has the text
+      FFN's shape).
     attention: implementation of attention (`model/attention.py`): "reference" materialises
       the `[B, heads, Lq, Lk]` scores; "blockwise" computes them a query block x key block
       tile at a time (online softmax, custom VJP), never holding more than one tile; "auto"
@@ -92,6 +97,7 @@ class ModelConfig:
     attention: str = "auto"
     vision_query_init: str = "copy"
     vision_expert_init: str = "copy"
+    vision_mlp_dim: int = 0
     text_head_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -120,6 +126,14 @@ class ModelConfig:
             bad("vision_query_init", f"{self.vision_query_init!r} not in {VISION_QUERY_INITS}")
         if self.vision_expert_init not in VISION_EXPERT_INITS:
             bad("vision_expert_init", f"{self.vision_expert_init!r} not in {VISION_EXPERT_INITS}")
+        if self.vision_mlp_dim < 0:
+            bad("vision_mlp_dim", f"must be >= 0 (0: mlp_dim), got {self.vision_mlp_dim}")
+        if self.vision_ffn_dim != self.mlp_dim and self.vision_expert_init == "copy":
+            bad(
+                "vision_mlp_dim",
+                f"{self.vision_mlp_dim} differs from mlp_dim={self.mlp_dim}, so the vision "
+                'expert cannot start as a copy of the text expert; set vision_expert_init="random"',
+            )
         if self.image_logits not in IMAGE_LOGITS:
             bad("image_logits", f"{self.image_logits!r} not in {IMAGE_LOGITS}")
         if self.loss_chunk_size < 0:
@@ -146,6 +160,11 @@ class ModelConfig:
         unknown = [name for name in self.unfreeze if name not in UNFREEZABLE]
         if unknown or len(set(self.unfreeze)) != len(self.unfreeze):
             bad("unfreeze", f"{list(self.unfreeze)}: names must be distinct, from {UNFREEZABLE}")
+
+    @property
+    def vision_ffn_dim(self) -> int:
+        """Hidden size of the vision expert's FFN (`vision_mlp_dim`, 0: `mlp_dim`)."""
+        return int(self.vision_mlp_dim) or int(self.mlp_dim)
 
     def check_image_grid(self, grid_hw: tuple[int, int], where: str) -> None:
         """Raise unless images of `grid_hw` codes fit `image_pos_grid` (when it is on)."""

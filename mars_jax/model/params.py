@@ -33,8 +33,9 @@ def _attn_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _mlp_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    d, f = cfg.width, cfg.mlp_dim
+def _mlp_shapes(cfg: ModelConfig, f: int | None = None) -> dict[str, tuple[int, ...]]:
+    """SwiGLU weights of hidden size `f` (default: the text expert's `mlp_dim`)."""
+    d, f = cfg.width, f or cfg.mlp_dim
     return {"gate": (d, f), "up": (d, f), "down": (f, d)}
 
 
@@ -71,7 +72,10 @@ def trainable_shapes(cfg: ModelConfig) -> dict:
     stack = lambda shapes: {k: (ly, *s) for k, s in shapes.items()}
     return {
         "vision_embed": (vocab.VISION_VOCAB_SIZE, d),
-        "layers": {"vision_attn": stack(_attn_shapes(cfg)), "vision_mlp": stack(_mlp_shapes(cfg))},
+        "layers": {
+            "vision_attn": stack(_attn_shapes(cfg)),
+            "vision_mlp": stack(_mlp_shapes(cfg, cfg.vision_ffn_dim)),
+        },
         "vision_head": (d, vocab.VISION_VOCAB_SIZE),
         **heads.head_shapes(cfg),  # stage III next-K heads (none when nktp_k = 1)
         **_unfrozen(cfg, frozen_shapes(cfg)["layers"]),
@@ -190,7 +194,11 @@ def init_trainable_from_frozen(
     head = jnp.asarray(frozen["text_head"][:, :n], jnp.float32)
     copy = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
     vision_attn = copy(frozen["layers"]["text_attn"])
-    vision_mlp = copy(frozen["layers"]["text_mlp"])
+    if cfg.vision_ffn_dim == cfg.mlp_dim:
+        vision_mlp = copy(frozen["layers"]["text_mlp"])
+    else:  # `vision_mlp_dim`: a narrower FFN, drawn below (the config requires "random")
+        shapes = {k: (cfg.num_layers, *v) for k, v in _mlp_shapes(cfg, cfg.vision_ffn_dim).items()}
+        vision_mlp = {k: jnp.zeros(v, dtype) for k, v in shapes.items()}
     if cfg.vision_expert_init == "random":
         vision_attn, vision_mlp = _redraw((vision_attn, vision_mlp), jax.random.fold_in(rng, 3))
     if cfg.vision_query_init == "zero":

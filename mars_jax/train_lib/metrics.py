@@ -92,6 +92,8 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     pass, and the unfrozen matmuls (text QKV, text MLP, O) add 2·N for their weight gradients
     on the tokens that use them.
 
+    The vision expert's FFN is ``cfg.vision_mlp_dim`` wide when that is set.
+
     Embedding lookups, norms, rotary and softmax are not counted (small and not matmuls).
     """
     d = _cfg(cfg, "width")
@@ -102,6 +104,7 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
     layers = _cfg(cfg, "num_layers")
     vision_only = _cfg(cfg, "image_logits", "full") == "vision_only"
     n_qkv, n_o, n_mlp = d * (h + 2 * kv) * dh, h * dh * d, 3 * d * f
+    n_vision_mlp = 3 * d * (_cfg(cfg, "vision_mlp_dim", 0) or f)  # `vision_mlp_dim`
     # The vision head computes the VQ's codes and the specials (`ModelConfig.codebook_size`).
     codebook = _cfg(cfg, "codebook_size", vocab.NUM_IMAGE_CODES) or vocab.NUM_IMAGE_CODES
     vision_rows = codebook + vocab.VISION_VOCAB_SIZE - vocab.NUM_IMAGE_CODES
@@ -123,7 +126,7 @@ def flops_per_sequence(cfg: Any, layout: Sequence[tuple[str, int]], loss_segment
         seen_vision = seen_vision or is_vis
         needs_bwd = is_vis or seen_vision or bool(unfrozen)
         if is_vis:
-            per_tok = 6 * (n_qkv + n_mlp) + (6 if "o" in unfrozen else 4) * n_o
+            per_tok = 6 * (n_qkv + n_vision_mlp) + (6 if "o" in unfrozen else 4) * n_o
         elif needs_bwd:
             per_tok = 4 * (n_qkv + n_mlp + n_o) + text_weight_grads
         else:

@@ -287,6 +287,7 @@ def _model_errors(c: _Checker) -> None:
     kv = c.int_("model.num_kv_heads", 1)
     head_dim = c.int_("model.head_dim", 1)
     c.int_("model.mlp_dim", 1)
+    c.int_("model.vision_mlp_dim", 0, optional=True)
     if heads and kv and heads % kv:
         c.fail("model.num_kv_heads", kv, f"must divide model.num_heads={heads}")
     if head_dim and head_dim % 2:

@@ -196,9 +196,9 @@ def init_trainable_from_frozen(
     vision_attn = copy(frozen["layers"]["text_attn"])
     if cfg.vision_ffn_dim == cfg.mlp_dim:
         vision_mlp = copy(frozen["layers"]["text_mlp"])
-    else:  # `vision_mlp_dim`: a narrower FFN, drawn below (the config requires "random")
-        shapes = {k: (cfg.num_layers, *v) for k, v in _mlp_shapes(cfg, cfg.vision_ffn_dim).items()}
-        vision_mlp = {k: jnp.zeros(v, dtype) for k, v in shapes.items()}
+    else:  # `vision_mlp_dim`: its own shape, drawn below (the config requires "random")
+        shapes = trainable_shapes(cfg)["layers"]["vision_mlp"]
+        vision_mlp = {k: jax.ShapeDtypeStruct(v, dtype) for k, v in shapes.items()}
     if cfg.vision_expert_init == "random":
         vision_attn, vision_mlp = _redraw((vision_attn, vision_mlp), jax.random.fold_in(rng, 3))
     if cfg.vision_query_init == "zero":

@@ -72,6 +72,9 @@ def check_preset(arg: str | None) -> str:
 def optim_config(peak_lr: float = 1e-4, warmup_ratio: float = 0.01) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
+            # "adamw", or "muon" (orthogonalised momentum for the layer matrices; the same
+            # peak_lr: its updates are scaled to AdamW's size).
+            name="adamw",
             peak_lr=peak_lr,
             warmup_ratio=warmup_ratio,
             end_lr_ratio=0.0,

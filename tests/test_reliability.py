@@ -288,6 +288,12 @@ def test_config_change_on_resume(ref, tmp_path, capsys):
         {"train": {"num_steps": 8}, "data": {"shards": "b"}},
     )
     assert harmless == ["train.num_steps: 4 -> 8"] and refused == ["data.shards: 'a' -> 'b'"]
+    # A run saved before `optim.name` existed trained with AdamW: resumes as such, and only
+    # as such (the saved optimizer state is AdamW's).
+    old = {"optim": {"peak_lr": 1e-3}}
+    assert validate.config_changes(old, {"optim": {"peak_lr": 1e-3, "name": "adamw"}}) == ([], [])
+    refused, _ = validate.config_changes(old, {"optim": {"peak_lr": 1e-3, "name": "muon"}})
+    assert refused == ["optim.name: 'adamw' -> 'muon'"]
 
 
 BAD_VALUES = [
@@ -308,6 +314,7 @@ BAD_VALUES = [
     ("checkpoint.on_damage", "ignore", "must be one of"),
     ("data.on_bad_record", "maybe", "must be one of"),
     ("optim.unfrozen_lr_scale", -0.5, "must be >= 0"),
+    ("optim.name", "sgd", "must be one of ('adamw', 'muon')"),
     ("train.reading_every", -1, "must be >= 0"),
 ]
 

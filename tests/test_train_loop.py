@@ -242,6 +242,41 @@ def test_sigterm_saves_and_resume_is_exact(ref, tmp_path):
     assert read_losses(workdir) == ref["losses"]
 
 
+def test_muon_run_resumes_exactly_on_a_sharded_mesh(tmp_path):
+    """Muon's partitioned state (momentum of the layer matrices, AdamW moments of the rest)
+    shards over fsdp, saves at a preemption and restores to the same losses."""
+    config = tiny_config(shape=(2, 4, 1))
+    config.optim.name = "muon"
+    whole, parted = str(tmp_path / "whole"), str(tmp_path / "parted")
+    loop.run(config, whole)
+    summary = loop.run(config, parted, iterator=FaultyIterator(config, sigterm_at={2}))
+    assert summary["reason"] == "preempted" and summary["step"] == 2
+    summary = loop.run(config, parted)
+    assert summary["step"] == NUM_STEPS
+    assert read_losses(parted) == read_losses(whole)
+    # Muon's state: one momentum per layer matrix (AdamW's two moments for every other leaf),
+    # the moments sharded like their parameters.
+    state = summary["state"]
+    muon_states = [
+        s
+        for s in jax.tree.leaves(
+            state["opt_state"], is_leaf=lambda x: isinstance(x, optax.contrib.MuonState)
+        )
+        if isinstance(s, optax.contrib.MuonState)
+    ]
+    assert len(muon_states) == 1
+    momenta = jax.tree.leaves(muon_states[0].mu)
+    matrices = [
+        x
+        for path, x in jax.tree_util.tree_flatten_with_path(state["trainable"])[0]
+        if path[-1].key in ("q", "k", "v", "o", "gate", "up", "down")
+    ]
+    assert len(momenta) == len(matrices) > 0
+    for momentum in momenta:
+        twin = [x for x in matrices if x.shape == momentum.shape]
+        assert any(x.sharding.is_equivalent_to(momentum.sharding, x.ndim) for x in twin)
+
+
 def test_nan_batch_is_skipped(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config()

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from mars_jax.train_lib import schedule
 from mars_jax.train_lib.sharding import replicated
+from mars_jax.train_lib.validate import OPTIMIZERS
 
 NO_DECAY_DEFAULT = ("bias", "ln", "norm")
 # The trainable subtree of the LLM layer copies (`model.unfreeze`), whose learning rate
@@ -41,27 +42,108 @@ def decay_mask(trainable: Any, no_decay: tuple[str, ...] = NO_DECAY_DEFAULT) -> 
     return jax.tree_util.tree_map_with_path(keep, trainable)
 
 
+# Muon's matrix axes of each layer weight, `(reduction axes, output axes)` after the
+# leading `[num_layers]` axis (a batch axis: every layer is orthogonalised on its own).
+MUON_AXES = {
+    "q": ((1,), (2, 3)),
+    "k": ((1,), (2, 3)),
+    "v": ((1,), (2, 3)),
+    "o": ((1, 2), (3,)),
+    "gate": ((1,), (2,)),
+    "up": ((1,), (2,)),
+    "down": ((1,), (2,)),
+}
+
+
+def muon_dimensions(trainable: Any) -> Any:
+    """Per leaf: Muon's axes for the layer matrices (`MUON_AXES`), None (AdamW) for the rest:
+    embeddings, heads, biases and norm scales, as in the Muon papers."""
+    from optax.contrib import MuonDimensionNumbers
+
+    def dims(path, _):
+        keys = [getattr(k, "key", None) for k in path]
+        name = keys[-1]
+        if name in MUON_AXES and ("layers" in keys or UNFROZEN_KEY in keys):
+            reduction, output = MUON_AXES[name]
+            return MuonDimensionNumbers(reduction_axis=reduction, output_axis=output)
+        return None
+
+    return jax.tree_util.tree_map_with_path(dims, trainable)
+
+
 def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransformation, Any]:
-    """AdamW with warm-up + cosine and global-norm clipping, from the ``optim`` config section."""
+    """The ``optim`` config section's optimizer with warm-up + cosine and global-norm clipping.
+
+    ``optim.name``: "adamw", or "muon" (the layer matrices by orthogonalised momentum, the
+    rest by AdamW; updates scaled to AdamW's RMS, so one ``peak_lr`` serves both).
+    """
     lr = schedule.warmup_cosine(optim.peak_lr, num_steps, optim.warmup_ratio, optim.end_lr_ratio)
     no_decay = tuple(optim.no_decay)
+    mask = lambda tree: decay_mask(tree, no_decay)
+    name = optim.get("name", "adamw")
     parts = []
     if optim.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(optim.grad_clip))
-    parts.append(
-        optax.adamw(
-            lr,
-            b1=optim.b1,
-            b2=optim.b2,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            mask=lambda tree: decay_mask(tree, no_decay),
+    if name == "adamw":
+        parts.append(
+            optax.adamw(
+                lr,
+                b1=optim.b1,
+                b2=optim.b2,
+                eps=optim.eps,
+                weight_decay=optim.weight_decay,
+                mask=mask,
+            )
         )
-    )
+    elif name == "muon":
+        from optax.contrib import muon
+
+        # optax's Muon decays all of its AdamW leaves alike; norm scales and biases must
+        # not decay, so its AdamW runs without decay and the masked decay is added here.
+        adam_decay = lambda tree: jax.tree.map(
+            lambda decays, dims: decays and dims is None,
+            mask(tree),
+            muon_dimensions(tree),
+            is_leaf=lambda x: x is None,
+        )
+        parts += [
+            muon(
+                lr,
+                beta=0.95,  # Muon's momentum (its papers' value)
+                eps=optim.eps,
+                weight_decay=optim.weight_decay,
+                weight_decay_mask=mask,
+                adam_b1=optim.b1,
+                adam_b2=optim.b2,
+                adam_weight_decay=0.0,
+                muon_weight_dimension_numbers=muon_dimensions,
+                consistent_rms=0.2,
+            ),
+            add_decay(lr, optim.weight_decay, adam_decay),
+        ]
+    else:
+        raise ValueError(f"optim.name: {name!r}, expected one of {OPTIMIZERS}")
     scale = float(optim.get("unfrozen_lr_scale", 1.0))
     if scale != 1.0:
         parts.append(scale_subtree(UNFROZEN_KEY, scale))
     return optax.chain(*parts), lr
+
+
+def add_decay(lr: optax.Schedule, weight_decay: float, mask: Any) -> optax.GradientTransformation:
+    """Decoupled weight decay after the updates are final: `u - lr(step) * decay * param` on
+    the leaves `mask(params)` marks (AdamW's decay, added after another optimizer)."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        step_lr = lr(state.count)
+        decay = lambda u, p, m: u - step_lr * weight_decay * p if m else u
+        updates = jax.tree.map(decay, updates, params, mask(params))
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def scale_subtree(key: str, factor: float) -> optax.GradientTransformation:
@@ -95,21 +177,33 @@ def abstract_state(abstract_trainable: Any, tx: optax.GradientTransformation) ->
 def state_shardings(
     abstract: dict, trainable_shardings: Any, tx: optax.GradientTransformation, mesh: Mesh
 ) -> dict:
-    """Shardings of the whole state: optimizer moments follow their parameter, rest replicated."""
+    """Shardings of the whole state: optimizer moments follow their parameter, rest replicated.
+
+    A moment is found by its path, which ends with its parameter's path, and its shape. This
+    holds for any optax state, also those `optax.tree_map_params` cannot walk (Muon's
+    partitioned, masked states)."""
+    del tx  # the state's structure says it all
     rep = replicated(mesh)
-    opt = optax.tree_map_params(
-        tx,
-        lambda _, s: s,
-        abstract["opt_state"],
-        trainable_shardings,
-        transform_non_params=lambda _: rep,
-        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    params = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract["trainable"])[0]:
+        params[jax.tree_util.keystr(path)] = leaf.shape
+    shardings = dict(
+        (jax.tree_util.keystr(path), s)
+        for path, s in jax.tree_util.tree_flatten_with_path(
+            trainable_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+        )[0]
     )
+
+    def follow(path, leaf):
+        text = jax.tree_util.keystr(path)
+        owners = [p for p in params if text.endswith(p) and params[p] == leaf.shape]
+        return shardings[max(owners, key=len)] if owners else rep
+
     return {
         "step": rep,
         "skipped": rep,
         "trainable": trainable_shardings,
-        "opt_state": opt,
+        "opt_state": jax.tree_util.tree_map_with_path(follow, abstract["opt_state"]),
     }
 
 

@@ -19,6 +19,9 @@ from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import formats
 from mars_jax.train_lib import workdir as workdir_lib
 
+# `optim.name` (train_lib/state.py builds them).
+OPTIMIZERS = ("adamw", "muon")
+
 NONFINITE_POLICIES = ("skip", "stop")
 ON_DAMAGE = ("fallback", "stop")
 ON_BAD_RECORD = ("skip", "stop")
@@ -40,6 +43,7 @@ REFUSED_CHANGES = (
     "data.seed",
     "data.synthetic",
     "base.",
+    "optim.name",  # the saved optimizer state is that optimizer's
 )
 
 
@@ -174,6 +178,7 @@ def config_errors(
         c.fail("data.stage", data_stage, f"must equal stage={stage}")
 
     # optim
+    c.enum("optim.name", OPTIMIZERS, optional=True)
     c.float_("optim.peak_lr", 0.0, low_open=True)
     c.float_("optim.warmup_ratio", 0.0, 1.0)
     c.float_("optim.end_lr_ratio", 0.0, 1.0, optional=True)
@@ -396,6 +401,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Set by `prepare` from the mesh; not a choice of the user.
 _DERIVED = ("data.task_batch_multiple",)
+# Keys added since earlier runs were saved: their value in a config that lacks them.
+_ADDED = {"optim.name": "adamw"}
 
 
 def config_changes(old: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
@@ -405,7 +412,8 @@ def config_changes(old: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
     for key in sorted(set(a) | set(b)):
         if key in _DERIVED:
             continue
-        was, now = a.get(key, "<absent>"), b.get(key, "<absent>")
+        absent = _ADDED.get(key, "<absent>")
+        was, now = a.get(key, absent), b.get(key, absent)
         if was == now:
             continue
         line = f"{key}: {was!r} -> {now!r}"

@@ -75,6 +75,9 @@ def optim_config(peak_lr: float = 1e-4, warmup_ratio: float = 0.01) -> ml_collec
             # "adamw", or "muon" (orthogonalised momentum for the layer matrices; the same
             # peak_lr: its updates are scaled to AdamW's size).
             name="adamw",
+            # Muon's trainable subtrees: the vision expert ("layers"), the LLM layer copies
+            # ("unfrozen_layers"); their other leaves and the rest of the model take AdamW.
+            muon_groups=("layers", "unfrozen_layers"),
             peak_lr=peak_lr,
             warmup_ratio=warmup_ratio,
             end_lr_ratio=0.0,

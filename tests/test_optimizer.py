@@ -27,7 +27,7 @@ MATRIX_VIEW = {
 }
 
 
-def optim(name: str, weight_decay: float = 0.0) -> ml_collections.ConfigDict:
+def optim(name: str, weight_decay: float = 0.0, **more) -> ml_collections.ConfigDict:
     """A constant learning rate of 1 and no clipping: the update is the direction alone."""
     return ml_collections.ConfigDict(
         dict(
@@ -42,6 +42,7 @@ def optim(name: str, weight_decay: float = 0.0) -> ml_collections.ConfigDict:
             grad_clip=0.0,
             no_decay=("bias", "ln", "norm"),
             unfrozen_lr_scale=1.0,
+            **more,
         )
     )
 
@@ -156,3 +157,19 @@ def test_optimizer_state_shards_like_its_parameters(name):
     # AdamW keeps two moments of every leaf; Muon one momentum of each matrix.
     leaves = len(by_path)
     assert moments == (2 * leaves if name == "adamw" else 2 * leaves - matrices)
+
+
+def test_muon_groups_choose_which_subtrees_muon_trains():
+    """`optim.muon_groups=("layers",)`: the vision expert by Muon, the LLM copies by AdamW."""
+    trainable, grads = random_tree(0), random_tree(1, low_rank=True)
+    tx, _ = state.make_optimizer(optim("muon", muon_groups=("layers",)), num_steps=10)
+    adamw = optax.adamw(1.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, nesterov=True)
+    updates, _ = tx.update(grads, tx.init(trainable), trainable)
+    reference, _ = adamw.update(grads, adamw.init(trainable), trainable)
+    for (keys, u), (_, r) in zip(
+        paths_and_leaves(updates), paths_and_leaves(reference), strict=True
+    ):
+        if keys[0] == "layers" and keys[-1] in MATRIX_VIEW:
+            assert not np.allclose(u, r, atol=1e-3), keys
+        else:
+            np.testing.assert_allclose(u, r, rtol=1e-5, atol=1e-7, err_msg=str(keys))

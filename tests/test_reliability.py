@@ -315,6 +315,7 @@ BAD_VALUES = [
     ("data.on_bad_record", "maybe", "must be one of"),
     ("optim.unfrozen_lr_scale", -0.5, "must be >= 0"),
     ("optim.name", "sgd", "must be one of ('adamw', 'muon')"),
+    ("optim.muon_groups", ("layers", "heads"), "must be a non-empty tuple from"),
     ("train.reading_every", -1, "must be >= 0"),
 ]
 

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from mars_jax.train_lib import schedule
 from mars_jax.train_lib.sharding import replicated
-from mars_jax.train_lib.validate import OPTIMIZERS
+from mars_jax.train_lib.validate import MUON_GROUPS, OPTIMIZERS
 
 NO_DECAY_DEFAULT = ("bias", "ln", "norm")
 # The trainable subtree of the LLM layer copies (`model.unfreeze`), whose learning rate
@@ -55,15 +55,16 @@ MUON_AXES = {
 }
 
 
-def muon_dimensions(trainable: Any) -> Any:
-    """Per leaf: Muon's axes for the layer matrices (`MUON_AXES`), None (AdamW) for the rest:
-    embeddings, heads, biases and norm scales, as in the Muon papers."""
+def muon_dimensions(trainable: Any, groups: tuple[str, ...] = MUON_GROUPS) -> Any:
+    """Per leaf: Muon's axes for the layer matrices (`MUON_AXES`) of the trainable subtrees
+    `groups` (the vision expert's `layers`, the LLM copies' `unfrozen_layers`), None (AdamW)
+    for the rest: embeddings, heads, biases and norm scales, as in the Muon papers."""
     from optax.contrib import MuonDimensionNumbers
 
     def dims(path, _):
         keys = [getattr(k, "key", None) for k in path]
         name = keys[-1]
-        if name in MUON_AXES and ("layers" in keys or UNFROZEN_KEY in keys):
+        if name in MUON_AXES and keys[0] in groups:
             reduction, output = MUON_AXES[name]
             return MuonDimensionNumbers(reduction_axis=reduction, output_axis=output)
         return None
@@ -98,12 +99,15 @@ def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransforma
     elif name == "muon":
         from optax.contrib import muon
 
+        groups = tuple(optim.get("muon_groups", MUON_GROUPS))
+        dimensions = lambda tree: muon_dimensions(tree, groups)
+
         # optax's Muon decays all of its AdamW leaves alike; norm scales and biases must
         # not decay, so its AdamW runs without decay and the masked decay is added here.
         adam_decay = lambda tree: jax.tree.map(
             lambda decays, dims: decays and dims is None,
             mask(tree),
-            muon_dimensions(tree),
+            dimensions(tree),
             is_leaf=lambda x: x is None,
         )
         parts += [
@@ -116,7 +120,7 @@ def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransforma
                 adam_b1=optim.b1,
                 adam_b2=optim.b2,
                 adam_weight_decay=0.0,
-                muon_weight_dimension_numbers=muon_dimensions,
+                muon_weight_dimension_numbers=dimensions,
                 consistent_rms=0.2,
             ),
             add_decay(lr, optim.weight_decay, adam_decay),

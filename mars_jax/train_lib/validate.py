@@ -19,8 +19,9 @@ from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import formats
 from mars_jax.train_lib import workdir as workdir_lib
 
-# `optim.name` (train_lib/state.py builds them).
+# `optim.name` (train_lib/state.py builds them) and the trainable subtrees Muon may train.
 OPTIMIZERS = ("adamw", "muon")
+MUON_GROUPS = ("layers", "unfrozen_layers")
 
 NONFINITE_POLICIES = ("skip", "stop")
 ON_DAMAGE = ("fallback", "stop")
@@ -179,6 +180,11 @@ def config_errors(
 
     # optim
     c.enum("optim.name", OPTIMIZERS, optional=True)
+    groups = c.value("optim.muon_groups")
+    if groups is not _MISSING and (
+        isinstance(groups, str) or not set(groups) <= set(MUON_GROUPS) or not groups
+    ):
+        c.fail("optim.muon_groups", groups, f"must be a non-empty tuple from {MUON_GROUPS}")
     c.float_("optim.peak_lr", 0.0, low_open=True)
     c.float_("optim.warmup_ratio", 0.0, 1.0)
     c.float_("optim.end_lr_ratio", 0.0, 1.0, optional=True)

@@ -78,6 +78,7 @@ def optim_config(peak_lr: float = 1e-4, warmup_ratio: float = 0.01) -> ml_collec
             # Muon's trainable subtrees: the vision expert ("layers"), the LLM layer copies
             # ("unfrozen_layers"); their other leaves and the rest of the model take AdamW.
             muon_groups=("layers", "unfrozen_layers"),
+            muon_ns_steps=5,  # Newton-Schulz iterations per update (3 costs less, a bit rougher)
             peak_lr=peak_lr,
             warmup_ratio=warmup_ratio,
             end_lr_ratio=0.0,

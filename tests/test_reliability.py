@@ -316,6 +316,7 @@ BAD_VALUES = [
     ("optim.unfrozen_lr_scale", -0.5, "must be >= 0"),
     ("optim.name", "sgd", "must be one of ('adamw', 'muon')"),
     ("optim.muon_groups", ("layers", "heads"), "must be a non-empty tuple from"),
+    ("optim.muon_ns_steps", 0, "must be >= 1"),
     ("train.reading_every", -1, "must be >= 0"),
 ]
 

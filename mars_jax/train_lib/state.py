@@ -114,6 +114,7 @@ def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransforma
             muon(
                 lr,
                 beta=0.95,  # Muon's momentum (its papers' value)
+                ns_steps=int(optim.get("muon_ns_steps", 5)),
                 eps=optim.eps,
                 weight_decay=optim.weight_decay,
                 weight_decay_mask=mask,

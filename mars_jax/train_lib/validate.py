@@ -180,6 +180,7 @@ def config_errors(
 
     # optim
     c.enum("optim.name", OPTIMIZERS, optional=True)
+    c.int_("optim.muon_ns_steps", 1, optional=True)
     groups = c.value("optim.muon_groups")
     if groups is not _MISSING and (
         isinstance(groups, str) or not set(groups) <= set(MUON_GROUPS) or not groups

@@ -291,7 +291,10 @@ def test_config_change_on_resume(ref, tmp_path, capsys):
     # A run saved before `optim.name` existed trained with AdamW: resumes as such, and only
     # as such (the saved optimizer state is AdamW's).
     old = {"optim": {"peak_lr": 1e-3}}
-    assert validate.config_changes(old, {"optim": {"peak_lr": 1e-3, "name": "adamw"}}) == ([], [])
+    new = {
+        "optim": {"peak_lr": 1e-3, "name": "adamw", "muon_groups": ["layers", "unfrozen_layers"]}
+    }
+    assert validate.config_changes(old, new) == ([], [])
     refused, _ = validate.config_changes(old, {"optim": {"peak_lr": 1e-3, "name": "muon"}})
     assert refused == ["optim.name: 'adamw' -> 'muon'"]
 
@@ -317,6 +320,7 @@ BAD_VALUES = [
     ("optim.name", "sgd", "must be one of ('adamw', 'muon')"),
     ("optim.muon_groups", ("layers", "heads"), "must be a non-empty tuple from"),
     ("optim.muon_ns_steps", 0, "must be >= 1"),
+    ("optim.muon_groups", (), "must be a non-empty tuple from"),
     ("train.reading_every", -1, "must be >= 0"),
 ]
 

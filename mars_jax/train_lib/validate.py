@@ -183,7 +183,7 @@ def config_errors(
     c.int_("optim.muon_ns_steps", 1, optional=True)
     groups = c.value("optim.muon_groups")
     if groups is not _MISSING and (
-        isinstance(groups, str) or not set(groups) <= set(MUON_GROUPS) or not groups
+        not isinstance(groups, (tuple, list)) or not groups or not set(groups) <= set(MUON_GROUPS)
     ):
         c.fail("optim.muon_groups", groups, f"must be a non-empty tuple from {MUON_GROUPS}")
     c.float_("optim.peak_lr", 0.0, low_open=True)
@@ -409,7 +409,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 # Set by `prepare` from the mesh; not a choice of the user.
 _DERIVED = ("data.task_batch_multiple",)
 # Keys added since earlier runs were saved: their value in a config that lacks them.
-_ADDED = {"optim.name": "adamw"}
+_ADDED = {
+    "optim.name": "adamw",
+    "optim.muon_groups": list(MUON_GROUPS),
+    "optim.muon_ns_steps": 5,
+}
 
 
 def config_changes(old: Mapping, new: Mapping) -> tuple[list[str], list[str]]:

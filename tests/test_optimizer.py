@@ -1,5 +1,6 @@
 """The optimizers of `optim.name`: Muon orthogonalises each layer's matrices and leaves the
-rest to AdamW; its state shards like the parameters and survives a checkpoint."""
+rest to AdamW; its state shards like the parameters (a Muon run's checkpoint and resume:
+tests/test_train_loop.py)."""
 
 from __future__ import annotations
 

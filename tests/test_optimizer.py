@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs.common import optim_config
 from mars_jax.model import params
 from mars_jax.model.config import ModelConfig
 from mars_jax.train_lib import state
@@ -29,23 +30,11 @@ MATRIX_VIEW = {
 
 
 def optim(name: str, weight_decay: float = 0.0, **more) -> ml_collections.ConfigDict:
-    """A constant learning rate of 1 and no clipping: the update is the direction alone."""
-    return ml_collections.ConfigDict(
-        dict(
-            name=name,
-            peak_lr=1.0,
-            warmup_ratio=0.0,
-            end_lr_ratio=1.0,
-            b1=0.9,
-            b2=0.95,
-            eps=1e-8,
-            weight_decay=weight_decay,
-            grad_clip=0.0,
-            no_decay=("bias", "ln", "norm"),
-            unfrozen_lr_scale=1.0,
-            **more,
-        )
-    )
+    """The project's `optim` section at a constant learning rate of 1 and no clipping: the
+    update is the direction alone."""
+    c = optim_config(peak_lr=1.0, warmup_ratio=0.0)
+    c.update(dict(name=name, end_lr_ratio=1.0, weight_decay=weight_decay, grad_clip=0.0, **more))
+    return c
 
 
 def random_tree(seed: int, low_rank: bool = False) -> dict:

@@ -311,7 +311,7 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
             runner.run_clipscore(args)
         else:
             sample_flags.fill_sampling_args(args, args.checkpoint)
-            scfg = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")}
+            scfg = sample_flags.sampling_kwargs(args)
             runner.run_coco(args, scfg, lambda: coco_producer(args, scfg))
     except runner.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -390,14 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_sr(args)
     if args.bench == "captions":
         return evaluate_captions(args)
-    sample_flags.fill_sampling_args(args, args.checkpoint)
+    with cli.one_line_errors():
+        sample_flags.fill_sampling_args(args, args.checkpoint)
+        sample_flags.sampling_config(args)  # bad values, before the model loads
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
-    scfg_kwargs = {
-        "cfg_scale": args.cfg_scale,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-    }
+    scfg_kwargs = sample_flags.sampling_kwargs(args)
     produce = sampler_producer(args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step)
     if args.bench == "shapes":
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")

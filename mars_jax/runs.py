@@ -99,6 +99,11 @@ def sample_defaults(path: str) -> dict[str, Any]:
     return run_options(read_config(path).get("sample"))
 
 
+def trained_captions(path: str) -> bool:
+    """Whether the run or bundle trained the caption task (what `--candidates` ranks with)."""
+    return float(read_config(path).get("data", {}).get("caption_ratio", 0.0)) > 0.0
+
+
 def describe(path: str, step: int | None = None) -> dict[str, Any]:
     """What sampling needs to check its flags before loading weights: stage, grids, sizes,
     VQ factor-free facts (`run_info.json` or the bundle's)."""

@@ -1,6 +1,7 @@
 """The flags every sampling command shares: which model (`--checkpoint`, `--step`, `--vq`)
-and how to draw (`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones take the
-model's own tuned defaults, so a preset's sampling applies to every command alike)."""
+and how to draw (`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`, `--candidates`; unset
+ones take the model's own tuned defaults, so a preset's sampling applies to every command
+alike)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def add_checkpoint_args(p: cli.Parser, flag: str = "--checkpoint") -> None:
 
 
 def add_sampling_args(p: cli.Parser) -> None:
-    """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`; unset ones come from the model."""
+    """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`, `--candidates`; unset ones come
+    from the model."""
     for name, value in options.run_options({}).items():
         p.add_argument(
             f"--{name}", type=type(value), default=None,
@@ -33,11 +35,19 @@ def fill_sampling_args(args: argparse.Namespace, checkpoint: str) -> argparse.Na
     for name, value in runs.sample_defaults(checkpoint).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    if args.candidates > 1 and not runs.trained_captions(checkpoint):
+        raise cli.UsageError(
+            f"--candidates={args.candidates}: images are ranked by the model's own captions, "
+            f"but {checkpoint} trained no caption task (data.caption_ratio=0); use --candidates=1"
+        )
     return args
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The sampling flags' values by option name (after `fill_sampling_args`)."""
+    return {name: getattr(args, name) for name in options.RUN_OPTIONS}
 
 
 def sampling_config(args: argparse.Namespace) -> options.SamplingConfig:
     """The `SamplingConfig` of the sampling flags (after `fill_sampling_args`)."""
-    return options.SamplingConfig(
-        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
-    )
+    return options.SamplingConfig(**sampling_kwargs(args))

@@ -90,6 +90,11 @@ MISTAKES = [
         ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--temperature=-1"],
         "temperature",
     ),
+    (
+        ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--candidates=4"],
+        "trained no caption task",
+    ),
+    (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--candidates=0"], "candidates"),
     (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--bogus"], "unrecognized"),
     (
         ["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--sr-from=x.png"],
@@ -107,6 +112,11 @@ MISTAKES = [
     (["data.prepare", "--stage=4", "--source=x", "--out=OUT", "--vq=VQ"], "invalid choice"),
     (["evaluate", "--bench=shapes"], "needs --checkpoint"),
     (["evaluate", "--bench=shapes", "--checkpoint=/nope"], "--checkpoint=/nope: no such"),
+    (
+        ["evaluate", "--bench=shapes", "--checkpoint=RUN", "--candidates=8"],
+        "trained no caption task",
+    ),
+    (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--top-p=0"], "top_p"),
     (["evaluate", "--bench=nope"], "invalid choice"),
     (["vq.train", "--images=/nope", "--out=OUT", "--steps=1"], "--images=/nope: no such"),
     (["plot", "--run=/nope", "--out=OUT.png"], "/nope/metrics.jsonl not found"),

@@ -19,6 +19,7 @@ from PIL import Image
 
 from mars_jax import evaluate
 from mars_jax.eval import clip, coco, fid_stats, inception
+from mars_jax.sampling import options
 
 SCENES = evaluate.load_eval_prompts(None, num_scenes=12, seed=3)
 BY_CAPTION = {p["caption"]: p["spec"] for p in SCENES}
@@ -135,7 +136,7 @@ def test_coco_bench_kill_and_resume(assets, tmp_path, monkeypatch, tiny_inceptio
     assert report["run"] == {"step": 0}
     assert np.isfinite(report["fid"]) and 0 <= report["clip_score"] <= 100
     assert report["settings"]["caption_seed"] == 0 and report["settings"]["sampling_seed"] == 5
-    assert set(report["settings"]["sampling"]) == {"cfg_scale", "temperature", "top_k", "top_p"}
+    assert set(report["settings"]["sampling"]) == set(options.RUN_OPTIONS)
     assert len(report["networks"]["clip"]["sha256"]) == 64
     assert len(report["networks"]["inception"]["sha256"]) == 64
     plan = json.loads((out / "plan.json").read_text())

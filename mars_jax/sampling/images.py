@@ -13,7 +13,7 @@ from PIL import Image
 from mars_jax.data import image_ops
 from mars_jax.model import decoder
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import caption, nktp, t2i
+from mars_jax.sampling import caption, nktp, rerank, t2i
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.text import languages
 from mars_jax.text.tokenizer import load_tokenizer
@@ -108,23 +108,36 @@ def generate_images(
     """uint8 images `[len(prompts), H, W, 3]`, one per prompt, reproducible by `seed`.
 
     `resolution` (`WIDTHxHEIGHT`, stage-II/III models) picks one of the trained grids
-    (default: the first); the prompts get the training format (`prompt_texts`).
+    (default: the first); the prompts get the training format (`prompt_texts`). With
+    `scfg.candidates` = N > 1, N images are drawn per prompt and the one whose caption
+    likelihood of the prompt is highest is kept (`rerank.py`); `batch_size` counts images
+    drawn per call, so a call holds `batch_size // N` prompts (at least one).
     """
     tok = load_tokenizer()
     factor = model.vq_cfg.downsample_factor
     grid = choose_grid(resolution, model.grids, factor, model.resolution_prefix)
-    prompts = prompt_texts(prompts, grid, factor, model.resolution_prefix)
+    texts = prompt_texts(prompts, grid, factor, model.resolution_prefix)
     scfg = dataclasses.replace(scfg, codebook_size=model.vq_cfg.codebook_size)
     weights = decoder.prepare(
         model.frozen, model.trainable, model.model_cfg, scfg.codebook_size,
         str(model.model_cfg.compute_dtype),
     )  # fmt: skip
+    n = scfg.candidates
+    per_call = max(1, batch_size // n)
     out = []
-    for start in range(0, len(prompts), batch_size):
-        ids = [tok.encode(p) for p in prompts[start : start + batch_size]]
+    for start in range(0, len(texts), per_call):
+        ids = [tok.encode(p) for p in texts[start : start + per_call]]
+        drawn = [row for row in ids for _ in range(n)]
         codes = t2i.generate_codes(
-            weights, None, model.model_cfg, ids, model.text_len, grid, scfg, seed + start
+            weights, None, model.model_cfg, drawn, model.text_len, grid, scfg, seed + start
         )
+        if n > 1:
+            # The prompt as the caption task saw it: without the resolution in front.
+            captions = [tok.encode(p) for p in prompts[start : start + per_call] for _ in range(n)]
+            scores = rerank.caption_log_likelihood(
+                model.frozen, model.trainable, model.model_cfg, codes, captions
+            )
+            codes, _ = rerank.best_of(codes, scores, n)
         out.append(vq_images.decode_uint8(model.vq_params, model.vq_cfg, codes))
     return np.concatenate(out)
 

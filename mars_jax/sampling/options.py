@@ -25,6 +25,9 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # Images drawn per prompt; the one the model's own captioner ranks first is kept
+    # (`sampling/rerank.py`). 1: plain sampling.
+    candidates: int = 1
     codebook_size: int = vocab.NUM_IMAGE_CODES
 
     def __post_init__(self):
@@ -34,6 +37,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if self.candidates < 1:
+            raise ValueError(f"sampling.candidates must be >= 1, got {self.candidates}")
         if not 0 < self.codebook_size <= vocab.NUM_IMAGE_CODES:
             raise ValueError(
                 f"sampling.codebook_size must be in (0, 8192], got {self.codebook_size}"
@@ -45,7 +50,7 @@ class SamplingConfig:
 
 
 # The options a run's config names in its `sample` section (configs/common.py).
-RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p")
+RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p", "candidates")
 
 
 def run_options(sample: Mapping[str, Any] | None) -> dict[str, Any]:

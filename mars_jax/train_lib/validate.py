@@ -254,6 +254,13 @@ def config_errors(
 
     # sample
     c.int_("sample.every_steps", 0, optional=True)
+    candidates = c.int_("sample.candidates", 1, optional=True)
+    if candidates and candidates > 1 and c.value("data.caption_ratio") in (0, 0.0):
+        c.fail(
+            "sample.candidates",
+            candidates,
+            "ranks images by the model's own captions: needs data.caption_ratio > 0",
+        )
 
     # base
     c.bool_("base.demo_lm", optional=True)
@@ -413,6 +420,7 @@ _ADDED = {
     "optim.name": "adamw",
     "optim.muon_groups": list(MUON_GROUPS),
     "optim.muon_ns_steps": 5,
+    "sample.candidates": 1,
 }
 
 

@@ -1,0 +1,120 @@
+"""Best of N by the model's own captions: the score is the caption task's loss of the row,
+and `generate_images` keeps, per prompt, the image of its best-scored candidate."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from mars_jax.model import decoder, loss, params
+from mars_jax.model.config import ModelConfig
+from mars_jax.sampling import rerank, t2i
+from mars_jax.sampling import images as images_lib
+from mars_jax.sampling.images import TrainedModel
+from mars_jax.sampling.options import SamplingConfig
+from mars_jax.text.tokenizer import load_tokenizer
+from mars_jax.tokens import formats
+from mars_jax.vq import images as vq_images
+from mars_jax.vq import model as vq_model
+from mars_jax.vq.config import VQConfig
+
+TINY_VQ = VQConfig.tiny(codebook_size=16)
+CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
+PROMPTS = ["a red circle", "两个蓝色的正方形", "a green triangle is left of a red square"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    p = params.init_params(CFG, jax.random.key(0))
+    k_embed, k_head = jax.random.split(jax.random.key(1))
+    trainable = p["trainable"]
+    # Distinct code embeddings and head columns (fresh ones are nearly equal), so the image
+    # changes the caption's likelihood and the sampled codes vary.
+    trainable = {
+        **trainable,
+        "vision_embed": jax.random.normal(k_embed, trainable["vision_embed"].shape),
+        "vision_head": jax.random.normal(k_head, trainable["vision_head"].shape),
+    }
+    return TrainedModel(
+        frozen=p["frozen"],
+        trainable=trainable,
+        model_cfg=CFG,
+        text_len=16,
+        vq_cfg=TINY_VQ,
+        vq_params=vq_model.init(TINY_VQ, jax.random.key(2)),
+        grids=[(8, 8)],
+    )
+
+
+def test_score_is_minus_the_caption_task_loss_of_each_row(model):
+    tok = load_tokenizer()
+    captions = [tok.encode(p) for p in PROMPTS]
+    codes = np.random.default_rng(0).integers(0, 16, (len(PROMPTS), 8, 8))
+    got = rerank.caption_log_likelihood(
+        model.frozen, model.trainable, CFG, codes, captions
+    )
+    for i, ids in enumerate(captions):
+        # One row, its slot exactly long enough: the score must not depend on padding.
+        batch = formats.caption_batch([codes[i]], [np.asarray(ids)], len(ids) + 1)
+        summed, tokens, _ = loss.task_loss(
+            model.frozen, model.trainable, batch, batch["layout"], CFG
+        )
+        assert float(tokens) == len(ids) + 1  # the caption and its <eot>
+        np.testing.assert_allclose(got[i], -float(summed), rtol=1e-5)
+    # The image conditions the score: another image, another likelihood of the same caption.
+    other = rerank.caption_log_likelihood(
+        model.frozen, model.trainable, CFG, np.roll(codes, 1, axis=0), captions
+    )
+    assert np.all(np.abs(other - got) > 1e-3)
+
+
+def test_best_of_keeps_each_prompts_highest_scored_candidate():
+    codes = np.arange(6)[:, None, None] * np.ones((6, 2, 2), int)  # candidate k is all k
+    scores = np.array([-3.0, -1.0, -2.0, 0.5, -7.0, 0.5])  # 2 prompts x 3 candidates
+    kept, index = rerank.best_of(codes, scores, 3)
+    assert index.tolist() == [1, 0]  # ties go to the first
+    np.testing.assert_array_equal(kept[:, 0, 0], [1, 3])
+
+
+@pytest.mark.parametrize("batch_size", [6, 2])
+def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size):
+    """3 candidates per prompt; the kept image is the decode of the best-scored one, drawn
+    with the call's seed (batch_size 6: all prompts in one call; 2: one prompt a call)."""
+    n, seed = 3, 5
+    scfg = SamplingConfig(cfg_scale=2.0, temperature=1.0, candidates=n)
+    got = images_lib.generate_images(model, PROMPTS, scfg, seed, batch_size=batch_size)
+    assert got.shape[0] == len(PROMPTS) and got.dtype == np.uint8
+
+    tok = load_tokenizer()
+    per_call = max(1, batch_size // n)
+    scfg = dataclasses.replace(scfg, codebook_size=TINY_VQ.codebook_size)
+    weights = decoder.prepare(model.frozen, model.trainable, CFG, scfg.codebook_size, "float32")
+    chose_other_than_first = False
+    for start in range(0, len(PROMPTS), per_call):
+        ids = [tok.encode(p) for p in PROMPTS[start : start + per_call] for _ in range(n)]
+        codes = t2i.generate_codes(weights, None, CFG, ids, 16, (8, 8), scfg, seed + start)
+        scores = rerank.caption_log_likelihood(model.frozen, model.trainable, CFG, codes, ids)
+        for j in range(len(ids) // n):
+            group = scores[j * n : (j + 1) * n]
+            assert len(set(group.round(4).tolist())) == n  # distinct candidates, distinct scores
+            best = int(np.argmax(group))
+            chose_other_than_first |= best != 0
+            want = vq_images.decode_uint8(model.vq_params, TINY_VQ, codes[j * n + best][None])
+            np.testing.assert_array_equal(got[start + j], want[0])
+    assert chose_other_than_first  # the ranking, not the draw order, decided
+
+
+def test_one_candidate_is_plain_sampling(model):
+    scfg = SamplingConfig(cfg_scale=2.0, temperature=1.0)
+    got = images_lib.generate_images(model, PROMPTS, scfg, seed=3)
+    ids = [load_tokenizer().encode(p) for p in PROMPTS]
+    scfg = dataclasses.replace(scfg, codebook_size=TINY_VQ.codebook_size)
+    codes = t2i.generate_codes(model.frozen, model.trainable, CFG, ids, 16, (8, 8), scfg, 3)
+    want = vq_images.decode_uint8(model.vq_params, TINY_VQ, codes)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_candidates_must_be_positive():
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        SamplingConfig(candidates=0)

@@ -3,13 +3,15 @@
     python -m mars_jax.generate --checkpoint=<run | run/checkpoints/N | bundle> \
         --prompt="a red circle on the left" --out=samples/ [--prompt-file=prompts.txt] \
         [--num-per-prompt=4] [--cfg-scale=1.5] [--temperature=1.0] [--top-k=0] [--top-p=1.0] \
-        [--seed=0] [--resolution=256x384] [--step=N]
+        [--candidates=8] [--seed=0] [--resolution=256x384] [--step=N]
 
 Prompts are written the way the model was trained: stage-II/III models get the output
 resolution in front (`--resolution`, one of the sizes the model trained on; default its
-first). Unset sampling flags take the model's own defaults. `--interleaved` continues each
-prompt as text that may open images (paper §4.6); `--image=<file>` puts images into that
-prompt. `--sr-from=<low-res image>` super-resolves with a stage-III model, `--nktp=K` codes
+first). Unset sampling flags take the model's own defaults. `--candidates=N` draws N images
+per prompt and keeps the one whose caption likelihood of the prompt, by the model's own
+image → text direction, is highest (models trained with captions; `sampling/rerank.py`).
+`--interleaved` continues each prompt as text that may open images (paper §4.6);
+`--image=<file>` puts images into that prompt. `--sr-from=<low-res image>` super-resolves with a stage-III model, `--nktp=K` codes
 per pass, `--nktp-mode=fast|exact` (docs/NKTP.md).
 """
 

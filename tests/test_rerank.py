@@ -9,8 +9,8 @@ import pytest
 
 from mars_jax.model import decoder, loss, params
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import rerank, t2i
 from mars_jax.sampling import images as images_lib
+from mars_jax.sampling import rerank, t2i
 from mars_jax.sampling.images import TrainedModel
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.text.tokenizer import load_tokenizer
@@ -51,9 +51,7 @@ def test_score_is_minus_the_caption_task_loss_of_each_row(model):
     tok = load_tokenizer()
     captions = [tok.encode(p) for p in PROMPTS]
     codes = np.random.default_rng(0).integers(0, 16, (len(PROMPTS), 8, 8))
-    got = rerank.caption_log_likelihood(
-        model.frozen, model.trainable, CFG, codes, captions
-    )
+    got = rerank.caption_log_likelihood(model.frozen, model.trainable, CFG, codes, captions)
     for i, ids in enumerate(captions):
         # One row, its slot exactly long enough: the score must not depend on padding.
         batch = formats.caption_batch([codes[i]], [np.asarray(ids)], len(ids) + 1)

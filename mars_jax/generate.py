@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run_super_resolution(args, prompts))
             return 0
         run = runs.load_run(args.checkpoint, args.step, args.vq)
-        images = images_lib.generate_images(
+        drawn = images_lib.draw_codes(
             run,
             prompts,
             sample_flags.sampling_config(args),
@@ -189,7 +189,16 @@ def main(argv: list[str] | None = None) -> int:
             args.resolution,
             args.batch_size,
         )
+        images = images_lib.decode_images(run, drawn.codes, args.batch_size)
         sheet = outputs.save_samples(args.out, prompts, images)
+        if drawn.candidates is not None:
+            n = drawn.candidates.shape[1]
+            every = images_lib.decode_images(
+                run, drawn.candidates.reshape(-1, *drawn.codes.shape[1:]), args.batch_size
+            )
+            every = every.reshape(len(prompts), n, *every.shape[1:])
+            ranked = outputs.save_candidates(args.out, prompts, every, drawn.scores)
+            sheet += f"; the {n} candidates of each prompt, best first: {ranked}"
     print(f"wrote {len(images)} images of step {run.step} to {args.out}; contact sheet {sheet}")
     return 0
 

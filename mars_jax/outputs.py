@@ -6,6 +6,7 @@ the benches) can write pictures the same way.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ from PIL import Image
 
 PROMPTS_FILE = "prompts.txt"
 SHEET_FILE = "contact_sheet.png"
+CANDIDATES_SHEET_FILE = "candidates_contact_sheet.png"
+CANDIDATES_FILE = "candidates.jsonl"
 
 
 def contact_sheet(
@@ -65,6 +68,32 @@ def save_samples(out_dir: str, prompts: Sequence[str], images: np.ndarray) -> st
     write_prompts(out_dir, prompts)
     sheet = contact_sheet(images, scale=sheet_scale(images.shape[1]))
     return save_png(os.path.join(out_dir, SHEET_FILE), sheet)
+
+
+def save_candidates(
+    out_dir: str, prompts: Sequence[str], images_BxNxHxWx3: np.ndarray, scores_BxN: np.ndarray
+) -> str:
+    """Best of N made visible: a sheet with one row per prompt, its N candidates ordered by
+    score (the kept one first), and `candidates.jsonl` (the scores in that order, and which
+    draw was kept); returns the sheet's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    images, scores = np.asarray(images_BxNxHxWx3), np.asarray(scores_BxN)
+    order_BxN = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.take_along_axis(images, order_BxN[:, :, None, None, None], axis=1)
+    with open(os.path.join(out_dir, CANDIDATES_FILE), "w", encoding="utf-8") as f:
+        for i, (prompt, order) in enumerate(zip(prompts, order_BxN, strict=True)):
+            record = {
+                "index": i,
+                "prompt": prompt,
+                "kept_draw": int(order[0]),
+                "caption_log_likelihood": [round(float(scores[i, k]), 4) for k in order],
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    n = images.shape[1]
+    sheet = contact_sheet(
+        ranked.reshape(-1, *images.shape[2:]), columns=n, scale=sheet_scale(images.shape[2])
+    )
+    return save_png(os.path.join(out_dir, CANDIDATES_SHEET_FILE), sheet)
 
 
 def save_pairs(

@@ -2,11 +2,16 @@
 and `generate_images` keeps, per prompt, the image of its best-scored candidate."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
+from configs import stage1
+from mars_jax import generate, outputs
+from mars_jax.demo import shards as demo_shards
 from mars_jax.model import decoder, loss, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import images as images_lib
@@ -15,6 +20,7 @@ from mars_jax.sampling.images import TrainedModel
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats
+from mars_jax.train_lib import loop
 from mars_jax.vq import images as vq_images
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.config import VQConfig
@@ -116,3 +122,41 @@ def test_one_candidate_is_plain_sampling(model):
 def test_candidates_must_be_positive():
     with pytest.raises(ValueError, match="candidates must be >= 1"):
         SamplingConfig(candidates=0)
+
+
+@pytest.fixture(scope="module")
+def captioning_run(tmp_path_factory):
+    """A 2-step stage-I run (synthetic data, caption rows in every batch), demo VQ."""
+    c = stage1.get_config("tiny")
+    c.model.image_logits = "vision_only"
+    c.train.global_batch = 8
+    c.train.num_steps = 2
+    c.sample.vq = demo_shards.demo_vq_dir()
+    assert c.data.caption_ratio > 0
+    workdir = str(tmp_path_factory.mktemp("rerank") / "run")
+    loop.run(c, workdir)
+    return workdir
+
+
+def test_generate_writes_the_candidates_best_first(captioning_run, tmp_path):
+    out = tmp_path / "samples"
+    prompts = ["a red circle", "两个蓝色的正方形"]
+    argv = [f"--checkpoint={captioning_run}", f"--out={out}", "--candidates=3", "--seed=1"]
+    assert generate.main(argv + [f"--prompt={p}" for p in prompts]) == 0
+    records = [json.loads(line) for line in (out / outputs.CANDIDATES_FILE).open()]
+    assert [r["prompt"] for r in records] == prompts
+    for r in records:
+        scores = r["caption_log_likelihood"]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    # Row i of the sheet starts with the kept image, 0000.png, …
+    sheet = np.asarray(Image.open(out / outputs.CANDIDATES_SHEET_FILE))
+    for i in range(len(prompts)):
+        kept = np.asarray(Image.open(out / f"{i:04d}.png"))
+        side = kept.shape[0] * outputs.sheet_scale(kept.shape[0])
+        y = 2 + i * (side + 2)
+        tile = sheet[y : y + side : side // kept.shape[0], 2 : 2 + side : side // kept.shape[0]]
+        np.testing.assert_array_equal(tile, kept)
+    assert sheet.shape[1] == 3 * (side + 2) + 2  # … and holds its 3 candidates, which differ
+    row = sheet[2 : 2 + side]
+    tiles = [row[:, 2 + k * (side + 2) : 2 + k * (side + 2) + side] for k in range(3)]
+    assert not all(np.array_equal(tiles[0], t) for t in tiles[1:])

@@ -97,6 +97,68 @@ def prompt_texts(
     return [formats.resolution_prompt(grid[1] * factor, grid[0] * factor, p) for p in prompts]
 
 
+@dataclasses.dataclass
+class Drawn:
+    """Codes drawn for prompts: the kept image's `[B, h, w]`; with `candidates` = N > 1 also
+    every candidate `[B, N, h, w]` in draw order and its caption score `[B, N]`."""
+
+    codes: np.ndarray
+    candidates: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+def draw_codes(
+    model: TrainedModel,
+    prompts: Sequence[str],
+    scfg: SamplingConfig,
+    seed: int = 0,
+    resolution: str | None = None,
+    batch_size: int = 16,
+) -> Drawn:
+    """Image codes for prompts, reproducible by `seed` (see `generate_images`)."""
+    tok = load_tokenizer()
+    factor = model.vq_cfg.downsample_factor
+    grid = choose_grid(resolution, model.grids, factor, model.resolution_prefix)
+    texts = prompt_texts(prompts, grid, factor, model.resolution_prefix)
+    scfg = dataclasses.replace(scfg, codebook_size=model.vq_cfg.codebook_size)
+    weights = decoder.prepare(
+        model.frozen, model.trainable, model.model_cfg, scfg.codebook_size,
+        str(model.model_cfg.compute_dtype),
+    )  # fmt: skip
+    n = scfg.candidates
+    per_call = max(1, batch_size // n)
+    kept, drawn, scores = [], [], []
+    for start in range(0, len(texts), per_call):
+        ids = [tok.encode(p) for p in texts[start : start + per_call]]
+        codes = t2i.generate_codes(
+            weights, None, model.model_cfg, [row for row in ids for _ in range(n)],
+            model.text_len, grid, scfg, seed + start,
+        )  # fmt: skip
+        if n == 1:
+            kept.append(codes)
+            continue
+        # The prompt as the caption task saw it: without the resolution in front.
+        captions = [tok.encode(p) for p in prompts[start : start + per_call] for _ in range(n)]
+        score = rerank.caption_log_likelihood(
+            model.frozen, model.trainable, model.model_cfg, codes, captions
+        )
+        kept.append(rerank.best_of(codes, score, n)[0])
+        drawn.append(codes.reshape(-1, n, *codes.shape[1:]))
+        scores.append(score.reshape(-1, n))
+    if n == 1:
+        return Drawn(np.concatenate(kept))
+    return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores))
+
+
+def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """uint8 images `[N, H, W, 3]` of codes, decoded `batch_size` at a time."""
+    out = [
+        vq_images.decode_uint8(model.vq_params, model.vq_cfg, codes_Nxhxw[i : i + batch_size])
+        for i in range(0, len(codes_Nxhxw), batch_size)
+    ]
+    return np.concatenate(out)
+
+
 def generate_images(
     model: TrainedModel,
     prompts: Sequence[str],
@@ -113,33 +175,8 @@ def generate_images(
     likelihood of the prompt is highest is kept (`rerank.py`); `batch_size` counts images
     drawn per call, so a call holds `batch_size // N` prompts (at least one).
     """
-    tok = load_tokenizer()
-    factor = model.vq_cfg.downsample_factor
-    grid = choose_grid(resolution, model.grids, factor, model.resolution_prefix)
-    texts = prompt_texts(prompts, grid, factor, model.resolution_prefix)
-    scfg = dataclasses.replace(scfg, codebook_size=model.vq_cfg.codebook_size)
-    weights = decoder.prepare(
-        model.frozen, model.trainable, model.model_cfg, scfg.codebook_size,
-        str(model.model_cfg.compute_dtype),
-    )  # fmt: skip
-    n = scfg.candidates
-    per_call = max(1, batch_size // n)
-    out = []
-    for start in range(0, len(texts), per_call):
-        ids = [tok.encode(p) for p in texts[start : start + per_call]]
-        drawn = [row for row in ids for _ in range(n)]
-        codes = t2i.generate_codes(
-            weights, None, model.model_cfg, drawn, model.text_len, grid, scfg, seed + start
-        )
-        if n > 1:
-            # The prompt as the caption task saw it: without the resolution in front.
-            captions = [tok.encode(p) for p in prompts[start : start + per_call] for _ in range(n)]
-            scores = rerank.caption_log_likelihood(
-                model.frozen, model.trainable, model.model_cfg, codes, captions
-            )
-            codes, _ = rerank.best_of(codes, scores, n)
-        out.append(vq_images.decode_uint8(model.vq_params, model.vq_cfg, codes))
-    return np.concatenate(out)
+    drawn = draw_codes(model, prompts, scfg, seed, resolution, batch_size)
+    return decode_images(model, drawn.codes, batch_size)
 
 
 def matching_sr_size(

@@ -1,13 +1,17 @@
 """Captioning CLI: images → text with a trained model (the stage-I image → text task).
 
     python -m mars_jax.caption --checkpoint=<run | run/checkpoints/N | bundle> \
-        --image=a.png [--image=photos/] [--lang=en] [--out=captions.jsonl] [--temperature=0]
+        --image=a.png [--image=photos/] [--lang=en] [--out=captions.jsonl] [--temperature=0] \
+        [--candidates=8]
 
 Each image is resized and centre-cropped to the model's trained size, VQ-encoded, and
 captioned from `<img> codes <end>` with the KV-cached decoder: greedy by default
 (`--temperature=0`), else temperature / top-k / top-p sampling. `--lang=en` or `zh` keeps
 every drawn token in that language (default `any`: the model's choice). Prints one
 `<file>\\t<caption>` line per image; `--out` writes jsonl (`{"image", "caption"}`).
+`--candidates=N` writes N captions per image (the one above and N - 1 drawn at
+`--temperature`, 1 when it is 0) and keeps the one that best explains the image both ways,
+`log p(caption | image) + log p(image | caption)` (`sampling/rerank.py`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument(
+        "--candidates", type=int, default=None,
+        help="captions written per image, the one that best explains the image both ways "
+        "kept (default: the model's sample.candidates, else 1)",
+    )  # fmt: skip
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -51,12 +60,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with cli.one_line_errors():
+        runs.locate(args.checkpoint, args.step)
+        if args.candidates is None:
+            args.candidates = runs.sample_defaults(args.checkpoint)["candidates"]
         scfg = options.SamplingConfig(
-            cfg_scale=1.0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
-        )
+            cfg_scale=1.0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            candidates=args.candidates,
+        )  # fmt: skip
+        sample_flags.check_candidates(args.candidates, args.checkpoint)
         files = cli.image_files(args.image, "--image")
         pictures = cli.read_images(files, "--image")
-        runs.locate(args.checkpoint, args.step)
         if args.out and os.path.isdir(args.out):
             raise cli.UsageError(f"--out={args.out}: is a directory (a .jsonl file is written)")
         run = runs.load_run(args.checkpoint, args.step, args.vq)

@@ -321,10 +321,15 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
 
 def evaluate_captions(args: argparse.Namespace) -> int:
     """Image → text on held-out demo scenes (`eval/captions.py`): greedy captions in English
-    and in Chinese, checked for the scene's colors, shapes, count and relation. With
+    and in Chinese (with `--candidates` > 1, the best of it and more drawn ones, as the
+    `caption` command), checked for the scene's colors, shapes, count and relation. With
     `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
+    with cli.one_line_errors():
+        if args.candidates is None:
+            args.candidates = runs.sample_defaults(args.checkpoint)["candidates"]
+        scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0, candidates=args.candidates)
+        sample_flags.check_candidates(args.candidates, args.checkpoint)
     run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
-    scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0)
 
     def captioner(images: np.ndarray, seed: int, lang: str) -> list[str]:
         return images_lib.caption_images(

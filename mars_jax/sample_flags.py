@@ -35,12 +35,17 @@ def fill_sampling_args(args: argparse.Namespace, checkpoint: str) -> argparse.Na
     for name, value in runs.sample_defaults(checkpoint).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
-    if args.candidates > 1 and not runs.trained_captions(checkpoint):
+    check_candidates(args.candidates, checkpoint)
+    return args
+
+
+def check_candidates(candidates: int, checkpoint: str) -> None:
+    """Best of N ranks with both directions: the model must have trained the caption task."""
+    if candidates > 1 and not runs.trained_captions(checkpoint):
         raise cli.UsageError(
-            f"--candidates={args.candidates}: images are ranked by the model's own captions, "
+            f"--candidates={candidates}: outputs are ranked by the model's own captions, "
             f"but {checkpoint} trained no caption task (data.caption_ratio=0); use --candidates=1"
         )
-    return args
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

@@ -102,6 +102,14 @@ MISTAKES = [
     ),
     (["generate", "--checkpoint=TMP", "--out=OUT", "--prompt=a"], "not a training run"),
     (["caption", "--checkpoint=RUN", "--image=/nope.png"], "--image=/nope.png: no such"),
+    (
+        ["caption", "--checkpoint=RUN", "--image=/nope.png", "--candidates=4"],
+        "trained no caption task",
+    ),
+    (
+        ["evaluate", "--bench=captions", "--checkpoint=RUN", "--candidates=4"],
+        "trained no caption task",
+    ),
     (["cascade", "--base=RUN", "--sr=/nope", "--prompt=a", "--out=OUT"], "--sr=/nope: no such"),
     (["cascade", "--base=RUN", "--sr=RUN", "--prompt=a", "--out=OUT"], "--sr=RUN: not a stage-III"),
     (["export", "--checkpoint=/nope", "--out=OUT"], "--checkpoint=/nope: no such"),

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import stage1
-from mars_jax import generate, outputs
+from mars_jax import caption, generate, outputs
 from mars_jax.demo import shards as demo_shards
 from mars_jax.model import decoder, loss, params
 from mars_jax.model.config import ModelConfig
@@ -71,6 +71,42 @@ def test_score_is_minus_the_caption_task_loss_of_each_row(model):
         model.frozen, model.trainable, CFG, np.roll(codes, 1, axis=0), captions
     )
     assert np.all(np.abs(other - got) > 1e-3)
+
+
+@pytest.mark.parametrize("image_logits", ["full", "vision_only"])
+def test_image_score_is_minus_the_t2i_task_loss_of_each_row(model, image_logits):
+    cfg = dataclasses.replace(CFG, image_logits=image_logits)
+    tok = load_tokenizer()
+    texts = [tok.encode(p) for p in PROMPTS]
+    codes = np.random.default_rng(1).integers(0, 16, (len(PROMPTS), 8, 8))
+    got = rerank.image_log_likelihood(model.frozen, model.trainable, cfg, codes, texts, 16)
+    for i, ids in enumerate(texts):
+        batch = formats.t2i_batch([np.asarray(ids)], [codes[i]], 16)
+        summed, tokens, _ = loss.task_loss(
+            model.frozen, model.trainable, batch, batch["layout"], cfg
+        )
+        assert float(tokens) == 8 * 8 + 1  # the codes and <end>
+        np.testing.assert_allclose(got[i], -float(summed), rtol=1e-5)
+    other = rerank.image_log_likelihood(
+        model.frozen, model.trainable, cfg, codes, np.roll(np.array(texts, object), 1), 16
+    )
+    assert np.all(np.abs(other - got) > 1e-3)  # the text conditions the score
+
+
+def test_best_captions_maximise_both_directions(model):
+    tok = load_tokenizer()
+    codes = np.random.default_rng(2).integers(0, 16, (2, 8, 8))
+    first = [tok.encode("a red circle"), tok.encode("一个红色的圆形")]
+    more = [tok.encode(t) for t in ("two blue squares", "", "两个蓝色的正方形", "a")]
+    got = images_lib.best_captions(model, codes, first, more, 3)
+    for i, group in enumerate([[first[0], *more[:2]], [first[1], *more[2:]]]):
+        image = np.repeat(codes[i : i + 1], 3, axis=0)
+        args = (model.frozen, model.trainable, CFG, image)
+        both = rerank.caption_log_likelihood(*args, group) + rerank.image_log_likelihood(
+            *args, group, 16
+        )
+        assert got[i] == list(group[int(np.argmax(both))])
+        assert len(set(both.round(3).tolist())) == 3
 
 
 def test_best_of_keeps_each_prompts_highest_scored_candidate():
@@ -136,6 +172,18 @@ def captioning_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("rerank") / "run")
     loop.run(c, workdir)
     return workdir
+
+
+def test_caption_cli_with_candidates(captioning_run, tmp_path, capsys):
+    files = []
+    for i, color in enumerate([(200, 30, 30), (30, 30, 200)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((64, 64, 3), color, np.uint8)).save(path)
+        files.append(str(path))
+    argv = [f"--checkpoint={captioning_run}", "--candidates=3", "--lang=en", "--max_tokens=8"]
+    assert caption.main(argv + [f"--image={f}" for f in files]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == files
 
 
 def test_generate_writes_the_candidates_best_first(captioning_run, tmp_path):

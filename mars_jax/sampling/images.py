@@ -258,17 +258,50 @@ def caption_images(
     `zh`, or `any`: the model's choice).
 
     Each image is resized and centre-cropped to the model's first trained size, as data
-    preparation does, then VQ-encoded.
+    preparation does, then VQ-encoded. With `scfg.candidates` = N > 1 the candidates are the
+    caption at `scfg.temperature` and N - 1 drawn at that temperature (1 where it is 0,
+    greedy), and the one that best explains the image both ways is kept (`rerank.py`).
     """
     tok = load_tokenizer()
     weights = decoder.prepare(
         model.frozen, model.trainable, model.model_cfg, None, str(model.model_cfg.compute_dtype)
     )
+    n = scfg.candidates
+    drawn_scfg = dataclasses.replace(scfg, temperature=scfg.temperature or 1.0)
     out = []
     for start in range(0, len(images_uint8), batch_size):
         codes = np.stack(encode_for_prompt(model, images_uint8[start : start + batch_size]))
         ids = caption.caption_codes(
             weights, None, model.model_cfg, codes, scfg, max_tokens, seed + start, lang
         )
+        if n > 1:
+            more = caption.caption_codes(
+                weights, None, model.model_cfg, np.repeat(codes, n - 1, axis=0), drawn_scfg,
+                max_tokens, seed + start + 1, lang,
+            )  # fmt: skip
+            ids = best_captions(model, codes, ids, more, n)
         out += [tok.decode(row) for row in ids]
     return out
+
+
+def best_captions(
+    model: TrainedModel,
+    codes_Bxhxw: np.ndarray,
+    first: Sequence[Sequence[int]],
+    more: Sequence[Sequence[int]],
+    n: int,
+) -> list[list[int]]:
+    """Per image, of its caption in `first` and its `n - 1` in `more` (consecutive), the one
+    with the highest `log p(caption | image) + log p(image | caption)`."""
+    candidates = [
+        [list(first[i]), *(list(c) for c in more[i * (n - 1) : (i + 1) * (n - 1)])]
+        for i in range(len(first))
+    ]
+    flat = [c for group in candidates for c in group]
+    codes = np.repeat(np.asarray(codes_Bxhxw), n, axis=0)
+    args = (model.frozen, model.trainable, model.model_cfg, codes)
+    scores = rerank.caption_log_likelihood(*args, flat) + rerank.image_log_likelihood(
+        *args, flat, model.text_len
+    )
+    _, index = rerank.best_of(np.arange(len(flat)), scores, n)
+    return [candidates[i][k] for i, k in enumerate(index)]

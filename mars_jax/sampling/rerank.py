@@ -1,11 +1,18 @@
-"""Best of N: keep the image the model's own captioner finds best described by the prompt.
+"""Best of N: the model checks its own outputs with its other direction.
 
 MARS learns both directions in stage I, text → image and image → text (paper §3.4), so a
-trained model can check its own drawings: of N images drawn for a prompt it keeps the one
-under which the prompt, read as a caption, is most likely, `log p(prompt | image)` in the
-caption task's format (`<img> codes <end> prompt <eot>`). This is CogView's self-reranking;
-the score is the caption task's training loss of that row, summed instead of averaged, so
-a model that never trained captions (`data.caption_ratio = 0`) has nothing to rank with.
+trained model can rank what it draws and what it writes:
+
+- of N images drawn for a prompt it keeps the one under which the prompt, read as a
+  caption, is most likely: `log p(prompt | image)` in the caption task's format
+  (`<img> codes <end> prompt <eot>`), CogView's self-reranking;
+- of N captions written for an image it keeps the one that best explains the image both
+  ways, `log p(caption | image) + log p(image | caption)`: the caption model alone prefers
+  short, generic captions; the text-to-image model checks that the caption's colors and
+  shapes produce this image.
+
+Each score is a task's training loss of that row, summed instead of averaged, so a model
+that never trained captions (`data.caption_ratio = 0`) has nothing to rank images with.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ import numpy as np
 from mars_jax.model import loss, mars
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import formats
-from mars_jax.tokens.layout import Layout
+from mars_jax.tokens import layout as layout_lib
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "cfg"))
+@functools.partial(jax.jit, static_argnames=("layout", "scored", "cfg"))
 def _row_log_likelihood(
     frozen: dict,
     trainable: dict,
@@ -33,21 +40,37 @@ def _row_log_likelihood(
     targets_BxL: jax.Array,
     loss_mask_BxL: jax.Array,
     *,
-    layout: Layout,
+    layout: layout_lib.Layout,
+    scored: str,
     cfg: ModelConfig,
 ) -> jax.Array:
-    """Summed log-probability `[B]` of each row's caption tokens (its loss-bearing targets)."""
+    """Summed log-probability `[B]` of each row's loss-bearing targets of modality `scored`
+    (the same softmax as `loss.task_loss`; the other segments' heads are never computed)."""
     h_BxLxD = mars.forward_hidden(
         frozen, trainable, tokens_BxL, positions_BxL, valid_BxL, layout, cfg
     )
-    # Only the text segment's targets bear loss: its first target sits at the image's `<end>`.
-    first = int(layout[0][1]) - 1
     b, _, d = h_BxLxD.shape
-    h_NxD = h_BxLxD[:, first:].reshape(-1, d)
-    ce_N = loss.token_cross_entropy(
-        frozen, trainable, h_NxD, targets_BxL[:, first:].reshape(-1), loss.FULL, cfg
-    )
-    return -jnp.sum(ce_N.reshape(b, -1) * loss_mask_BxL[:, first:], axis=1)
+    restrict = cfg.image_logits == "vision_only"
+    total_B = jnp.zeros((b,), jnp.float32)
+    for modality, start, stop in layout_lib.bounds(layout_lib.target_layout(layout)):
+        if modality != scored:
+            continue
+        mode = loss.VISION_ONLY if restrict and modality == layout_lib.VISION else loss.FULL
+        ce_N = loss.token_cross_entropy(
+            frozen, trainable, h_BxLxD[:, start:stop].reshape(-1, d),
+            targets_BxL[:, start:stop].reshape(-1), mode, cfg,
+        )  # fmt: skip
+        total_B = total_B - jnp.sum(ce_N.reshape(b, -1) * loss_mask_BxL[:, start:stop], axis=1)
+    return total_B
+
+
+def _score(frozen: dict, trainable: dict, cfg: ModelConfig, batch: dict, scored: str) -> np.ndarray:
+    out = _row_log_likelihood(
+        frozen, trainable,
+        *(jnp.asarray(batch[k]) for k in loss.ARRAY_KEYS),
+        layout=batch["layout"], scored=scored, cfg=cfg,
+    )  # fmt: skip
+    return np.asarray(out, np.float32)
 
 
 def caption_log_likelihood(
@@ -65,12 +88,22 @@ def caption_log_likelihood(
     texts = [np.asarray(ids, np.int64) for ids in caption_ids]
     slot = -(-(max(len(t) for t in texts) + 1) // 8) * 8
     batch = formats.caption_batch(list(np.asarray(codes_Bxhxw)), texts, slot)
-    out = _row_log_likelihood(
-        frozen, trainable,
-        *(jnp.asarray(batch[k]) for k in loss.ARRAY_KEYS),
-        layout=batch["layout"], cfg=cfg,
-    )  # fmt: skip
-    return np.asarray(out, np.float32)
+    return _score(frozen, trainable, cfg, batch, layout_lib.TEXT)
+
+
+def image_log_likelihood(
+    frozen: dict,
+    trainable: dict,
+    cfg: ModelConfig,
+    codes_Bxhxw: np.ndarray,
+    text_ids: Sequence[Sequence[int]],
+    text_len: int,
+) -> np.ndarray:
+    """`log p(image codes <end> | text)` per row, `[B]` float32, as the text-to-image task
+    scores it (the text in the model's `text_len` slot; longer texts keep their start)."""
+    texts = [np.asarray(ids, np.int64)[:text_len] for ids in text_ids]
+    batch = formats.t2i_batch(texts, list(np.asarray(codes_Bxhxw)), text_len)
+    return _score(frozen, trainable, cfg, batch, layout_lib.VISION)
 
 
 def best_of(

@@ -146,6 +146,10 @@ def test_demo_presets_load_the_pretrained_llm_and_train_both_tasks():
         assert c.base.demo_lm and c.base.checkpoint and c.model.vision_expert_init == "random"
         assert c.data.caption_ratio > 0 and c.train.task_weights.caption > 1
         assert bool(c.model.unfreeze) == (preset == "demo")
+        # The measured choices (docs/RESULTS.md): Muon where only the vision expert learns;
+        # the first command ranks 8 images per prompt by its own captions.
+        assert c.optim.name == ("muon" if preset == "demo_frozen" else "adamw")
+        assert c.sample.candidates == (8 if preset == "demo" else 1)
         for later in (stage2.get_config(preset), stage3.get_config(preset)):
             assert later.base.checkpoint == c.base.checkpoint and later.base.demo_lm
             assert later.base.init_from == f"runs/{preset}_stage1"

@@ -56,3 +56,70 @@ def test_caption_stops_at_endoftext_and_draws_no_special_token():
     out = caption.caption_codes(loud, trainable, CFG, codes, SamplingConfig(temperature=1.0))
     # ...would draw specials past <|endoftext|>: they are masked, so the ids stay in range.
     assert all(t <= vocab.ENDOFTEXT for t in out[0])
+
+
+def _tied_model(shared_scale: float = 3.0):
+    """A head tied outside a few distinct ids (as the demo LLM's), the tied column scaled
+    (3: it is sometimes the best one; 0: its logit is 0)."""
+    from mars_jax.model import heads
+    from mars_jax.text.tokenizer import load_tokenizer
+
+    ids = sorted(set(load_tokenizer().encode("a red circle is left of two blue squares")))
+    cfg = CFG.replace(text_head_ids=tuple([*ids, vocab.ENDOFTEXT]))
+    frozen, trainable = _weights()
+    head = heads.tie_text_head(frozen["text_head"], cfg)
+    shared = heads.tied_text_id(cfg)
+    head = head.at[:, shared].set(head[:, shared] * shared_scale)
+    head = heads.tie_text_head(head, cfg)
+    return cfg, {**frozen, "text_head": head}, trainable
+
+
+def test_tied_head_captions_equal_the_full_vocabulary_ones():
+    """Greedy, token for token, up to the first tied id (identical head columns, whose
+    full-vocabulary argmax float noise decides; the tied path takes the smallest)."""
+    cfg, frozen, trainable = _tied_model(shared_scale=0.0)
+    distinct = set(cfg.text_head_ids)
+    codes = np.random.default_rng(3).integers(0, 64, (4, 2, 3))
+    compared = 0
+    for lang in ("any", "en"):
+        fast = caption.caption_codes(frozen, trainable, cfg, codes, GREEDY, 8, lang=lang)
+        full = caption.caption_codes(
+            frozen, trainable, cfg, codes, GREEDY, 8, lang=lang, tied=False
+        )
+        for a, b in zip(fast, full, strict=True):
+            cut = next((i for i, t in enumerate(b) if t not in distinct), len(b))
+            assert a[:cut] == b[:cut]
+            if cut < len(b):
+                assert a[cut] not in distinct
+            compared += cut
+    assert compared >= 8
+
+
+def test_tied_head_draws_from_the_full_softmax():
+    """Column probabilities equal the 151,936-way softmax's (the merged column: the sum over
+    the allowed tied ids), and a drawn merged column becomes one of those ids."""
+    from mars_jax.model import decoder
+    from mars_jax.text import languages
+
+    cfg, frozen, trainable = _tied_model()
+    weights = decoder.prepare(frozen, trainable, cfg, None, "float32")
+    allowed = languages.allowed_text_ids("en")
+    head = caption.tied_head(cfg, allowed)
+    scfg = SamplingConfig(temperature=0.7)
+    arrays = tuple(
+        jnp.asarray(a) for a in (head.ids, head.tied_allowed, head.log_count, head.allowed)
+    )
+    logits, pick = caption._tied_logits_and_pick(weights, cfg, scfg, *arrays)
+    h = jax.random.normal(jax.random.key(4), (3, cfg.width))
+    p_cols = np.asarray(jax.nn.softmax(logits(h) / scfg.temperature, axis=-1))
+    # The reference in float64: 151,936 float32 probabilities do not sum to 1 closely enough.
+    full = np.asarray(h, np.float64) @ np.asarray(frozen["text_head"], np.float64)
+    full = np.where(allowed, full / scfg.temperature, -np.inf)
+    p_full = np.exp(full - full.max(-1, keepdims=True))
+    p_full /= p_full.sum(-1, keepdims=True)
+    n = len(head.ids) - 1
+    np.testing.assert_allclose(p_cols[:, :n], p_full[:, head.ids[:n]], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(p_cols[:, n], p_full[:, head.tied_allowed].sum(-1), rtol=1e-4)
+    assert p_cols[:, n].max() > 0.01  # the merged column matters in this check
+    drawn = np.asarray(pick(jnp.full((256,), n), jax.random.key(5)))
+    assert set(drawn.tolist()) <= set(head.tied_allowed.tolist()) and len(set(drawn.tolist())) > 100

@@ -9,13 +9,14 @@ else temperature / top-k / top-p sampling.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.model import decoder
+from mars_jax.model import decoder, heads
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import options
 from mars_jax.sampling.options import SamplingConfig
@@ -37,6 +38,58 @@ def prompt_tokens(codes_Bxhxw: np.ndarray) -> np.ndarray:
     ).astype(np.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class TiedHead:
+    """A head whose columns outside `ids` are one shared column (the demo LLM's tied head,
+    `cfg.text_head_ids`): a caption token is drawn from `ids` and one merged column for the
+    tied ids, weighted by how many of them the language allows, then the merged column's
+    draw becomes a uniform pick among those ids. The same distribution as the 151,936-way
+    softmax (top-k and top-p count the tied ids as one column), at the cost of `len(ids) + 1`
+    columns a step instead of 151,936."""
+
+    ids: np.ndarray  # [n] sorted distinct ids, then the shared column's id
+    allowed: np.ndarray  # [n + 1] bool: which columns the language allows
+    tied_allowed: np.ndarray  # [m] the allowed ids the shared column stands for (m >= 1)
+    log_count: float  # log m, or -inf when m = 0
+
+
+def tied_head(cfg: ModelConfig, allowed_V: np.ndarray) -> TiedHead | None:
+    """`TiedHead` of `cfg.text_head_ids` for the ids `allowed_V` marks; None: untied head."""
+    if not cfg.text_head_ids:
+        return None
+    ids = np.asarray(sorted(int(i) for i in cfg.text_head_ids), np.int32)
+    distinct = np.zeros(vocab.TEXT_VOCAB_SIZE, bool)
+    distinct[ids] = True
+    tied = np.flatnonzero(np.asarray(allowed_V) & ~distinct).astype(np.int32)
+    return TiedHead(
+        ids=np.append(ids, heads.tied_text_id(cfg)).astype(np.int32),
+        allowed=np.append(np.asarray(allowed_V)[ids], tied.size > 0),
+        tied_allowed=tied if tied.size else np.zeros(1, np.int32),
+        log_count=float(np.log(tied.size)) if tied.size else -np.inf,
+    )
+
+
+def _tied_logits_and_pick(weights, cfg, scfg, tied_ids, tied_allowed, log_count, allowed_cols):
+    """(masked `[B, n + 1]` logits, `pick(columns, key) -> ids`) of a `TiedHead`."""
+    head = jnp.take(weights.frozen["text_head"], tied_ids, axis=1)
+
+    def logits(h_BxD):
+        dtype = jnp.dtype(weights.compute_dtype)
+        out = jnp.dot(h_BxD.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+        # The merged column holds m ids: after division by the temperature its weight is m
+        # times one id's (greedy compares single ids).
+        out = out.at[:, -1].add(scfg.temperature * log_count)
+        return jnp.where(allowed_cols, out, -jnp.inf)
+
+    def pick(columns_B, key):
+        n = tied_ids.shape[0] - 1
+        spread = jax.random.randint(key, columns_B.shape, 0, tied_allowed.shape[0])
+        merged = tied_allowed[0] if scfg.temperature == 0.0 else tied_allowed[spread]
+        return jnp.where(columns_B < n, tied_ids[jnp.minimum(columns_B, n - 1)], merged)
+
+    return logits, pick
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "max_tokens"))
 def caption_ids(
     weights: decoder.DecodeWeights,
@@ -47,20 +100,32 @@ def caption_ids(
     cfg: ModelConfig,
     scfg: SamplingConfig,
     max_tokens: int,
+    tied: tuple[jax.Array, ...] | None = None,
 ) -> jax.Array:
     """Caption token ids `[B, max_tokens]` drawn from the ids `allowed_V` marks (`[151936]`
-    bool); after a row's `<|endoftext|>` it repeats it."""
+    bool); after a row's `<|endoftext|>` it repeats it. `tied`: a `TiedHead`'s arrays
+    `(ids, tied_allowed, log_count, allowed)`, drawing from its columns instead."""
     b, p = prompt_BxP.shape
     cache = decoder.init_cache(cfg, b, p + max_tokens, weights.compute_dtype)
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     h, cache = decoder.extend(
         weights, cache, prompt_BxP, positions, jnp.ones((b, p), bool), 0, cfg, "vision"
     )
+    if tied is None:
+
+        def logits(h_BxD):
+            return jnp.where(allowed_V, decoder.text_logits(weights, h_BxD, cfg), -jnp.inf)
+
+        def pick(ids_B, key):
+            return ids_B
+
+    else:
+        logits, pick = _tied_logits_and_pick(weights, cfg, scfg, *tied)
 
     def step(carry, key):
         h_BxD, cache, i, done_B = carry
-        logits = jnp.where(allowed_V, decoder.text_logits(weights, h_BxD, cfg), -jnp.inf)
-        token_B = jnp.where(done_B, vocab.ENDOFTEXT, options.choose(logits, key, scfg))
+        drawn = pick(options.choose(logits(h_BxD), key, scfg), jax.random.fold_in(key, 1))
+        token_B = jnp.where(done_B, vocab.ENDOFTEXT, drawn)
         h, cache = decoder.extend(
             weights, cache, token_B[:, None], jnp.full((b, 1), p + i, jnp.int32),
             jnp.ones((b, 1), bool), p + i, cfg, "text",
@@ -82,18 +147,25 @@ def caption_codes(
     max_tokens: int = 64,
     seed: int = 0,
     lang: str = languages.ANY,
+    tied: bool = True,
 ) -> list[list[int]]:
     """Caption ids of each image (VQ codes `[B, h, w]`), without `<|endoftext|>`, in `lang`
     (`en`, `zh`, or `any`: the model's choice)."""
-    allowed = jnp.asarray(languages.allowed_text_ids(lang))
+    allowed_V = languages.allowed_text_ids(lang)
     cfg.check_image_grid(tuple(np.shape(codes_Bxhxw)[1:]), "captioning")
     if isinstance(frozen, decoder.DecodeWeights):
         weights = frozen
     else:
         weights = decoder.prepare(frozen, trainable, cfg, None, str(cfg.compute_dtype))
+    head = tied_head(cfg, allowed_V) if tied else None
+    arrays = None
+    if head is not None:
+        arrays = tuple(
+            jnp.asarray(a) for a in (head.ids, head.tied_allowed, head.log_count, head.allowed)
+        )
     ids = caption_ids(
-        weights, jnp.asarray(prompt_tokens(codes_Bxhxw)), jax.random.key(seed), allowed,
-        cfg=cfg, scfg=scfg, max_tokens=int(max_tokens),
+        weights, jnp.asarray(prompt_tokens(codes_Bxhxw)), jax.random.key(seed),
+        jnp.asarray(allowed_V), cfg=cfg, scfg=scfg, max_tokens=int(max_tokens), tied=arrays,
     )  # fmt: skip
     out = []
     for row in np.asarray(ids).tolist():

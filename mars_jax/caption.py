@@ -61,13 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with cli.one_line_errors():
         runs.locate(args.checkpoint, args.step)
-        if args.candidates is None:
-            args.candidates = runs.sample_defaults(args.checkpoint)["candidates"]
+        sample_flags.fill_candidates(args, args.checkpoint)
         scfg = options.SamplingConfig(
             cfg_scale=1.0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             candidates=args.candidates,
         )  # fmt: skip
-        sample_flags.check_candidates(args.candidates, args.checkpoint)
         files = cli.image_files(args.image, "--image")
         pictures = cli.read_images(files, "--image")
         if args.out and os.path.isdir(args.out):

@@ -325,10 +325,8 @@ def evaluate_captions(args: argparse.Namespace) -> int:
     `caption` command), checked for the scene's colors, shapes, count and relation. With
     `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
     with cli.one_line_errors():
-        if args.candidates is None:
-            args.candidates = runs.sample_defaults(args.checkpoint)["candidates"]
+        sample_flags.fill_candidates(args, args.checkpoint)
         scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0, candidates=args.candidates)
-        sample_flags.check_candidates(args.candidates, args.checkpoint)
     run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
 
     def captioner(images: np.ndarray, seed: int, lang: str) -> list[str]:

@@ -39,6 +39,15 @@ def fill_sampling_args(args: argparse.Namespace, checkpoint: str) -> argparse.Na
     return args
 
 
+def fill_candidates(args: argparse.Namespace, checkpoint: str) -> argparse.Namespace:
+    """`--candidates` alone (commands whose other sampling flags have their own defaults):
+    unset, the model's `sample.candidates`; checked as `fill_sampling_args` checks it."""
+    if args.candidates is None:
+        args.candidates = runs.sample_defaults(checkpoint)["candidates"]
+    check_candidates(args.candidates, checkpoint)
+    return args
+
+
 def check_candidates(candidates: int, checkpoint: str) -> None:
     """Best of N ranks with both directions: the model must have trained the caption task."""
     if candidates > 1 and not runs.trained_captions(checkpoint):

@@ -170,3 +170,22 @@ def test_config_selects_implementation():
     assert attention.resolve("reference", "bfloat16") == "reference"
     with pytest.raises(ValueError, match="attention"):
         ModelConfig.tiny(attention="flash")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cached_equals_materialised(dtype):
+    """The decoder's attention over its cache layouts (keys [B, KV, Dh, S], values
+    [B, KV, S, Dh]) equals `materialised` over [B, S, KV, Dh], masked rows included."""
+    b, q_len, h, g, dh, s = 3, 2, 4, 2, 8, 7
+    ks = jax.random.split(jax.random.key(3), 4)
+    q = jax.random.normal(ks[0], (b, q_len, h, dh)).astype(dtype)
+    k = jax.random.normal(ks[1], (b, s, g, dh)).astype(dtype)
+    v = jax.random.normal(ks[2], (b, s, g, dh)).astype(dtype)
+    visible = jax.random.bernoulli(ks[3], 0.6, (b, q_len, s)).at[0, 1].set(False)
+    want = attention.materialised(q, [(k, v)], [visible])
+    got = attention.cached(
+        q, jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3)), visible
+    )
+    tol = 1e-6 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
+    assert not np.any(np.float32(got)[0, 1])  # a query without a visible key gets zeros

@@ -86,6 +86,24 @@ def materialised(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
     return out.reshape(b, nq, h, dh)
 
 
+def cached(q_BxQxHxDh, kT_BxGxDhxS, v_BxGxSxDh, visible_BxQxS) -> jax.Array:
+    """`materialised` over a decoding cache in its own layouts (keys `[B, KV, Dh, S]`, values
+    `[B, KV, S, Dh]`; `model/decoder.py`), one block with its mask `[B, Lq, S]`."""
+    b, nq, h, dh = q_BxQxHxDh.shape
+    g = kT_BxGxDhxS.shape[1]
+    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
+    kT = kT_BxGxDhxS
+    if jax.default_backend() == "cpu" and q.dtype != jnp.float32:
+        # XLA:CPU has no bf16 x bf16 -> f32 dot; the upcast products are the same values.
+        q, kT = q.astype(jnp.float32), kT.astype(jnp.float32)
+    scores = jnp.einsum("bqgrd,bgdk->bgrqk", q, kT, preferred_element_type=jnp.float32)
+    scores = jnp.where(visible_BxQxS[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    any_key = jnp.any(visible_BxQxS, axis=-1)[:, None, None, :, None]
+    probs = jnp.where(any_key, probs, 0.0).astype(v_BxGxSxDh.dtype)
+    return jnp.einsum("bgrqk,bgkd->bqgrd", probs, v_BxGxSxDh).reshape(b, nq, h, dh)
+
+
 # ---- blockwise ---------------------------------------------------------------------------
 
 

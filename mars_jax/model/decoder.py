@@ -2,8 +2,8 @@
 
 Every sampler runs on this: text-to-image (T = 1 per step), stage-III parallel decoding
 (T = k drafted codes per pass), interleaved text and image, captioning. The layer body is
-the training forward's (`mars.segment_qkv`, `mars.attend_blocks`, `mars.segment_finish`):
-a speed fix to it reaches training and every sampler at once.
+the training forward's (`mars.segment_qkv`, `mars.segment_finish`), so a speed fix to it
+reaches training and every sampler at once; attention over the cache is `attention.cached`.
 
 Decoding differs from training in its weights, made once per call by `prepare`:
 
@@ -15,11 +15,14 @@ Decoding differs from training in its weights, made once per call by `prepare`:
 - the vision head cut to the sampler's codebook, and the next-K adapters fused
   (`heads.fuse_heads`).
 
-The cache holds, per layer, the rotated keys and the values `[R, S, KV, Dh]` of S slots,
-which slots hold a real token (`valid` `[R, S]`), and the position of the latest
-`<img>` / `<lo>` fed (`opener` `[R]`, -1: none; for `ModelConfig.image_pos_grid`). Prompts
-of a batch are left-padded to one length, so every row writes the same slots; padded slots
-are never attended.
+The cache holds, per layer, the rotated keys `[R, KV, Dh, S]` and the values
+`[R, KV, S, Dh]` of S slots, in the layouts the two attention products read without a
+transpose (a `[R, S, KV, Dh]` cache was transposed whole, per layer and step: a third of a
+step's time), which slots hold a real token (`valid` `[R, S]`), and the position of the
+latest `<img>` / `<lo>` fed (`opener` `[R]`, -1: none; for `ModelConfig.image_pos_grid`).
+New keys and values are written first and attended in place, one block. Prompts of a batch
+are left-padded to one length, so every row writes the same slots; padded slots are never
+attended.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mars_jax.model import heads, layers, mars
+from mars_jax.model import attention, heads, layers, mars
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import layout as layout_lib
 from mars_jax.tokens import vocab
@@ -119,10 +122,11 @@ def prepare(
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str) -> dict:
     """An empty cache of `max_len` slots for `batch` rows (see the module docstring)."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+    v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return {
-        "k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-        "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+        "k": [jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)],
+        "v": [jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)],
         "valid": jnp.zeros((batch, max_len), bool),
         "opener": jnp.full((batch,), -1, jnp.int32),
     }
@@ -155,36 +159,34 @@ def extend(
     start = jnp.asarray(start, jnp.int32)
     is_vision_N = vocab.is_vision(tokens_RxT.reshape(-1))
     cos_sin = layers.rotary_cos_sin(positions_RxT.reshape(-1), cfg.head_dim, cfg.rope_base)
-    old_keys = cache["valid"] & (jnp.arange(slots) < start)[None]
-    masks = [
-        jnp.broadcast_to(old_keys[:, None, :], (r, t, slots)),
-        jnp.tril(jnp.ones((t, t), bool))[None] & valid_RxT[:, None, :],
-    ]
+    zero = jnp.zeros((), jnp.int32)
+    valid_RxS = jax.lax.dynamic_update_slice(cache["valid"], valid_RxT, (zero, start))
+    # Query t sees the valid slots up to its own (slots past start + T may hold old drafts).
+    visible_RxTxS = valid_RxS[:, None, :] & (
+        jnp.arange(slots)[None, None, :] <= start + jnp.arange(t)[None, :, None]
+    )
     x = mars.embed(frozen, trainable, tokens_RxT, modality, weights.compute_dtype)
     offsets_RxT, opener_RxT = mars.image_offsets(
         tokens_RxT, positions_RxT, valid_RxT, cache["opener"]
     )
     x = mars.add_image_positions(x, trainable, tokens_RxT, offsets_RxT, cfg)
-    zero = jnp.zeros((), jnp.int32)
-    slot4 = (zero, start, zero, zero)
     k_cache, v_cache = [], []
-    for frozen_layer, trainable_layer, k_old, v_old in zip(
+    for frozen_layer, trainable_layer, kT_old, v_old in zip(
         frozen["layers"], trainable["layers"], cache["k"], cache["v"], strict=True
     ):
         q, k, v = mars.segment_qkv(
             x, modality, frozen_layer, trainable_layer, cos_sin, is_vision_N, cfg
         )
-        k, v = k.astype(k_old.dtype), v.astype(v_old.dtype)
-        a = mars.attend_blocks(q, [(k_old, v_old), (k, v)], masks)
+        # [R, T, KV, Dh] → the cache layouts, written at slots [start, start + T).
+        kT = jnp.transpose(k, (0, 2, 3, 1)).astype(kT_old.dtype)
+        v = jnp.transpose(v, (0, 2, 1, 3)).astype(v_old.dtype)
+        kT = jax.lax.dynamic_update_slice(kT_old, kT, (zero, zero, zero, start))
+        v = jax.lax.dynamic_update_slice(v_old, v, (zero, zero, start, zero))
+        a = attention.cached(q, kT, v, visible_RxTxS)
         x = mars.segment_finish(x, a, modality, frozen_layer, trainable_layer, is_vision_N, cfg)
-        k_cache.append(jax.lax.dynamic_update_slice(k_old, k, slot4))
-        v_cache.append(jax.lax.dynamic_update_slice(v_old, v, slot4))
-    cache = {
-        "k": k_cache,
-        "v": v_cache,
-        "valid": jax.lax.dynamic_update_slice(cache["valid"], valid_RxT, (zero, start)),
-        "opener": opener_RxT[:, -1],
-    }
+        k_cache.append(kT)
+        v_cache.append(v)
+    cache = {"k": k_cache, "v": v_cache, "valid": valid_RxS, "opener": opener_RxT[:, -1]}
     return layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps), cache
 
 

@@ -120,17 +120,6 @@ def expert(fn, modality: str, text_params: dict, vision_params: dict, is_vision_
     return jax.tree.map(pick, out_text, out_vision)
 
 
-def attend_blocks(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
-    """Softmax attention over keys given as separate blocks `[(k, v), ...]`, each with an
-    explicit mask (`attention.materialised`; the decoders' path).
-
-    Scores are computed per block and normalised jointly. Keeping the blocks apart means
-    the backward pass computes no key/value gradient for blocks that depend on frozen
-    weights only (the text stream of text-to-image).
-    """
-    return attention.materialised(q_BxQxHxDh, kv_blocks, mask_blocks)
-
-
 def segment_qkv(x_BxSxD, modality, frozen_layer, trainable_layer, cos_sin, is_vision_N, cfg):
     """Pre-norm + expert QKV of one segment: `[B, S, H, Dh]`, `[B, S, KV, Dh]` x2."""
     dtype = jnp.dtype(cfg.compute_dtype)

@@ -203,7 +203,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         # resolution first ("64x64 …", 4 more).
         c.data.text_len = 16 if c.stage == 1 else 24
         c.train.global_batch = 32
-        c.train.num_steps = 1700  # stage I: 1,100 / 1,300 (its caption rows cost more)
+        c.train.num_steps = 1700  # stage I: 1,000 / 1,300 (its caption rows cost more)
         c.train.log_every = 10
         c.train.reading_every = 50
         c.optim.peak_lr = 6e-4  # the best of 2e-3, 1e-3, 6e-4, 4e-4
@@ -244,13 +244,13 @@ def _demo_pretrained_llm(c: ml_collections.ConfigDict, frozen: bool) -> None:
             # 0.71-0.80 / 0.47-0.60 against AdamW's 0.40-0.60 / 0.28-0.42 (docs/RESULTS.md).
             c.optim.name = "muon"
         else:
-            # The fresh vision expert at 1.5e-3, the layer copies at 6e-4, 1,100 steps (the
-            # first command's 15 minutes on a 2-core CPU): it captions better than one rate of
-            # 6e-4 over 1,300 steps or an expert at 1e-3, and draws about as well
+            # The fresh vision expert at 1.5e-3, the layer copies at 6e-4: it captions better
+            # than one rate of 6e-4 over 1,300 steps or an expert at 1e-3, and draws about as
+            # well. 1,000 steps: the first command's 15 minutes on a 2-core CPU, with best of 8
             # (docs/RESULTS.md).
             c.optim.peak_lr = 1.5e-3
             c.optim.unfrozen_lr_scale = 0.4
-            c.train.num_steps = 1100
+            c.train.num_steps = 1000
             # Draw 8 images per prompt, keep the one its own captions rank first
             # (sampling/rerank.py): held-out color and shape rise by ~0.15 (docs/RESULTS.md).
             c.sample.candidates = 8

@@ -13,7 +13,9 @@ from ``shapes.make_dataset`` / ``shapes.eval_prompts`` without files.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import sys
 
@@ -26,6 +28,44 @@ TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval_prompts.jsonl"
 INFO_FILE = "build.json"  # the arguments of the build, checked when the scenes are reused
 IMAGE_DIR = "images"
+# Scenes per task of the worker processes; builds of fewer scenes than two chunks run inline.
+CHUNK = 2000
+# zlib level of the PNGs: the fastest (lossless at every level; the files are ~370 bytes).
+PNG_COMPRESS_LEVEL = 1
+
+
+def _write_scenes(out_dir: str, start: int, stop: int, seed: int, kind_mix: dict) -> list[str]:
+    """Render and save training scenes ``[start, stop)``; their ``train.jsonl`` lines."""
+    lines = []
+    for i in range(start, stop):
+        spec, caption, lang = shapes.example(i, seed, "train", kind_mix)
+        rel = f"{IMAGE_DIR}/{i:06d}.png"
+        path = os.path.join(out_dir, rel)
+        Image.fromarray(shapes.render(spec)).save(path, compress_level=PNG_COMPRESS_LEVEL)
+        row = {"key": f"shapes-{seed}-{i}", "image": rel, "caption": caption, "lang": lang}
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return lines
+
+
+def _scene_chunks(out_dir: str, num_train: int, seed: int, kind_mix: dict, workers: int):
+    """``train.jsonl`` lines chunk by chunk, in order; rendered by ``workers`` processes
+    (each scene is seeded by its index, so the split changes no byte)."""
+    bounds = [(a, min(a + CHUNK, num_train)) for a in range(0, num_train, CHUNK)]
+    if workers <= 1 or len(bounds) < 2:
+        for a, b in bounds:
+            yield b - a, _write_scenes(out_dir, a, b, seed, kind_mix)
+        return
+    # spawn: the caller may hold JAX's threads, which a fork would copy mid-flight.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        jobs = [pool.submit(_write_scenes, out_dir, a, b, seed, kind_mix) for a, b in bounds]
+        for (a, b), job in zip(bounds, jobs, strict=True):
+            try:
+                lines = job.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                # A worker could not start (e.g. a parent run from stdin): render here.
+                lines = _write_scenes(out_dir, a, b, seed, kind_mix)
+            yield b - a, lines
 
 
 def build(
@@ -34,22 +74,23 @@ def build(
     num_eval_scenes: int = 32,
     seed: int = 0,
     kind_mix: dict[str, float] | None = None,
+    workers: int | None = None,
 ) -> None:
     """Writes the files; rewriting the same arguments gives byte-identical output.
 
     ``kind_mix``: weights of the training scene kinds (default ``shapes.SCENE_KIND_PROBS``);
     the held-out prompts always follow the default mix, so scores stay comparable.
+    ``workers``: processes rendering the scenes (default: one per CPU core).
     """
     kind_mix = shapes.check_kind_mix(kind_mix)
     os.makedirs(os.path.join(out_dir, IMAGE_DIR), exist_ok=True)
     train_path = os.path.join(out_dir, TRAIN_FILE)
-    with open(train_path + ".tmp", "w", encoding="utf-8") as f:
-        for i in tqdm(range(num_train), desc="demo scenes", disable=num_train < 1000):
-            spec, caption, lang = shapes.example(i, seed, "train", kind_mix)
-            rel = f"{IMAGE_DIR}/{i:06d}.png"
-            Image.fromarray(shapes.render(spec)).save(os.path.join(out_dir, rel))
-            row = {"key": f"shapes-{seed}-{i}", "image": rel, "caption": caption, "lang": lang}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    bar = tqdm(total=num_train, desc="demo scenes", disable=num_train < 1000)
+    with open(train_path + ".tmp", "w", encoding="utf-8") as f, bar:
+        for count, lines in _scene_chunks(out_dir, num_train, seed, kind_mix, workers):
+            f.writelines(lines)
+            bar.update(count)
     os.replace(train_path + ".tmp", train_path)
     eval_path = os.path.join(out_dir, EVAL_FILE)
     with open(eval_path + ".tmp", "w", encoding="utf-8") as f:

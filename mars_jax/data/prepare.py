@@ -250,20 +250,6 @@ class _ShardWorker:
             formats.resolution_prompt(hw[1], hw[0], refined) if refined else "",
         )
 
-    def _loaded(self, examples: list[sources.SourceExample]) -> Iterator[tuple]:
-        """`(example, load result)` in order; the threads decode the next window of images
-        while the caller encodes this one (two windows in memory at most)."""
-        window = 4 * self.opts.batch_size
-        parts = [examples[i : i + window] for i in range(0, len(examples), window)]
-        ahead = None
-        for k, part in enumerate(parts):
-            futures = ahead or [self.pool.submit(self.load, ex) for ex in part]
-            ahead = None
-            if k + 1 < len(parts):
-                ahead = [self.pool.submit(self.load, ex) for ex in parts[k + 1]]
-            for ex, future in zip(part, futures, strict=True):
-                yield ex, future.result()
-
     def process(self, shard: int, examples: list[sources.SourceExample], bar) -> None:
         filters: collections.Counter = collections.Counter()
         skipped: list[dict] = []
@@ -283,24 +269,27 @@ class _ShardWorker:
                 codes[i] = (h, lo_c)
                 kept[i].pixels = kept[i].lo_pixels = None
 
-        for ex, res in self._loaded(examples):
-            if bar is not None:
-                bar.update(1)
-            if isinstance(res, _Prepared):
-                kept.append(res)
-                size_key = (res.image_hw, res.lo_image_hw)
-                pending[size_key].append(len(kept) - 1)
-                if len(pending[size_key]) == self.opts.batch_size:
-                    flush(size_key)
-                continue
-            reason, message = res
-            if message:  # unreadable / unusable: listed; filtered by size: only counted
-                entry = {"shard": shard, "key": ex.key, "reason": reason, "error": message}
-                if ex.line:
-                    entry["line"] = ex.line
-                skipped.append(entry)
-                log.warning("skipping %s", message)
-            filters[reason] += 1
+        window = 4 * self.opts.batch_size
+        for start in range(0, len(examples), window):
+            part = examples[start : start + window]
+            for ex, res in zip(part, self.pool.map(self.load, part), strict=True):
+                if bar is not None:
+                    bar.update(1)
+                if isinstance(res, _Prepared):
+                    kept.append(res)
+                    size_key = (res.image_hw, res.lo_image_hw)
+                    pending[size_key].append(len(kept) - 1)
+                    if len(pending[size_key]) == self.opts.batch_size:
+                        flush(size_key)
+                    continue
+                reason, message = res
+                if message:  # unreadable / unusable: listed; filtered by size: only counted
+                    entry = {"shard": shard, "key": ex.key, "reason": reason, "error": message}
+                    if ex.line:
+                        entry["line"] = ex.line
+                    skipped.append(entry)
+                    log.warning("skipping %s", message)
+                filters[reason] += 1
         for size_key in list(pending):
             flush(size_key)
         buckets: dict[str, dict] = {}

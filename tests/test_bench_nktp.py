@@ -58,8 +58,10 @@ def test_split_prefill_equals_mixed_and_pass_costs_print():
     h_split, cache_split = out[bench.TEXT_LEN]
     np.testing.assert_allclose(h_split[:, -1], h_mixed[:, -1], rtol=1e-5, atol=1e-5)
     valid = np.asarray(rows["valid"])  # pad slots hold whatever; compare the valid ones
-    for name in ("k", "v"):
-        got, want = np.stack(cache_split[name]), np.stack(cache_mixed[name])
+    kv_split = decoder.cache_keys_values(cache_split)
+    kv_mixed = decoder.cache_keys_values(cache_mixed)
+    for got, want in zip(kv_split, kv_mixed, strict=True):
+        got, want = np.asarray(got), np.asarray(want)
         np.testing.assert_allclose(
             got[:, :, : valid.shape[1]][:, valid], want[:, :, : valid.shape[1]][:, valid],
             rtol=1e-5, atol=1e-5,

@@ -96,3 +96,23 @@ def test_cached_greedy_decoding_equals_full_recompute():
     np.testing.assert_allclose(decoder.code_logits(cut, h, CFG), full_codes, atol=1e-5)
     generated = np.stack(cached_tokens, 1)
     assert vocab.is_vision(generated).any() and (~vocab.is_vision(generated)).any()
+
+
+def test_cache_keys_values_match_the_training_forward():
+    """`decoder.cache_keys_values` gives a prefilled cache's keys and values in the
+    training forward's `return_kv` layout, and they equal it."""
+    cfg = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
+    p = params.init_params(cfg, jax.random.key(0))
+    tokens = jnp.asarray([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]], jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(5), tokens.shape)
+    valid = jnp.ones(tokens.shape, bool)
+    weights = decoder.prepare(p["frozen"], p["trainable"], cfg, None, "float32")
+    cache = decoder.init_cache(cfg, 2, 7, "float32")
+    _, cache = decoder.prefill(weights, cache, tokens, positions, valid, cfg)
+    keys, values = decoder.cache_keys_values(cache)
+    _, (want_k, want_v) = mars.forward_segments(
+        p["frozen"], p["trainable"], tokens, positions, valid, None, cfg, return_kv=True
+    )
+    assert keys.shape == (cfg.num_layers, 2, 7, cfg.num_kv_heads, cfg.head_dim)
+    np.testing.assert_allclose(keys[:, :, :5], want_k, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(values[:, :, :5], want_v, rtol=1e-5, atol=1e-5)

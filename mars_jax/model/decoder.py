@@ -132,6 +132,14 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str) -> dict:
     }
 
 
+def cache_keys_values(cache: dict) -> tuple[jax.Array, jax.Array]:
+    """The cache's rotated keys and values as `[Ly, R, S, KV, Dh]` each (the layout of the
+    training forward's `return_kv`), whatever layout the cache keeps them in."""
+    keys = jnp.stack([jnp.transpose(k, (0, 3, 1, 2)) for k in cache["k"]])
+    values = jnp.stack([jnp.transpose(v, (0, 2, 1, 3)) for v in cache["v"]])
+    return keys, values
+
+
 def extend(
     weights: DecodeWeights,
     cache: dict,

@@ -59,13 +59,28 @@ def segment_masks(key_valid_blocks, q_len: int) -> list[jax.Array]:
     return masks
 
 
+def _grouped_queries(q_BxQxHxDh: jax.Array, kv_heads: int) -> jax.Array:
+    """Queries `[B, Q, KV, H / KV, Dh]`, scaled by `Dh ** -0.5` (grouped-query attention)."""
+    b, nq, h, dh = q_BxQxHxDh.shape
+    return q_BxQxHxDh.reshape(b, nq, kv_heads, h // kv_heads, dh) * jnp.asarray(
+        dh**-0.5, q_BxQxHxDh.dtype
+    )
+
+
+def _visible_softmax(scores_BxGxRxQxK: jax.Array, visible_BxQxK: jax.Array) -> jax.Array:
+    """Softmax of masked scores over the keys; a query row without any visible key gets
+    zeros instead of a uniform spread over masked keys."""
+    probs = jax.nn.softmax(scores_BxGxRxQxK, axis=-1)
+    any_key = jnp.any(visible_BxQxK, axis=-1)[:, None, None, :, None]
+    return jnp.where(any_key, probs, 0.0)
+
+
 def materialised(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
     """Softmax attention over keys given as separate blocks `[(k, v), ...]`, each with its
     boolean mask `[B, Lq, Lk_j]`; scores are computed per block and normalised jointly.
     A query row without any visible key gets zeros."""
     b, nq, h, dh = q_BxQxHxDh.shape
-    g = kv_blocks[0][0].shape[2]
-    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
+    q = _grouped_queries(q_BxQxHxDh, kv_blocks[0][0].shape[2])
     scores = [
         jnp.where(
             m[:, None, None],
@@ -75,9 +90,9 @@ def materialised(q_BxQxHxDh, kv_blocks, mask_blocks) -> jax.Array:
         for (k, _), m in zip(kv_blocks, mask_blocks, strict=True)
     ]
     sizes = [s.shape[-1] for s in scores]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-    any_key = jnp.any(jnp.concatenate(mask_blocks, axis=-1), axis=-1)[:, None, None, :, None]
-    probs = jnp.where(any_key, probs, 0.0)
+    probs = _visible_softmax(
+        jnp.concatenate(scores, axis=-1), jnp.concatenate(mask_blocks, axis=-1)
+    )
     out, start = 0.0, 0
     for (_, v), n in zip(kv_blocks, sizes, strict=True):
         p = probs[..., start : start + n].astype(v.dtype)
@@ -90,17 +105,14 @@ def cached(q_BxQxHxDh, kT_BxGxDhxS, v_BxGxSxDh, visible_BxQxS) -> jax.Array:
     """`materialised` over a decoding cache in its own layouts (keys `[B, KV, Dh, S]`, values
     `[B, KV, S, Dh]`; `model/decoder.py`), one block with its mask `[B, Lq, S]`."""
     b, nq, h, dh = q_BxQxHxDh.shape
-    g = kT_BxGxDhxS.shape[1]
-    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
+    q = _grouped_queries(q_BxQxHxDh, kT_BxGxDhxS.shape[1])
     kT = kT_BxGxDhxS
     if jax.default_backend() == "cpu" and q.dtype != jnp.float32:
         # XLA:CPU has no bf16 x bf16 -> f32 dot; the upcast products are the same values.
         q, kT = q.astype(jnp.float32), kT.astype(jnp.float32)
     scores = jnp.einsum("bqgrd,bgdk->bgrqk", q, kT, preferred_element_type=jnp.float32)
     scores = jnp.where(visible_BxQxS[:, None, None], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1)
-    any_key = jnp.any(visible_BxQxS, axis=-1)[:, None, None, :, None]
-    probs = jnp.where(any_key, probs, 0.0).astype(v_BxGxSxDh.dtype)
+    probs = _visible_softmax(scores, visible_BxQxS).astype(v_BxGxSxDh.dtype)
     return jnp.einsum("bgrqk,bgkd->bqgrd", probs, v_BxGxSxDh).reshape(b, nq, h, dh)
 
 
@@ -299,8 +311,7 @@ def blockwise(
     """
     block_q, block_k = block_q or BLOCK_Q, block_k or BLOCK_K
     b, nq, h, dh = q_BxQxHxDh.shape
-    g = kv_blocks[0][0].shape[2]
-    q = q_BxQxHxDh.reshape(b, nq, g, h // g, dh) * jnp.asarray(dh**-0.5, q_BxQxHxDh.dtype)
+    q = _grouped_queries(q_BxQxHxDh, kv_blocks[0][0].shape[2])
     last = len(kv_blocks) - 1
     parts = [
         _segment(q, k, v, jnp.asarray(valid, bool), j == last, block_q, block_k)

@@ -38,6 +38,11 @@ def prompt_tokens(codes_Bxhxw: np.ndarray) -> np.ndarray:
     ).astype(np.int32)
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=("ids", "allowed", "tied_allowed", "log_count"),
+    meta_fields=(),
+)
 @dataclasses.dataclass(frozen=True)
 class TiedHead:
     """A head whose columns outside `ids` are one shared column (the demo LLM's tied head,
@@ -69,8 +74,9 @@ def tied_head(cfg: ModelConfig, allowed_V: np.ndarray) -> TiedHead | None:
     )
 
 
-def _tied_logits_and_pick(weights, cfg, scfg, tied_ids, tied_allowed, log_count, allowed_cols):
+def _tied_logits_and_pick(weights, cfg, scfg, tied: TiedHead):
     """(masked `[B, n + 1]` logits, `pick(columns, key) -> ids`) of a `TiedHead`."""
+    tied_ids, tied_allowed, log_count = tied.ids, tied.tied_allowed, tied.log_count
     head = jnp.take(weights.frozen["text_head"], tied_ids, axis=1)
 
     def logits(h_BxD):
@@ -79,7 +85,7 @@ def _tied_logits_and_pick(weights, cfg, scfg, tied_ids, tied_allowed, log_count,
         # The merged column holds m ids: after division by the temperature its weight is m
         # times one id's (greedy compares single ids).
         out = out.at[:, -1].add(scfg.temperature * log_count)
-        return jnp.where(allowed_cols, out, -jnp.inf)
+        return jnp.where(tied.allowed, out, -jnp.inf)
 
     def pick(columns_B, key):
         n = tied_ids.shape[0] - 1
@@ -100,11 +106,11 @@ def caption_ids(
     cfg: ModelConfig,
     scfg: SamplingConfig,
     max_tokens: int,
-    tied: tuple[jax.Array, ...] | None = None,
+    tied: TiedHead | None = None,
 ) -> jax.Array:
     """Caption token ids `[B, max_tokens]` drawn from the ids `allowed_V` marks (`[151936]`
-    bool); after a row's `<|endoftext|>` it repeats it. `tied`: a `TiedHead`'s arrays
-    `(ids, tied_allowed, log_count, allowed)`, drawing from its columns instead."""
+    bool); after a row's `<|endoftext|>` it repeats it. `tied`: draw from that
+    `TiedHead`'s columns instead."""
     b, p = prompt_BxP.shape
     cache = decoder.init_cache(cfg, b, p + max_tokens, weights.compute_dtype)
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
@@ -120,7 +126,7 @@ def caption_ids(
             return ids_B
 
     else:
-        logits, pick = _tied_logits_and_pick(weights, cfg, scfg, *tied)
+        logits, pick = _tied_logits_and_pick(weights, cfg, scfg, tied)
 
     def step(carry, key):
         h_BxD, cache, i, done_B = carry
@@ -158,14 +164,9 @@ def caption_codes(
     else:
         weights = decoder.prepare(frozen, trainable, cfg, None, str(cfg.compute_dtype))
     head = tied_head(cfg, allowed_V) if tied else None
-    arrays = None
-    if head is not None:
-        arrays = tuple(
-            jnp.asarray(a) for a in (head.ids, head.tied_allowed, head.log_count, head.allowed)
-        )
     ids = caption_ids(
         weights, jnp.asarray(prompt_tokens(codes_Bxhxw)), jax.random.key(seed),
-        jnp.asarray(allowed_V), cfg=cfg, scfg=scfg, max_tokens=int(max_tokens), tied=arrays,
+        jnp.asarray(allowed_V), cfg=cfg, scfg=scfg, max_tokens=int(max_tokens), tied=head,
     )  # fmt: skip
     out = []
     for row in np.asarray(ids).tolist():

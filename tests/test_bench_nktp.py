@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,11 +13,16 @@ from mars_jax.sampling import nktp as nktp_sampling
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.tokens import formats
 
+# `_trained_synthetic`'s arguments: the tiny model, untrained.
+UNTRAINED_TINY = types.SimpleNamespace(k=4, seed=0, train_steps=0, train_batch=1, model="tiny")
+
 
 def test_bench_prints_passes_ratio_then_speedup_last():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert bench.main(["--train_steps=2", "--train_batch=2", "--repeats=1"]) == 0
+        assert (
+            bench.main(["--model=tiny", "--train_steps=2", "--train_batch=2", "--repeats=1"]) == 0
+        )
     lines = out.getvalue().strip().splitlines()
     assert "in float32 (model compute dtype bfloat16)" in lines[1]  # CPU: nktp decode_dtype
     assert lines[-2].startswith("nktp_forward_passes_ratio=0.250")  # 16 passes for 64 codes
@@ -25,9 +31,7 @@ def test_bench_prints_passes_ratio_then_speedup_last():
 
 
 def test_prepared_weights_decode_the_same_codes():
-    cfg, frozen, trainable = bench._trained_synthetic(
-        type("A", (), {"k": 4, "seed": 0, "train_steps": 0, "train_batch": 1})()
-    )
+    cfg, frozen, trainable = bench._trained_synthetic(UNTRAINED_TINY)
     lo, _ = bench.synthetic_sr(np.random.default_rng(0), 2)
     scfg = SamplingConfig(cfg_scale=1.0, temperature=0.0, codebook_size=64)
     args = ([[], []], lo, bench.HI_GRID, 4, "exact")
@@ -42,9 +46,7 @@ def test_prepared_weights_decode_the_same_codes():
 
 
 def test_split_prefill_equals_mixed_and_pass_costs_print():
-    cfg, frozen, trainable = bench._trained_synthetic(
-        type("A", (), {"k": 4, "seed": 0, "train_steps": 0, "train_batch": 1})()
-    )
+    cfg, frozen, trainable = bench._trained_synthetic(UNTRAINED_TINY)
     cfg = cfg.replace(compute_dtype="float32")
     lo, _ = bench.synthetic_sr(np.random.default_rng(0), 2)
     rows = formats.sr_prompt([[5, 6], []], lo, bench.TEXT_LEN, bench.HI_GRID)

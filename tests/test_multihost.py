@@ -80,10 +80,16 @@ loop.run(config, workdir, iterator=Concatenated())
 """
 
 
+def _suite_xla_flags() -> str:
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(f for f in flags if "host_platform_device_count" not in f)
+
+
 def _env(devices: int, cache_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
     env |= {
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        # The suite's compile-time flags (tests/conftest.py), with this process's devices.
+        "XLA_FLAGS": f"{_suite_xla_flags()} --xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         # The restarted processes reuse the executables compiled by the first ones.
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),

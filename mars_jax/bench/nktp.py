@@ -93,9 +93,12 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
     return trainable, {k: float(v) for k, v in metrics.items()}
 
 
+MODELS = {"demo": ModelConfig.demo, "tiny": ModelConfig.tiny}
+
+
 def _trained_synthetic(args):
-    """`ModelConfig.demo` with K heads, briefly trained on `synthetic_sr` scenes."""
-    cfg = ModelConfig.demo(nktp_k=args.k, image_logits="vision_only")  # as the demo preset
+    """`ModelConfig.demo` (or `.tiny`) with K heads, briefly trained on `synthetic_sr` scenes."""
+    cfg = MODELS[args.model](nktp_k=args.k, image_logits="vision_only")  # as the demo preset
     key = jax.random.key(args.seed)
     p_all = jax.jit(params.init_params, static_argnums=0)(cfg, key)
     frozen = p_all["frozen"]
@@ -197,6 +200,10 @@ def pass_costs(cfg, weights, rows: dict, codebook: int, k: int, text_len: int, r
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=4)
+    p.add_argument(
+        "--model", choices=sorted(MODELS), default="demo",
+        help="model sizes (tiny: a quick check of the code paths, not the benchmark)",
+    )  # fmt: skip
     p.add_argument("--train_steps", type=int, default=300)
     p.add_argument("--train_batch", type=int, default=8)
     p.add_argument("--batch", type=int, default=1, help="prompts decoded together")

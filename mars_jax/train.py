@@ -294,9 +294,13 @@ def main(argv):
 
 
 def _main(config):
-    distributed.initialize(
+    with distributed.joined(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
-    )
+    ):
+        _compile_or_train(config)
+
+
+def _compile_or_train(config):
     if FLAGS.compile_only:
         validate.check(config, jax.device_count(), jax.process_count(), check_data=False)
         compile_only(config)

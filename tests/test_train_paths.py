@@ -150,6 +150,29 @@ def _shards_config(shards: str, **train):
     return c
 
 
+def test_a_joined_job_shuts_down_on_error_and_a_single_process_starts_nothing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(distributed.jax.distributed, "shutdown", lambda: calls.append("down"))
+    with pytest.raises(RuntimeError, match="disagree"):
+        with distributed.joined("localhost:1234", 2, 1) as started:
+            assert started and calls == [
+                {"coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 1}
+            ]
+            raise RuntimeError("processes disagree on the config")
+    assert calls[-1] == "down"  # left in order although the block raised
+    calls.clear()
+    for name in (
+        distributed.ENV_COORDINATOR,
+        distributed.ENV_NUM_PROCESSES,
+        distributed.ENV_PROCESS_ID,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    with distributed.joined() as started:
+        assert not started
+    assert calls == []  # one process: neither started nor shut down
+
+
 def test_epoch_steps_count_the_batches_the_iterator_yields(shards):
     c = _shards_config(shards)
     c.data.num_epochs = 2

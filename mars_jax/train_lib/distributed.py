@@ -15,10 +15,11 @@ of them without ``--distributed`` is an error that names the missing ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -101,6 +102,25 @@ def initialize(
         return False
     jax.distributed.initialize(**kwargs)
     return True
+
+
+@contextlib.contextmanager
+def joined(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> Iterator[bool]:
+    """``initialize`` for the block, and ``jax.distributed.shutdown`` at its end, also when it
+    raises: the shutdown stops this process's client before process 0's coordination service.
+    Left to interpreter exit, the two are torn down in no set order, and a process whose
+    coordinator is gone first can wait out the heartbeat timeout (100 s) before it exits."""
+    started = initialize(coordinator_address, num_processes, process_id, auto)
+    try:
+        yield started
+    finally:
+        if started:
+            jax.distributed.shutdown()
 
 
 def config_hash(config_json: str) -> str:

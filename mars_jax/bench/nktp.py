@@ -98,7 +98,8 @@ MODELS = {"demo": ModelConfig.demo, "tiny": ModelConfig.tiny}
 
 def _trained_synthetic(args):
     """`ModelConfig.demo` (or `.tiny`) with K heads, briefly trained on `synthetic_sr` scenes."""
-    cfg = MODELS[args.model](nktp_k=args.k, image_logits="vision_only")  # as the demo preset
+    # Image logits over the vision head only, as the demo preset has them.
+    cfg = MODELS[args.model](nktp_k=args.k, image_logits="vision_only")
     key = jax.random.key(args.seed)
     p_all = jax.jit(params.init_params, static_argnums=0)(cfg, key)
     frozen = p_all["frozen"]

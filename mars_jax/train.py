@@ -51,12 +51,16 @@ def _early_num_devices(argv: list[str]) -> int | None:
     return None
 
 
+def xla_flags_with_host_devices(xla_flags: str, n: int | None) -> str:
+    """``xla_flags`` with its emulated CPU device count set to ``n`` (removed when None)."""
+    flags = [f for f in xla_flags.split() if "host_platform_device_count" not in f]
+    if n is not None:
+        flags.append(f"--xla_force_host_platform_device_count={n}")
+    return " ".join(flags)
+
+
 def _set_host_device_count(n: int) -> None:
-    flags = [
-        f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f
-    ]
-    flags.append(f"--xla_force_host_platform_device_count={n}")
-    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ["XLA_FLAGS"] = xla_flags_with_host_devices(os.environ.get("XLA_FLAGS", ""), n)
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 

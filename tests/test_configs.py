@@ -15,6 +15,7 @@ from jax.sharding import AbstractMesh, AxisType
 from ml_collections import config_flags
 
 from configs import stage1, stage2, stage3
+from mars_jax import train
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
 from mars_jax.tokens import vocab
@@ -200,8 +201,10 @@ def test_flops_formula_worked_example():
 
 def test_compile_only_cli_prints_per_device_memory():
     """`--num_devices` is honoured although JAX flags are parsed after JAX would start."""
-    flags = [f for f in os.environ["XLA_FLAGS"].split() if "host_platform_device_count" not in f]
-    env = dict(os.environ, XLA_FLAGS=" ".join(flags))  # the suite's flags, no device count
+    # The suite's flags without their device count.
+    env = dict(
+        os.environ, XLA_FLAGS=train.xla_flags_with_host_devices(os.environ["XLA_FLAGS"], None)
+    )
     result = subprocess.run(
         [
             sys.executable,

@@ -31,6 +31,8 @@ import portpicker
 import pytest
 from self_kill import self_killing_train_cmd
 
+from mars_jax import train
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/stage1.py:tiny"
 NUM_STEPS = 4  # the tiny preset checkpoints every 2 steps
@@ -80,16 +82,11 @@ loop.run(config, workdir, iterator=Concatenated())
 """
 
 
-def _suite_xla_flags() -> str:
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    return " ".join(f for f in flags if "host_platform_device_count" not in f)
-
-
 def _env(devices: int, cache_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
     env |= {
         # The suite's compile-time flags (tests/conftest.py), with this process's devices.
-        "XLA_FLAGS": f"{_suite_xla_flags()} --xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": train.xla_flags_with_host_devices(os.environ.get("XLA_FLAGS", ""), devices),
         "JAX_PLATFORMS": "cpu",
         # The restarted processes reuse the executables compiled by the first ones.
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),

@@ -22,17 +22,26 @@ def _weights():
     return p["frozen"], trainable
 
 
+@jax.jit
+def _all_logits(frozen, trainable, tokens, positions, valid):
+    return mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
+
+
 def _greedy_by_recompute(frozen, trainable, codes, steps):
-    tokens = caption.prompt_tokens(codes)
+    """Reruns the whole sequence for every token (no cache). The sequence lies in a buffer of
+    its final length whose later slots are masked out: one compiled forward pass."""
+    prompt = caption.prompt_tokens(codes)
+    rows, prompt_len = prompt.shape
+    tokens = np.concatenate([prompt, np.zeros((rows, steps), prompt.dtype)], axis=1)
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+    valid = np.arange(tokens.shape[1]) < np.full((rows, 1), prompt_len)
     out = []
-    for _ in range(steps):
-        positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-        valid = np.ones(tokens.shape, bool)
-        logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
-        text = np.asarray(logits[:, -1, : vocab.ENDOFTEXT + 1])
-        pick = text.argmax(-1)
+    for i in range(steps):
+        last = prompt_len + i - 1
+        logits = _all_logits(frozen, trainable, tokens, positions, valid)
+        pick = np.asarray(logits[:, last, : vocab.ENDOFTEXT + 1]).argmax(-1)
         out.append(pick)
-        tokens = np.concatenate([tokens, pick[:, None].astype(np.int32)], axis=1)
+        tokens[:, last + 1], valid[:, last + 1] = pick, True
     return np.stack(out, 1)
 
 

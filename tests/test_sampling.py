@@ -30,22 +30,35 @@ def weights():
 PROMPTS = [[9707, 1879, 11], [104169, 9370], []]  # English-ish, Chinese-ish, empty
 
 
+@jax.jit
+def _all_logits(frozen, trainable, tokens, positions, valid):
+    return mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
+
+
 def greedy_by_recompute(frozen, trainable, rows, num_codes, scale):
-    """Reference: rerun the whole sequence for every code (no cache), same guidance."""
+    """Reference: rerun the whole sequence for every code (no cache), same guidance. The
+    sequence lies in a buffer of its final length whose later slots are masked out, so one
+    compiled forward pass serves every step."""
     tokens, positions, valid = (np.asarray(rows[k]) for k in ("tokens", "positions", "valid"))
+    num_rows, prompt_len = tokens.shape
+    tail = np.zeros((num_rows, num_codes), tokens.dtype)
+    tokens = np.concatenate([tokens, tail + vocab.PAD], axis=1)
+    after = positions[:, -1:] + 1 + np.arange(num_codes, dtype=positions.dtype)
+    positions = np.concatenate([positions, after], axis=1)
+    valid = np.concatenate([valid, np.zeros(tail.shape, bool)], axis=1)
     batch = len(PROMPTS)
     out = []
-    for _ in range(num_codes):
-        logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)[:, -1]
+    for i in range(num_codes):
+        last = prompt_len + i - 1
+        logits = _all_logits(frozen, trainable, tokens, positions, valid)[:, last]
         code = interleaved.code_logits(logits, CODEBOOK)
         if scale != 1.0:
             code = options.guide(code, batch, scale)
         pick = np.asarray(jnp.argmax(code, axis=-1))
         out.append(pick[:batch])
         pick = np.concatenate([pick, pick]) if scale != 1.0 else pick
-        tokens = np.concatenate([tokens, vocab.code_to_token(pick)[:, None]], axis=1)
-        positions = np.concatenate([positions, positions[:, -1:] + 1], axis=1)
-        valid = np.concatenate([valid, np.ones((valid.shape[0], 1), bool)], axis=1)
+        tokens[:, last + 1] = vocab.code_to_token(pick)
+        valid[:, last + 1] = True
     return np.stack(out, axis=1)
 
 

@@ -193,7 +193,8 @@ def test_nonfinite_checkpoint_is_not_resumed(ref, tmp_path, capsys):
         leaf = leaf[sorted(leaf)[0]]
     leaf[...] = np.nan
     shutil.rmtree(os.path.join(step_dir, "state"))
-    ocp.StandardCheckpointer().save(os.path.join(step_dir, "state"), state)
+    with ocp.StandardCheckpointer() as checkpointer:  # the save is async: wait for it
+        checkpointer.save(os.path.join(step_dir, "state"), state)
     os.remove(os.path.join(step_dir, integrity.SEAL_FILE))
     summary = loop.run(tiny_config(), workdir)
     assert "state: nonfinite" in capsys.readouterr().out

@@ -60,9 +60,10 @@ def test_blockwise_equals_materialised_with_gradients(lks):
 
     ref = lambda q, kv: attention.materialised(q, kv, masks)
     blk = lambda q, kv: attention.blockwise(q, kv, valid, block_q=8, block_k=5)
-    np.testing.assert_allclose(blk(q, kv), ref(q, kv), rtol=0, atol=1e-5)
-    g_ref = jax.grad(functools.partial(loss, ref), argnums=(0, 1))(q, kv)
-    g_blk = jax.grad(functools.partial(loss, blk), argnums=(0, 1))(q, kv)
+    # Compiled: the blockwise loops run op by op otherwise (~10 s for one case).
+    np.testing.assert_allclose(jax.jit(blk)(q, kv), jax.jit(ref)(q, kv), rtol=0, atol=1e-5)
+    g_ref = jax.jit(jax.grad(functools.partial(loss, ref), argnums=(0, 1)))(q, kv)
+    g_blk = jax.jit(jax.grad(functools.partial(loss, blk), argnums=(0, 1)))(q, kv)
     for a, b in zip(jax.tree.leaves(g_blk), jax.tree.leaves(g_ref), strict=True):
         assert _rel(a, b) <= 1e-5
 

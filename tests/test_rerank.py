@@ -30,6 +30,13 @@ CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 PROMPTS = ["a red circle", "两个蓝色的正方形", "a green triangle is left of a red square"]
 
 
+def _task_loss(frozen, trainable, batch, cfg):
+    """The training loss of one task batch, compiled (its layout and config are static)."""
+    arrays = {k: v for k, v in batch.items() if k != "layout"}
+    fn = jax.jit(loss.task_loss, static_argnums=(3, 4))
+    return fn(frozen, trainable, arrays, tuple(map(tuple, batch["layout"])), cfg)
+
+
 @pytest.fixture(scope="module")
 def model():
     p = params.init_params(CFG, jax.random.key(0))
@@ -61,9 +68,7 @@ def test_score_is_minus_the_caption_task_loss_of_each_row(model):
     for i, ids in enumerate(captions):
         # One row, its slot exactly long enough: the score must not depend on padding.
         batch = formats.caption_batch([codes[i]], [np.asarray(ids)], len(ids) + 1)
-        summed, tokens, _ = loss.task_loss(
-            model.frozen, model.trainable, batch, batch["layout"], CFG
-        )
+        summed, tokens, _ = _task_loss(model.frozen, model.trainable, batch, CFG)
         assert float(tokens) == len(ids) + 1  # the caption and its <eot>
         np.testing.assert_allclose(got[i], -float(summed), rtol=1e-5)
     # The image conditions the score: another image, another likelihood of the same caption.
@@ -82,9 +87,7 @@ def test_image_score_is_minus_the_t2i_task_loss_of_each_row(model, image_logits)
     got = rerank.image_log_likelihood(model.frozen, model.trainable, cfg, codes, texts, 16)
     for i, ids in enumerate(texts):
         batch = formats.t2i_batch([np.asarray(ids)], [codes[i]], 16)
-        summed, tokens, _ = loss.task_loss(
-            model.frozen, model.trainable, batch, batch["layout"], cfg
-        )
+        summed, tokens, _ = _task_loss(model.frozen, model.trainable, batch, cfg)
         assert float(tokens) == 8 * 8 + 1  # the codes and <end>
         np.testing.assert_allclose(got[i], -float(summed), rtol=1e-5)
     other = rerank.image_log_likelihood(

@@ -10,6 +10,10 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A jitted function that closes over model params compiles them in as constants (the tiny
+# model's 39 MB embedding doubled a compile's time): warn from 8 MB, and pyproject.toml's
+# filterwarnings makes the warning an error, so params are passed as arguments.
+os.environ.setdefault("JAX_CAPTURED_CONSTANTS_WARN_BYTES", str(8 * 2**20))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # With `-n 2 --dist=loadfile` a module runs whole on one worker, in collection order. A long

@@ -40,15 +40,15 @@ def test_chunked_loss_under_a_mesh_equals_without():
     targets = jnp.asarray(vocab.code_to_token(rng.integers(0, 100, n)), jnp.int32)
     weights = jnp.asarray(rng.random(n) < 0.7, jnp.float32)
 
-    def f(h, vision_head):
+    def f(h, vision_head, frozen):
         tr = {"vision_head": vision_head}
-        return loss.chunked_loss_sum(p["frozen"], tr, h, targets, weights, loss.FULL, cfg)
+        return loss.chunked_loss_sum(frozen, tr, h, targets, weights, loss.FULL, cfg)
 
     grad = jax.value_and_grad(f, argnums=(0, 1))
-    want = jax.jit(grad)(h, p["trainable"]["vision_head"])
+    want = jax.jit(grad)(h, p["trainable"]["vision_head"], p["frozen"])
     mesh = _mesh()
     with jax.set_mesh(mesh):
         hs = jax.device_put(h, NamedSharding(mesh, P(("data", "fsdp"), None)))
-        got = jax.jit(grad)(hs, p["trainable"]["vision_head"])
+        got = jax.jit(grad)(hs, p["trainable"]["vision_head"], p["frozen"])
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))

@@ -98,10 +98,11 @@ def _tokens(layout, rng, b=2):
 
 
 def _hidden_loss(impl, layout, tokens, positions, valid, w):
-    frozen, _ = _params()
+    """``(trainable, frozen) -> (loss, hidden)``; the params are arguments, not captured
+    constants (compiled into the program, they would double its compile time)."""
     cfg = CFG.replace(attention=impl)
 
-    def f(trainable):
+    def f(trainable, frozen):
         h = mars.forward_hidden(frozen, trainable, tokens, positions, valid, layout, cfg)
         return jnp.sum(h * w), h
 
@@ -114,11 +115,11 @@ def test_model_blockwise_equals_reference(name, small_blocks):
     rng = np.random.default_rng(1)
     tokens, positions, valid = _tokens(layout, rng)
     w = rng.normal(size=tokens.shape + (CFG.width,)).astype(np.float32)
-    _, trainable = _params()
+    frozen, trainable = _params()
     out = {}
     for impl in ("reference", "blockwise"):
         f = _hidden_loss(impl, layout, tokens, positions, valid, w)
-        out[impl] = jax.jit(jax.value_and_grad(f, has_aux=True))(trainable)
+        out[impl] = jax.jit(jax.value_and_grad(f, has_aux=True))(trainable, frozen)
     (_, h_ref), g_ref = out["reference"]
     (_, h_blk), g_blk = out["blockwise"]
     assert _rel(h_blk, h_ref) <= 1e-5
@@ -139,8 +140,8 @@ def _traced_backward(layout, loss_of, monkeypatch):
     traces = []
     monkeypatch.setattr(attention, "TRACE_BACKWARD", traces)
     f = _hidden_loss("blockwise", layout, tokens, positions, valid, w)
-    _, trainable = _params()
-    grads = jax.jit(jax.grad(lambda t: loss_of(f(t)[1], w)))(trainable)
+    frozen, trainable = _params()
+    grads = jax.jit(jax.grad(lambda t, fr: loss_of(f(t, fr)[1], w)))(trainable, frozen)
     return set(traces), grads
 
 

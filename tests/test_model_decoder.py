@@ -69,7 +69,7 @@ def test_cached_greedy_decoding_equals_full_recompute():
 
     # Full recompute at every step, on a fixed-length buffer (later slots are ignored).
     @jax.jit
-    def full(tokens, valid):
+    def full(frozen, trainable, tokens, valid):
         positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
         return mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
 
@@ -77,7 +77,7 @@ def test_cached_greedy_decoding_equals_full_recompute():
     full_valid = np.concatenate([valid, np.zeros((2, STEPS), bool)], 1)
     for i in range(STEPS):
         t = prompt.shape[1] + i
-        ref = full(tokens, full_valid)[:, t - 1]
+        ref = full(frozen, trainable, tokens, full_valid)[:, t - 1]
         np.testing.assert_allclose(cached_logits[i], ref, atol=1e-4, rtol=0, err_msg=f"step {i}")
         token = np.asarray(_greedy(ref, i))
         np.testing.assert_array_equal(cached_tokens[i], token)

@@ -91,14 +91,15 @@ def test_chunked_equals_unchunked_and_reference_with_gradients():
     p = _params()
     batch = _batch(np.random.default_rng(0), "t2i")
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def value_and_grad(trainable, cfg):
-        f = lambda tr: loss.task_loss(p["frozen"], tr, batch, T2I, cfg)[0]
+    @functools.partial(jax.jit, static_argnums=2)
+    def value_and_grad(trainable, frozen, cfg):
+        f = lambda tr: loss.task_loss(frozen, tr, batch, T2I, cfg)[0]
         return jax.value_and_grad(f)(trainable)
 
     # Chunks of 5 tokens do not divide the 2 x 16 tokens; remat on the chunked side.
-    chunked = value_and_grad(p["trainable"], CFG.replace(loss_chunk_size=5, remat_policy="full"))
-    whole = value_and_grad(p["trainable"], CFG.replace(loss_chunk_size=0))
+    chunked_cfg = CFG.replace(loss_chunk_size=5, remat_policy="full")
+    chunked = value_and_grad(p["trainable"], p["frozen"], chunked_cfg)
+    whole = value_and_grad(p["trainable"], p["frozen"], CFG.replace(loss_chunk_size=0))
     ref_sum, ref_weight = _reference(p, batch, T2I)
     assert float(ref_weight) == 2 * (CODES + 1)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
@@ -117,17 +118,17 @@ def test_gradients_match_plain_autodiff_of_the_full_logits(task, layout):
     batch = _batch(np.random.default_rng(1), task)
     cfg = CFG.replace(loss_chunk_size=4)
 
-    def plain(trainable):
+    def plain(trainable, frozen):
         lg = mars.forward_logits(
-            p["frozen"], trainable, batch["tokens"], batch["positions"], batch["valid"], layout, cfg
+            frozen, trainable, batch["tokens"], batch["positions"], batch["valid"], layout, cfg
         )
         logp = jax.nn.log_softmax(lg, axis=-1)
         nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
         return jnp.sum(nll * batch["loss_mask"])
 
-    chunked = lambda tr: loss.task_loss(p["frozen"], tr, batch, layout, cfg)[0]
-    got_value, got = jax.jit(jax.value_and_grad(chunked))(p["trainable"])
-    want_value, want = jax.jit(jax.value_and_grad(plain))(p["trainable"])
+    chunked = lambda tr, frozen: loss.task_loss(frozen, tr, batch, layout, cfg)[0]
+    got_value, got = jax.jit(jax.value_and_grad(chunked))(p["trainable"], p["frozen"])
+    want_value, want = jax.jit(jax.value_and_grad(plain))(p["trainable"], p["frozen"])
     np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
     assert float(jnp.abs(got["vision_head"]).max()) > 0  # the head itself gets a gradient
     flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
@@ -238,7 +239,7 @@ def test_tied_text_head_gives_the_full_heads_loss_and_gradients():
     rng = np.random.default_rng(3)
     ids = tuple(sorted(set(rng.integers(1, 5000, 40).tolist()) | {vocab.ENDOFTEXT}))
     tied_cfg = CFG.replace(text_head_ids=ids, loss_chunk_size=4)
-    p = params.init_params(tied_cfg, jax.random.key(0))  # drawn tied
+    p = jax.jit(params.init_params, static_argnums=0)(tied_cfg, jax.random.key(0))  # drawn tied
     assert heads.tied_text_id(tied_cfg) == 0
     assert heads.untied_text_id(p["frozen"]["text_head"], tied_cfg) is None
     head = np.asarray(p["frozen"]["text_head"])
@@ -250,8 +251,8 @@ def test_tied_text_head_gives_the_full_heads_loss_and_gradients():
     batch["targets"] = np.concatenate([batch["tokens"][:, 1:], np.full((2, 1), vocab.PAD)], 1)
 
     def value_and_grad(cfg):
-        f = lambda tr: loss.task_loss(p["frozen"], tr, batch, CAPTION, cfg)[0]
-        return jax.jit(jax.value_and_grad(f))(p["trainable"])
+        f = lambda tr, frozen: loss.task_loss(frozen, tr, batch, CAPTION, cfg)[0]
+        return jax.jit(jax.value_and_grad(f))(p["trainable"], p["frozen"])
 
     tied_value, tied_grads = value_and_grad(tied_cfg)
     full_value, full_grads = value_and_grad(tied_cfg.replace(text_head_ids=()))

@@ -181,11 +181,11 @@ def test_text_only_input_gives_zero_vision_expert_gradient():
     tokens = np.random.default_rng(4).integers(0, 5000, (2, 10))
     positions, valid = _positions(np.ones((2, 10), bool)), np.ones((2, 10), bool)
 
-    def loss(trainable):
-        lg = mars.forward_logits(p["frozen"], trainable, tokens, positions, valid, layout, CFG)
+    def loss(trainable, frozen):
+        lg = mars.forward_logits(frozen, trainable, tokens, positions, valid, layout, CFG)
         return jnp.sum(jax.nn.log_softmax(lg)[..., 7])
 
-    grads = jax.jit(jax.grad(loss))(p["trainable"])
+    grads = jax.jit(jax.grad(loss))(p["trainable"], p["frozen"])
     for path, g in jax.tree_util.tree_flatten_with_path(grads["layers"])[0]:
         assert not np.any(np.asarray(g)), jax.tree_util.keystr(path)
     assert not np.any(np.asarray(grads["vision_embed"]))

@@ -110,7 +110,7 @@ def test_k1_loss_equals_next_token_loss():
     batch, layout = _batch(1)
 
     @jax.jit
-    def losses(plain, trainable, batch):
+    def losses(frozen, plain, trainable, batch):
         out = []
         for image_logits in ("full", "vision_only"):
             cfg1 = CFG.replace(nktp_k=1, image_logits=image_logits)
@@ -121,7 +121,7 @@ def test_k1_loss_equals_next_token_loss():
             out.append(loss.sr_loss(frozen, trainable, batch, layout, cfgk, k=1)[:2])
         return out
 
-    out = [tuple(float(x) for x in pair) for pair in losses(plain, trainable, batch)]
+    out = [tuple(float(x) for x in pair) for pair in losses(frozen, plain, trainable, batch)]
     for i in (0, 3):
         assert out[i] == out[i + 1] == out[i + 2], out
     assert out[0] != out[3]  # the two softmax ranges differ: the comparison can fail
@@ -137,7 +137,7 @@ def test_head_losses_against_reference():
     batch, layout = _batch(2)
 
     @jax.jit
-    def run(trainable, batch):
+    def run(frozen, trainable, batch):
         fn = lambda tr: loss.sr_loss(frozen, tr, batch, layout, CFG)
         (sum_loss, (sum_weight, metrics)), grads = jax.value_and_grad(
             lambda tr: (lambda out: (out[0], out[1:]))(fn(tr)), has_aux=True
@@ -147,7 +147,7 @@ def test_head_losses_against_reference():
         )
         return sum_loss, sum_weight, metrics, grads, h
 
-    sum_loss, sum_weight, metrics, grads, h = run(trainable, batch)
+    sum_loss, sum_weight, metrics, grads, h = run(frozen, trainable, batch)
     # Reference in numpy: each head's adapter and vision softmax, explicit windows.
     tokens, start = batch["tokens"], formats.sr_hires_start(TEXT_T, LO)
     end = tokens.shape[1] - 1

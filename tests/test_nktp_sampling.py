@@ -66,14 +66,14 @@ def test_k1_decoding_is_next_token_greedy():
     positions = np.concatenate([rows["positions"], rows["positions"][:, -1:] + hi_positions], 1)
 
     @jax.jit
-    def next_code(tokens, valid, t):
+    def next_code(frozen, trainable, tokens, valid, t):
         logits = mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
         code_logits = jax.lax.dynamic_index_in_dim(logits, t, 1, keepdims=False)
         return jnp.argmax(code_logits[:, vocab.FIRST_IMAGE_CODE :][:, :64], -1)
 
     for i in range(n):
         t = prompt_len + i
-        code = np.asarray(next_code(tokens, valid, t - 1))
+        code = np.asarray(next_code(frozen, trainable, tokens, valid, t - 1))
         tokens[:, t], valid[:, t] = vocab.code_to_token(code), True
     ref = code_order.to_raster(vocab.token_to_code(tokens[:, prompt_len:]), HI, CFG.nktp_k)
     np.testing.assert_array_equal(codes, ref)
@@ -132,19 +132,19 @@ def test_exact_sampling_keeps_the_next_token_distribution():
     img_position = prompt["positions"][:, -1:]
 
     @jax.jit
-    def heads_at_end(tokens, valid):
+    def heads_at_end(frozen, trainable, tokens, valid):
         positions = np.concatenate([prompt["positions"], img_position + first_code_position], 1)
         positions = positions[:, : tokens.shape[1]]
         h = mars.forward_hidden(frozen, trainable, tokens, positions, valid, None, CFG)
         logits = heads.all_head_vision_logits(trainable, h[:, -1], 2, CFG, c)
         return jax.nn.softmax(logits / scfg.temperature, -1)
 
-    first = heads_at_end(prompt["tokens"], prompt["valid"])[0]  # [2 heads, c]
+    first = heads_at_end(frozen, trainable, prompt["tokens"], prompt["valid"])[0]  # [2 heads, c]
     exact, unchecked = np.zeros((c, c)), np.zeros((c, c))
     for c0 in range(c):
         tokens = np.concatenate([prompt["tokens"], [[vocab.code_to_token(c0)]]], 1)
         valid = np.ones(tokens.shape, bool) & np.concatenate([prompt["valid"], [[True]]], 1)
-        second = heads_at_end(tokens, valid)[0, 0]
+        second = heads_at_end(frozen, trainable, tokens, valid)[0, 0]
         exact[c0] = first[0, c0] * np.asarray(second)
         unchecked[c0] = first[0, c0] * np.asarray(first[1])
     tv = lambda a, b: 0.5 * float(np.abs(a - b).sum())

@@ -47,7 +47,7 @@ def _captions(caption_lengths):
 
 
 def test_accumulated_gradients_equal_one_big_batch():
-    p = params.init_params(CFG, jax.random.key(0))
+    p = jax.jit(params.init_params, static_argnums=0)(CFG, jax.random.key(0))
     loss_fn = lambda frozen, trainable, batch: loss.total_loss(
         frozen, trainable, batch, LAYOUTS, CFG
     )
@@ -56,11 +56,11 @@ def test_accumulated_gradients_equal_one_big_batch():
     batch = _captions([1, 8, 2, 7])
 
     @functools.partial(jax.jit, static_argnums=0)
-    def run(accum, trainable):
-        return step.loss_and_grads(loss_fn, trainable, p["frozen"], batch, accum)
+    def run(accum, trainable, frozen):
+        return step.loss_and_grads(loss_fn, trainable, frozen, batch, accum)
 
-    loss1, metrics1, grads1 = run(1, p["trainable"])
-    loss2, metrics2, grads2 = run(2, p["trainable"])
+    loss1, metrics1, grads1 = run(1, p["trainable"], p["frozen"])
+    loss2, metrics2, grads2 = run(2, p["trainable"], p["frozen"])
     np.testing.assert_allclose(loss2, loss1, rtol=1e-5)
     np.testing.assert_allclose(metrics2["caption/loss"], metrics1["caption/loss"], rtol=1e-5)
     assert float(metrics2["tokens"]) == float(metrics1["tokens"]) == float(1 + 8 + 2 + 7)
@@ -104,7 +104,7 @@ def test_checkpoint_of_earlier_version_with_rng_restores(tmp_path):
 def test_task_weights_weigh_each_tasks_tokens_also_under_accumulation():
     """`train.task_weights`: the loss is sum_t w_t S_t / sum_t w_t N_t, and accumulation by
     the weighted token count still equals one pass over the batch."""
-    p = params.init_params(CFG, jax.random.key(0))
+    p = jax.jit(params.init_params, static_argnums=0)(CFG, jax.random.key(0))
     layouts = LAYOUTS + (("t2i", L.caption(TEXT_T, CODES)),)
     batch = {
         "caption": _captions([1, 8, 2, 7])["caption"],
@@ -113,12 +113,12 @@ def test_task_weights_weigh_each_tasks_tokens_also_under_accumulation():
     weights = (("caption", 4.0), ("t2i", 1.0))
 
     @functools.partial(jax.jit, static_argnums=(0, 1))
-    def run(accum, task_weights, trainable):
+    def run(accum, task_weights, trainable, frozen):
         loss_fn = lambda frozen, t, b: loss.total_loss(frozen, t, b, layouts, CFG, task_weights)
-        return step.loss_and_grads(loss_fn, trainable, p["frozen"], batch, accum)
+        return step.loss_and_grads(loss_fn, trainable, frozen, batch, accum)
 
-    loss1, metrics1, grads1 = run(1, weights, p["trainable"])
-    loss2, metrics2, grads2 = run(2, weights, p["trainable"])
+    loss1, metrics1, grads1 = run(1, weights, p["trainable"], p["frozen"])
+    loss2, metrics2, grads2 = run(2, weights, p["trainable"], p["frozen"])
     sums = {t: float(metrics1[f"{t}/loss"]) * float(metrics1[f"{t}/tokens"]) for t in batch}
     tokens = {t: float(metrics1[f"{t}/tokens"]) for t in batch}
     expected = (4 * sums["caption"] + sums["t2i"]) / (4 * tokens["caption"] + tokens["t2i"])

@@ -71,8 +71,8 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
     example = formats.sr_batch([np.zeros(0, np.int64)], *synthetic_sr(rng, 1), TEXT_LEN)
     layout = example["layout"]
 
-    @jax.jit
-    def step(trainable, opt_state, batch):
+    @jax.jit  # the frozen params are an argument: captured, they would be compiled in
+    def step(frozen, trainable, opt_state, batch):
         def objective(tr):
             sum_loss, sum_weight, metrics = loss.sr_loss(frozen, tr, batch, layout, cfg)
             return sum_loss / jnp.maximum(sum_weight, 1.0), metrics
@@ -89,7 +89,7 @@ def train_briefly(cfg, frozen, trainable, steps, batch_size, seed, lr=3e-3):
         empty = [np.zeros(0, np.int64)] * batch_size
         b = formats.sr_batch(empty, list(lo), list(hi), TEXT_LEN, hi_order=order)
         b.pop("layout")
-        trainable, opt_state, metrics = step(trainable, opt_state, b)
+        trainable, opt_state, metrics = step(frozen, trainable, opt_state, b)
     return trainable, {k: float(v) for k, v in metrics.items()}
 
 

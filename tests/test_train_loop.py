@@ -389,7 +389,13 @@ def _train_cmd(workdir):
 
 def test_sigkill_mid_training_then_restart_gives_same_losses(ref, tmp_path):
     workdir = str(tmp_path / "run")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # The restart reuses the executables the first process compiled (JAX's persistent cache).
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    )
     kill_step = 2
     killer = self_killing_train_cmd(_train_cmd(workdir)[3:], kill_step, settle=False)
     first = subprocess.run(

@@ -347,6 +347,30 @@ def test_resume_with_other_base_is_refused(ref, tmp_path):
         loop.run(config, workdir)
 
 
+def test_random_base_is_kept_for_the_next_run_with_the_same_config_seed_and_mesh():
+    """A process reuses its last random base (the suite's many short runs), and draws anew,
+    to the same content, for another seed or mesh."""
+
+    def load(seed=0, devices=None):
+        config = tiny_config()
+        config.base.seed = seed
+        setup = loop.prepare(config, devices=devices)
+        with jax.set_mesh(setup.mesh):
+            return loop.load_frozen(setup)
+
+    first, first_id = load()
+    again, again_id = load()
+    assert again is first and again_id == first_id and again_id is not first_id
+    other, other_id = load(seed=1)
+    assert other_id["source"] == "random:1" and other_id["hash"] != first_id["hash"]
+    redrawn, redrawn_id = load()  # seed 1 took the place of seed 0: drawn again, equal
+    assert redrawn is not first and redrawn_id == first_id
+    assert_trees_equal(redrawn, first)
+    four, four_id = load(devices=jax.devices()[:4])  # another mesh: other shardings
+    assert four is not redrawn and four_id == first_id
+    assert four["embed"].sharding != redrawn["embed"].sharding
+
+
 def test_init_from_previous_stage_loads_final_trainable(ref):
     config = tiny_config()
     config.base.init_from = ref["workdir"]

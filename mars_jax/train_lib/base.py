@@ -162,20 +162,19 @@ def load_frozen(base_config: Any, model_cfg: ModelConfig, shardings: Any) -> tup
     """The frozen LLM of ``base_config`` (``base.checkpoint``, else a random init from
     ``base.seed``) in bf16 on ``shardings``, and its identity ``{"source", "hash"}``."""
     path = base_config.checkpoint
-    if path:
-        frozen = read_frozen(path, shardings, cfg=model_cfg)
-        frozen = jax.jit(to_bf16, out_shardings=shardings)(frozen)
-        source = os.fspath(workdir_lib.resolve(path))
-        untied = heads.untied_text_id(frozen["text_head"], model_cfg)
-        if untied is not None:
-            raise ValueError(
-                f"base checkpoint {source}: model.text_head_ids names "
-                f"{len(model_cfg.text_head_ids)} ids, but the text-head column of id {untied} "
-                f"differs from the shared one of id {heads.tied_text_id(model_cfg)}; this "
-                "base's head is not tied that way: set model.text_head_ids=()"
-            )
-    else:
+    if not path:
         return _random_base(model_cfg, int(base_config.seed), shardings)
+    frozen = read_frozen(path, shardings, cfg=model_cfg)
+    frozen = jax.jit(to_bf16, out_shardings=shardings)(frozen)
+    source = os.fspath(workdir_lib.resolve(path))
+    untied = heads.untied_text_id(frozen["text_head"], model_cfg)
+    if untied is not None:
+        raise ValueError(
+            f"base checkpoint {source}: model.text_head_ids names "
+            f"{len(model_cfg.text_head_ids)} ids, but the text-head column of id {untied} "
+            f"differs from the shared one of id {heads.tied_text_id(model_cfg)}; this "
+            "base's head is not tied that way: set model.text_head_ids=()"
+        )
     return frozen, identity(source, frozen)
 
 

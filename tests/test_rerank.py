@@ -30,11 +30,14 @@ CFG = ModelConfig.tiny(compute_dtype="float32", frozen_dtype="float32")
 PROMPTS = ["a red circle", "两个蓝色的正方形", "a green triangle is left of a red square"]
 
 
+_COMPILED_TASK_LOSS = jax.jit(loss.task_loss, static_argnums=(3, 4))
+
+
 def _task_loss(frozen, trainable, batch, cfg):
     """The training loss of one task batch, compiled (its layout and config are static)."""
     arrays = {k: v for k, v in batch.items() if k != "layout"}
-    fn = jax.jit(loss.task_loss, static_argnums=(3, 4))
-    return fn(frozen, trainable, arrays, tuple(map(tuple, batch["layout"])), cfg)
+    layout = tuple(map(tuple, batch["layout"]))
+    return _COMPILED_TASK_LOSS(frozen, trainable, arrays, layout, cfg)
 
 
 @pytest.fixture(scope="module")

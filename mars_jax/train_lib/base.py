@@ -187,15 +187,15 @@ _LAST_RANDOM_BASE: dict[tuple, tuple[Any, dict]] = {}
 
 def _random_base(model_cfg: ModelConfig, seed: int, shardings: Any) -> tuple[Any, dict]:
     leaves, treedef = jax.tree.flatten(shardings)
-    key = (model_cfg, seed, treedef, tuple(leaves))
-    if key not in _LAST_RANDOM_BASE:
+    cache_key = (model_cfg, seed, treedef, tuple(leaves))
+    if cache_key not in _LAST_RANDOM_BASE:
         _LAST_RANDOM_BASE.clear()
         init = jax.jit(
-            lambda key: to_bf16(params_lib.init_frozen(model_cfg, key)), out_shardings=shardings
+            lambda rng: to_bf16(params_lib.init_frozen(model_cfg, rng)), out_shardings=shardings
         )
         frozen = init(jax.random.key(seed))
-        _LAST_RANDOM_BASE[key] = (frozen, identity(f"random:{seed}", frozen))
-    frozen, ident = _LAST_RANDOM_BASE[key]
+        _LAST_RANDOM_BASE[cache_key] = (frozen, identity(f"random:{seed}", frozen))
+    frozen, ident = _LAST_RANDOM_BASE[cache_key]
     return frozen, dict(ident)
 
 

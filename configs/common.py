@@ -188,6 +188,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Co
         c.model.codebook_size = 512  # the demo VQ's codes: the vision head skips the rest
         c.model.compute_dtype = "float32"  # XLA:CPU has no fast bf16 matmul
         c.model.attention = "reference"  # ~80-token sequences: materialised scores are cheaper
+        c.model.scan_unroll = c.model.num_layers  # straight-line layers: ~11 % faster steps
         c.model.image_pos_grid = (8, 8)  # a code's place in the 8x8 grid (deviation from MARS)
         c.data.demo_vq = ""  # VQ tokenizer dir; empty: the one shipped in mars_jax/assets
         c.sample.every_steps = 200

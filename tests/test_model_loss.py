@@ -267,3 +267,27 @@ def test_tied_text_head_gives_the_full_heads_loss_and_gradients():
     assert heads.untied_text_id(untied, tied_cfg) == 4321
     with pytest.raises(ValueError, match="text_head_ids"):
         CFG.replace(text_head_ids=(5, 3))
+
+
+@pytest.mark.parametrize("task, layout", [("t2i", T2I), ("caption", CAPTION), ("t2i", None)])
+def test_unrolled_layers_give_the_rolled_scans_loss_and_gradients(task, layout):
+    """`scan_unroll` (the demo's straight-line layers) is a compile choice, not a model
+    change: the loss and every gradient match the rolled scan, static layouts and the
+    general path alike, and an unroll past the depth is the full unroll."""
+    p = _params()
+    batch = _batch(np.random.default_rng(3), task)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def value_and_grad(trainable, frozen, cfg):
+        f = lambda tr: loss.task_loss(frozen, tr, batch, layout, cfg)[0]
+        return jax.value_and_grad(f)(trainable)
+
+    rolled = value_and_grad(p["trainable"], p["frozen"], CFG)
+    for unroll in (CFG.num_layers, CFG.num_layers + 3):
+        unrolled = value_and_grad(p["trainable"], p["frozen"], CFG.replace(scan_unroll=unroll))
+        np.testing.assert_allclose(unrolled[0], rolled[0], rtol=1e-6)
+        grads = zip(jax.tree.leaves(unrolled[1]), jax.tree.leaves(rolled[1]), strict=True)
+        for a, b in grads:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+    with pytest.raises(ValueError, match="scan_unroll"):
+        CFG.replace(scan_unroll=0)

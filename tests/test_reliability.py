@@ -298,6 +298,16 @@ def test_config_change_on_resume(ref, tmp_path, capsys):
     assert validate.config_changes(old, new) == ([], [])
     refused, _ = validate.config_changes(old, {"optim": {"peak_lr": 1e-3, "name": "muon"}})
     assert refused == ["optim.name: 'adamw' -> 'muon'"]
+    # How the layers are compiled is not a model change; their shapes are.
+    old = {"model": {"num_layers": 4}}
+    assert validate.config_changes(old, {"model": {"num_layers": 4, "scan_unroll": 1}}) == ([], [])
+    refused, harmless = validate.config_changes(
+        old, {"model": {"num_layers": 4, "scan_unroll": 4, "loss_chunk_size": 512}}
+    )
+    assert refused == []
+    assert harmless == ["model.loss_chunk_size: '<absent>' -> 512", "model.scan_unroll: 1 -> 4"]
+    refused, _ = validate.config_changes(old, {"model": {"num_layers": 5}})
+    assert refused == ["model.num_layers: 4 -> 5"]
 
 
 BAD_VALUES = [

@@ -225,7 +225,8 @@ def forward_segments(
         return tuple(out), kv
 
     layer = _maybe_remat(layer, cfg)
-    xs, kv = jax.lax.scan(layer, xs0, (frozen["layers"], trainable["layers"]))
+    unroll = min(cfg.scan_unroll, cfg.num_layers)
+    xs, kv = jax.lax.scan(layer, xs0, (frozen["layers"], trainable["layers"]), unroll=unroll)
     hidden = [layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps) for x in xs]
     return (hidden, kv) if return_kv else hidden
 

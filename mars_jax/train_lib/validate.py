@@ -46,6 +46,8 @@ REFUSED_CHANGES = (
     "base.",
     "optim.name",  # the saved optimizer state is that optimizer's
 )
+# How the same model is compiled (same math up to float rounding): reported, resumed.
+COMPILE_ONLY_CHANGES = ("model.scan_unroll", "model.remat_policy", "model.loss_chunk_size")
 
 
 class ConfigError(ValueError):
@@ -421,6 +423,7 @@ _ADDED = {
     "optim.muon_groups": list(MUON_GROUPS),
     "optim.muon_ns_steps": 5,
     "sample.candidates": 1,
+    "model.scan_unroll": 1,
 }
 
 
@@ -436,7 +439,10 @@ def config_changes(old: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
         if was == now:
             continue
         line = f"{key}: {was!r} -> {now!r}"
-        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in REFUSED_CHANGES):
+        refused_key = any(
+            key == p or (p.endswith(".") and key.startswith(p)) for p in REFUSED_CHANGES
+        )
+        if refused_key and key not in COMPILE_ONLY_CHANGES:
             refused.append(line)
         else:
             harmless.append(line)

@@ -4,8 +4,9 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import recompute_reference
 
-from mars_jax.model import mars, params
+from mars_jax.model import params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import caption
 from mars_jax.sampling.options import SamplingConfig
@@ -22,27 +23,21 @@ def _weights():
     return p["frozen"], trainable
 
 
-@jax.jit
-def _all_logits(frozen, trainable, tokens, positions, valid):
-    return mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
-
-
 def _greedy_by_recompute(frozen, trainable, codes, steps):
-    """Reruns the whole sequence for every token (no cache). The sequence lies in a buffer of
-    its final length whose later slots are masked out: one compiled forward pass."""
+    """Reruns the whole sequence for every token (no cache)."""
     prompt = caption.prompt_tokens(codes)
     rows, prompt_len = prompt.shape
     tokens = np.concatenate([prompt, np.zeros((rows, steps), prompt.dtype)], axis=1)
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
     valid = np.arange(tokens.shape[1]) < np.full((rows, 1), prompt_len)
-    out = []
-    for i in range(steps):
-        last = prompt_len + i - 1
-        logits = _all_logits(frozen, trainable, tokens, positions, valid)
-        pick = np.asarray(logits[:, last, : vocab.ENDOFTEXT + 1]).argmax(-1)
-        out.append(pick)
-        tokens[:, last + 1], valid[:, last + 1] = pick, True
-    return np.stack(out, 1)
+
+    def choose(logits):
+        pick = np.asarray(logits[:, : vocab.ENDOFTEXT + 1]).argmax(-1)
+        return pick, pick
+
+    return recompute_reference.greedy_by_recompute(
+        frozen, trainable, CFG, tokens, positions, valid, prompt_len, steps, choose
+    )
 
 
 def test_greedy_caption_equals_full_recompute():

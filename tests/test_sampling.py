@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import recompute_reference
 import row_reference
 
 from mars_jax.model import decoder, mars, params
@@ -30,36 +31,28 @@ def weights():
 PROMPTS = [[9707, 1879, 11], [104169, 9370], []]  # English-ish, Chinese-ish, empty
 
 
-@jax.jit
-def _all_logits(frozen, trainable, tokens, positions, valid):
-    return mars.forward_logits(frozen, trainable, tokens, positions, valid, None, CFG)
-
-
 def greedy_by_recompute(frozen, trainable, rows, num_codes, scale):
-    """Reference: rerun the whole sequence for every code (no cache), same guidance. The
-    sequence lies in a buffer of its final length whose later slots are masked out, so one
-    compiled forward pass serves every step."""
+    """Reference: rerun the whole sequence for every code (no cache), same guidance."""
     tokens, positions, valid = (np.asarray(rows[k]) for k in ("tokens", "positions", "valid"))
-    num_rows, prompt_len = tokens.shape
-    tail = np.zeros((num_rows, num_codes), tokens.dtype)
+    tail = np.zeros((tokens.shape[0], num_codes), tokens.dtype)
     tokens = np.concatenate([tokens, tail + vocab.PAD], axis=1)
     after = positions[:, -1:] + 1 + np.arange(num_codes, dtype=positions.dtype)
     positions = np.concatenate([positions, after], axis=1)
     valid = np.concatenate([valid, np.zeros(tail.shape, bool)], axis=1)
     batch = len(PROMPTS)
-    out = []
-    for i in range(num_codes):
-        last = prompt_len + i - 1
-        logits = _all_logits(frozen, trainable, tokens, positions, valid)[:, last]
+
+    def choose(logits):
         code = interleaved.code_logits(logits, CODEBOOK)
         if scale != 1.0:
             code = options.guide(code, batch, scale)
         pick = np.asarray(jnp.argmax(code, axis=-1))
-        out.append(pick[:batch])
-        pick = np.concatenate([pick, pick]) if scale != 1.0 else pick
-        tokens[:, last + 1] = vocab.code_to_token(pick)
-        valid[:, last + 1] = True
-    return np.stack(out, axis=1)
+        written = np.concatenate([pick, pick]) if scale != 1.0 else pick
+        return pick[:batch], vocab.code_to_token(written)
+
+    prompt_len = np.asarray(rows["tokens"]).shape[1]
+    return recompute_reference.greedy_by_recompute(
+        frozen, trainable, CFG, tokens, positions, valid, prompt_len, num_codes, choose
+    )
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])

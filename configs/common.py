@@ -247,8 +247,8 @@ def _demo_pretrained_llm(c: ml_collections.ConfigDict, frozen: bool) -> None:
         else:
             # The fresh vision expert at 1.5e-3, the layer copies at 6e-4: it captions better
             # than one rate of 6e-4 over 1,300 steps or an expert at 1e-3, and draws about as
-            # well. 1,000 steps: the first command in ~13 of its 15 minutes on a 2-core CPU, best of 8
-            # (docs/RESULTS.md).
+            # well. 1,000 steps: the first command in ~13 of its 15 minutes on a 2-core CPU,
+            # best of 8 (docs/RESULTS.md).
             c.optim.peak_lr = 1.5e-3
             c.optim.unfrozen_lr_scale = 0.4
             c.train.num_steps = 1000

@@ -22,8 +22,7 @@ from mars_jax.train_lib import base as base_lib
 def small_asset(tmp_path_factory):
     """A demo LLM pretrained for a few steps by the real command."""
     out = tmp_path_factory.mktemp("lm") / "asset"
-    argv = [f"--out={out}", "--steps=40", "--num_sentences=8000", "--batch_size=8"]
-    argv.append("--no_progress")
+    argv = [f"--out={out}", "--steps=40", "--num_sentences=8000", "--batch_size=8", "--no_progress"]
     assert train_lm.main(argv) == 0
     return str(out)
 

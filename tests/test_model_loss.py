@@ -87,19 +87,23 @@ def _task_loss(p, batch, layout, cfg):
     return loss.task_loss(p["frozen"], p["trainable"], batch, layout, cfg)[0]
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _value_and_grad(trainable, frozen, batch, layout, cfg):
+    """The task loss and its gradient in the trainable params (both param trees are
+    arguments: captured, they would be compiled in as constants)."""
+    f = lambda tr: loss.task_loss(frozen, tr, batch, layout, cfg)[0]
+    return jax.value_and_grad(f)(trainable)
+
+
 def test_chunked_equals_unchunked_and_reference_with_gradients():
     p = _params()
     batch = _batch(np.random.default_rng(0), "t2i")
 
-    @functools.partial(jax.jit, static_argnums=2)
-    def value_and_grad(trainable, frozen, cfg):
-        f = lambda tr: loss.task_loss(frozen, tr, batch, T2I, cfg)[0]
-        return jax.value_and_grad(f)(trainable)
-
     # Chunks of 5 tokens do not divide the 2 x 16 tokens; remat on the chunked side.
     chunked_cfg = CFG.replace(loss_chunk_size=5, remat_policy="full")
-    chunked = value_and_grad(p["trainable"], p["frozen"], chunked_cfg)
-    whole = value_and_grad(p["trainable"], p["frozen"], CFG.replace(loss_chunk_size=0))
+    chunked = _value_and_grad(p["trainable"], p["frozen"], batch, T2I, chunked_cfg)
+    whole_cfg = CFG.replace(loss_chunk_size=0)
+    whole = _value_and_grad(p["trainable"], p["frozen"], batch, T2I, whole_cfg)
     ref_sum, ref_weight = _reference(p, batch, T2I)
     assert float(ref_weight) == 2 * (CODES + 1)
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
@@ -277,14 +281,10 @@ def test_unrolled_layers_give_the_rolled_scans_loss_and_gradients(task, layout):
     p = _params()
     batch = _batch(np.random.default_rng(3), task)
 
-    @functools.partial(jax.jit, static_argnums=2)
-    def value_and_grad(trainable, frozen, cfg):
-        f = lambda tr: loss.task_loss(frozen, tr, batch, layout, cfg)[0]
-        return jax.value_and_grad(f)(trainable)
-
-    rolled = value_and_grad(p["trainable"], p["frozen"], CFG)
+    rolled = _value_and_grad(p["trainable"], p["frozen"], batch, layout, CFG)
     for unroll in (CFG.num_layers, CFG.num_layers + 3):
-        unrolled = value_and_grad(p["trainable"], p["frozen"], CFG.replace(scan_unroll=unroll))
+        cfg = CFG.replace(scan_unroll=unroll)
+        unrolled = _value_and_grad(p["trainable"], p["frozen"], batch, layout, cfg)
         np.testing.assert_allclose(unrolled[0], rolled[0], rtol=1e-6)
         grads = zip(jax.tree.leaves(unrolled[1]), jax.tree.leaves(rolled[1]), strict=True)
         for a, b in grads:

@@ -1,7 +1,7 @@
 """Score a trained checkpoint on the built-in demo benchmarks, or on MS-COCO (FID, CLIP score).
 
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=shapes [--num_per_prompt=1]
-        [--prompts=eval_prompts.jsonl] [--out=<dir>]
+        [--prompts=eval_prompts.jsonl] [--out=<dir>] [--check_candidates]
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=fid [--extractor=palette]
     python -m mars_jax.evaluate --checkpoint=<stage-III workdir> --bench=sr [--out=sheet.png]
     python -m mars_jax.evaluate --bench=fid --images=a/ --reference=b/|stats.npz --inception=w.pth
@@ -17,7 +17,11 @@ shape pairs never seen in training, English and Chinese captions of the same sce
 scored by the pixel checker. Per-language lines come first, then the other checks and
 ``shapes_blank_images=<n>`` (images with no object at all, ``checker.is_blank``); the last line is
 ``shapes_color_acc=<a> shapes_shape_acc=<b>`` over both languages. A contact sheet with the
-verdicts and a JSON of every prompt's verdicts are written to ``--out``.
+verdicts and a JSON of every prompt's verdicts are written to ``--out``. With best of N
+(``--candidates`` > 1) and ``--check_candidates``, every candidate is checked too:
+``shapes_right_kept=<a> shapes_right_any_candidate=<b> shapes_right_mean_candidate=<c>``
+(the share of prompts whose kept image, whose best possible pick, and whose average draw has
+its colors and shapes right): how much a better judge of the candidates could gain.
 
 ``fid``: FID between generated images and the ground-truth renderings of the same prompts,
 and CLIP score between generated images and their captions, both from the features of a
@@ -58,6 +62,9 @@ from mars_jax.text.tokenizer import load_tokenizer
 
 # (captions, seed) -> uint8 [len(captions), H, W, 3]
 ImageProducer = Callable[[Sequence[str], int], np.ndarray]
+# (captions, seed) -> (uint8 [len(captions), N, H, W, 3] every candidate, [len(captions)]
+# index of the one kept)
+CandidateProducer = Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
 
 SHEET_FILE = "shapes_contact_sheet.png"
 VERDICTS_FILE = "shapes_verdicts.json"
@@ -84,6 +91,45 @@ def generate_for_prompts(
         images.append(_produce(produce, captions, seed + k))
         rows += [{**p, "sample": k} for p in prompts]
     return rows, np.concatenate(images)
+
+
+def generate_candidates_for_prompts(
+    prompts: list[dict[str, Any]], candidates: CandidateProducer, num_per_prompt: int, seed: int
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """As ``generate_for_prompts``, with every candidate: rows, kept images ``[R, H, W, 3]``,
+    all candidates ``[R, N, H, W, 3]``."""
+    captions = [p["caption"] for p in prompts]
+    rows, every = [], []
+    kept = []
+    for k in range(num_per_prompt):
+        drawn, index = candidates(captions, seed + k)
+        drawn, index = np.asarray(drawn), np.asarray(index)
+        if drawn.dtype != np.uint8 or drawn.ndim != 5 or drawn.shape[0] != len(captions):
+            raise ValueError(
+                f"candidate producer returned {drawn.dtype} {drawn.shape}; expected uint8 "
+                f"[{len(captions)}, N, H, W, 3]"
+            )
+        every.append(drawn)
+        kept.append(drawn[np.arange(len(captions)), index])
+        rows += [{**p, "sample": k, "kept": int(i)} for p, i in zip(prompts, index, strict=True)]
+    return rows, np.concatenate(kept), np.concatenate(every)
+
+
+def score_candidates(rows: list[dict[str, Any]], every: np.ndarray) -> dict[str, Any]:
+    """Checker verdicts of every candidate ``[R][N]``, and the share of prompts whose kept
+    image, best possible pick and average candidate has its colors and shapes right."""
+    verdicts = [
+        [{**checker.check(im, r["spec"]), "blank": checker.is_blank(im)} for im in images]
+        for images, r in zip(every, rows, strict=True)
+    ]
+    right_RxN = np.array([[bool(v["color"] and v["shape"]) for v in row] for row in verdicts])
+    kept = np.array([r["kept"] for r in rows])
+    return {
+        "verdicts": verdicts,
+        "right_kept": float(right_RxN[np.arange(len(rows)), kept].mean()),
+        "right_any_candidate": float(right_RxN.any(axis=1).mean()),
+        "right_mean_candidate": float(right_RxN.mean()),
+    }
 
 
 def score_shapes(rows: list[dict[str, Any]], images: np.ndarray) -> dict[str, Any]:
@@ -134,19 +180,32 @@ def _format(prefix: str, acc: dict[str, float], suffix: str = "") -> str:
 
 def evaluate_shapes(
     prompts: list[dict[str, Any]],
-    produce: ImageProducer,
+    produce: ImageProducer | None,
     num_per_prompt: int = 1,
     seed: int = 0,
     out_dir: str | None = None,
     log: Callable[[str], None] = print,
+    candidates: CandidateProducer | None = None,
 ) -> dict[str, Any]:
-    """Generate, check, print per-language lines then the summary line; returns the scores."""
-    rows, images = generate_for_prompts(prompts, produce, num_per_prompt, seed)
+    """Generate, check, print per-language lines then the summary line; returns the scores.
+
+    With ``candidates`` instead of ``produce``, the kept images are scored as usual and
+    every candidate is checked too (``result["candidates"]``, one more line)."""
+    if candidates is not None:
+        rows, images, every = generate_candidates_for_prompts(
+            prompts, candidates, num_per_prompt, seed
+        )
+    else:
+        rows, images = generate_for_prompts(prompts, produce, num_per_prompt, seed)
     result = score_shapes(rows, images)
     for lang, acc in result["per_lang"].items():
         log(_format("shapes", acc, f"[{lang}]"))
     others = {k: v for k, v in result["all"].items() if k not in ("color", "shape")}
     log(_format("shapes", others))
+    if candidates is not None:
+        result["candidates"] = score_candidates(rows, every)
+        right = {k: v for k, v in result["candidates"].items() if k.startswith("right_")}
+        log(" ".join(f"shapes_{k}={v:.4f}" for k, v in right.items()))
     log(f"shapes_blank_images={result['blank']}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -155,6 +214,11 @@ def evaluate_shapes(
             {"index": i, "id": r["id"], "caption": r["caption"], "lang": r["lang"], **v}
             for i, (r, v) in enumerate(zip(rows, result["verdicts"], strict=True))
         ]
+        if candidates is not None:
+            for record, r, every_verdict in zip(
+                records, rows, result["candidates"]["verdicts"], strict=True
+            ):
+                record.update(kept=r["kept"], candidates=every_verdict)
         with open(os.path.join(out_dir, VERDICTS_FILE), "w", encoding="utf-8") as f:
             json.dump(
                 {
@@ -210,6 +274,27 @@ def sampler_producer(
         return images_lib.generate_images(run, list(captions), scfg, seed, batch_size=batch_size)
 
     return produce
+
+
+def sampler_candidates(
+    checkpoint: str,
+    scfg_kwargs: dict[str, Any],
+    vq_dir: str | None = None,
+    batch_size: int = 16,
+    step: int | None = None,
+) -> CandidateProducer:
+    """Best of N on a run, with every candidate decoded (`sampling.images.draw_codes`)."""
+    run = runs.load_run(checkpoint, step, vq_dir=vq_dir)
+    scfg = options.SamplingConfig(**scfg_kwargs)
+
+    def candidates(captions: Sequence[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        drawn = images_lib.draw_codes(run, list(captions), scfg, seed, batch_size=batch_size)
+        b, n = drawn.candidates.shape[:2]
+        flat = drawn.candidates.reshape(b * n, *drawn.candidates.shape[2:])
+        pixels = images_lib.decode_images(run, flat, batch_size)
+        return pixels.reshape(b, n, *pixels.shape[1:]), np.argmax(drawn.scores, axis=1)
+
+    return candidates
 
 
 def load_eval_prompts(path: str | None, num_scenes: int, seed: int) -> list[dict[str, Any]]:
@@ -373,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="where the contact sheet and verdicts go")
     p.add_argument(
+        "--check_candidates", action="store_true",
+        help="shapes, best of N: check every candidate too (how often a right one was drawn)",
+    )  # fmt: skip
+    p.add_argument(
         "--extractor", default=None, help="palette | module:attribute (default: palette)"
     )
     sample_flags.add_sampling_args(p)  # unset: the run's own sample settings
@@ -396,9 +485,20 @@ def main(argv: list[str] | None = None) -> int:
     with cli.one_line_errors():
         sample_flags.fill_sampling_args(args, args.checkpoint)
         sample_flags.sampling_config(args)  # bad values, before the model loads
+        if args.check_candidates and (args.bench != "shapes" or args.candidates < 2):
+            raise cli.UsageError(
+                f"--check_candidates: checks the candidates of best of N on --bench=shapes, "
+                f"but this is --bench={args.bench} with --candidates={args.candidates}"
+            )
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
     scfg_kwargs = sample_flags.sampling_kwargs(args)
-    produce = sampler_producer(args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step)
+    loader = (args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step)
+    if args.check_candidates:
+        out = args.out or os.path.join(args.checkpoint, "eval_shapes")
+        candidates = sampler_candidates(*loader)
+        evaluate_shapes(prompts, None, args.num_per_prompt, args.seed, out, candidates=candidates)
+        return 0
+    produce = sampler_producer(*loader)
     if args.bench == "shapes":
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")
         evaluate_shapes(prompts, produce, args.num_per_prompt, args.seed, out)

@@ -125,6 +125,7 @@ MISTAKES = [
         "trained no caption task",
     ),
     (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--top-p=0"], "top_p"),
+    (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--check_candidates"], "--candidates=1"),
     (["evaluate", "--bench=nope"], "invalid choice"),
     (["vq.train", "--images=/nope", "--out=OUT", "--steps=1"], "--images=/nope: no such"),
     (["plot", "--run=/nope", "--out=OUT.png"], "/nope/metrics.jsonl not found"),

@@ -92,6 +92,41 @@ def test_one_language_wrong_shows_in_its_own_line():
     assert 0.4 <= result["all"]["color"] <= 0.6
 
 
+def test_every_candidate_is_checked_and_the_kept_one_scored(tmp_path):
+    """Of 3 candidates per prompt only the middle one is right; the judge keeps the first
+    (noise) for even rows and the right one for odd rows."""
+    gt = ground_truth_producer(PROMPTS)
+
+    def candidates(captions, seed):
+        right = gt(captions, seed)
+        noise = noise_producer(captions, seed)
+        every = np.stack([noise, right, noise], axis=1)
+        return every, np.arange(len(captions)) % 2
+
+    lines = []
+    out = str(tmp_path / "eval")
+    result = evaluate.evaluate_shapes(
+        PROMPTS, None, 1, seed=3, out_dir=out, log=lines.append, candidates=candidates
+    )
+    judged = result["candidates"]
+    assert judged["right_any_candidate"] == 1.0
+    assert judged["right_kept"] == 0.5 and judged["right_mean_candidate"] == pytest.approx(1 / 3)
+    assert lines[-3] == (
+        "shapes_right_kept=0.5000 shapes_right_any_candidate=1.0000 "
+        "shapes_right_mean_candidate=0.3333"
+    )
+    # The kept images are what the usual lines score: the odd (right) half.
+    assert [v["color"] for v in result["verdicts"]] == [i % 2 == 1 for i in range(len(PROMPTS))]
+    with open(os.path.join(out, evaluate.VERDICTS_FILE), encoding="utf-8") as f:
+        saved = json.load(f)["prompts"]
+    assert [r["kept"] for r in saved[:3]] == [0, 1, 0]
+    assert [c["shape"] for c in saved[0]["candidates"]] == [False, True, False]
+    with pytest.raises(ValueError, match="candidate producer"):
+        evaluate.evaluate_shapes(
+            PROMPTS, None, log=lambda _: None, candidates=lambda c, s: (gt(c, s), np.zeros(len(c)))
+        )
+
+
 def test_bad_producer_output_is_a_clear_error():
     with pytest.raises(ValueError, match="uint8"):
         evaluate.evaluate_shapes(

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import stage1
-from mars_jax import caption, generate, outputs
+from mars_jax import caption, evaluate, generate, outputs
 from mars_jax.demo import shards as demo_shards
 from mars_jax.model import decoder, loss, params
 from mars_jax.model.config import ModelConfig
@@ -214,3 +214,27 @@ def test_generate_writes_the_candidates_best_first(captioning_run, tmp_path):
     row = sheet[2 : 2 + side]
     tiles = [row[:, 2 + k * (side + 2) : 2 + k * (side + 2) + side] for k in range(3)]
     assert not all(np.array_equal(tiles[0], t) for t in tiles[1:])
+
+
+def test_evaluate_checks_every_candidate_and_keeps_the_same_images(
+    captioning_run, tmp_path, capsys
+):
+    """`--check_candidates` scores the very images plain best of N keeps, and checks the
+    candidates behind them: the kept one is one of them, verdict for verdict."""
+    argv = [f"--checkpoint={captioning_run}", "--bench=shapes", "--num_scenes=2", "--candidates=3"]
+    saved = {}
+    for name, extra in (("plain", []), ("checked", ["--check_candidates"])):
+        out = tmp_path / name
+        assert evaluate.main(argv + [f"--out={out}", *extra]) == 0
+        with (out / evaluate.VERDICTS_FILE).open(encoding="utf-8") as f:
+            saved[name] = json.load(f)["prompts"]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3].startswith("shapes_right_kept=")
+    right = dict(kv.split("=") for kv in lines[-3].split())
+    assert float(right["shapes_right_kept"]) <= float(right["shapes_right_any_candidate"])
+    checks = ("color", "shape", "blank")
+    for plain, checked in zip(saved["plain"], saved["checked"], strict=True):
+        assert [plain[k] for k in checks] == [checked[k] for k in checks]
+        assert len(checked["candidates"]) == 3
+        kept = checked["candidates"][checked["kept"]]
+        assert [kept[k] for k in checks] == [checked[k] for k in checks]

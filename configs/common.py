@@ -118,6 +118,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # limit). A non-finite train state always ends it (docs/RELIABILITY.md).
             max_consecutive_skips=20,
             seed=0,
+            # Share of the image codes the model reads that are swapped for random codes
+            # (their targets stay; train_lib/augment.py). 0: off.
+            image_code_noise=0.0,
             # Loss weight of each token of a task: the loss is the weighted token mean.
             task_weights=dict(t2i=1.0, caption=1.0, sr=1.0),
             peak_flops_per_device=0.0,  # 0: look up by device kind (metrics.py)

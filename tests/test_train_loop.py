@@ -277,6 +277,23 @@ def test_muon_run_resumes_exactly_on_a_sharded_mesh(tmp_path):
         assert any(x.sharding.is_equivalent_to(momentum.sharding, x.ndim) for x in twin)
 
 
+def test_image_code_noise_changes_the_step_and_resumes_exactly(ref, tmp_path):
+    """With `train.image_code_noise` the run differs from the reference run once its
+    weights read the codes (its first two steps predict uniformly either way: a zero head,
+    and a learning rate warming up from 0); a preempted run resumes to the same losses."""
+    config = tiny_config()
+    config.train.image_code_noise = 0.3
+    whole, parted = str(tmp_path / "whole"), str(tmp_path / "parted")
+    loop.run(config, whole)
+    noisy = read_losses(whole)
+    assert noisy[1] == ref["losses"][1]
+    assert all(noisy[step] != ref["losses"][step] for step in range(3, NUM_STEPS + 1))
+    summary = loop.run(config, parted, iterator=FaultyIterator(config, sigterm_at={2}))
+    assert summary["reason"] == "preempted" and summary["step"] == 2
+    loop.run(config, parted)
+    assert read_losses(parted) == noisy
+
+
 def test_nan_batch_is_skipped(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config()

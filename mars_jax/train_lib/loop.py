@@ -29,9 +29,8 @@ from mars_jax.data import pipeline
 from mars_jax.model import loss as loss_lib
 from mars_jax.model import params as params_lib
 from mars_jax.model.config import ModelConfig
-from mars_jax.train_lib import base as base_lib
-from mars_jax.train_lib import checkpoint as ckpt_lib
 from mars_jax.train_lib import (
+    augment,
     distributed,
     integrity,
     metrics,
@@ -42,6 +41,8 @@ from mars_jax.train_lib import (
     sharding,
     validate,
 )
+from mars_jax.train_lib import base as base_lib
+from mars_jax.train_lib import checkpoint as ckpt_lib
 from mars_jax.train_lib import state as state_lib
 from mars_jax.train_lib import step as step_lib
 from mars_jax.train_lib import workdir as workdir_lib
@@ -207,6 +208,7 @@ def prepare(
             num_steps,
             int(train.grad_accum),
             task_weights(config),
+            _noise_key(config),
             mesh,
             tuple((str(n), _hashable(a)) for n, a in rules),
         ),
@@ -218,6 +220,21 @@ def task_weights(config: ml_collections.ConfigDict) -> tuple[tuple[str, float], 
     the key weigh every token 1."""
     weights = config.train.get("task_weights") or {}
     return tuple(sorted((str(k), float(v)) for k, v in dict(weights).items()))
+
+
+def _noise_key(config: ml_collections.ConfigDict) -> tuple[float, int]:
+    """What the step's image-code noise depends on: its rate and, when on, the seed."""
+    rate = float(config.train.get("image_code_noise", 0.0))
+    return rate, int(config.train.seed) if rate > 0 else 0
+
+
+def _augment(setup: Setup):
+    """The batch change before each step (``train.image_code_noise``), or None."""
+    rate, seed = _noise_key(setup.config)
+    if rate <= 0:
+        return None
+    codebook_size = int(setup.model_cfg.codebook_size)
+    return lambda batch, step: augment.corrupt_batch(batch, seed, step, rate, codebook_size)
 
 
 def _hashable(axes: Any) -> Any:
@@ -253,7 +270,7 @@ def get_step(setup: Setup, layouts: dict):
         s = setup
         loss_fn = _loss_fn(setup, layouts_key)
         fn = step_lib.make_train_step(
-            loss_fn, s.tx, s.lr_schedule, int(s.config.train.grad_accum), s.mesh
+            loss_fn, s.tx, s.lr_schedule, int(s.config.train.grad_accum), s.mesh, _augment(s)
         )
         _STEPS[key] = step_lib.compile_train_step(fn, s.mesh, s.state_shardings, s.frozen_shardings)
     return _STEPS[key]

@@ -110,16 +110,20 @@ def make_train_step(
     lr_schedule: optax.Schedule,
     grad_accum: int = 1,
     mesh: Mesh | None = None,
+    augment: Callable[[dict, jax.Array], dict] | None = None,
 ) -> Callable[[dict, Any, dict], tuple[dict, dict]]:
     """Build ``train_step(state, frozen, batch_arrays) -> (state, metrics)``.
 
     ``loss_fn(frozen, trainable, batch_arrays) -> (loss, metrics)`` is the model's total loss
     with layouts and config bound; ``metrics`` are scalars, combined over micro-batches by
-    their tokens (``loss_and_grads``).
+    their tokens (``loss_and_grads``). ``augment(batch_arrays, step)``, if given, changes
+    the batch first (``augment.corrupt_batch``: image-code noise).
     """
 
     def train_step(state: dict, frozen: Any, batch: dict) -> tuple[dict, dict]:
         trainable = state["trainable"]
+        if augment is not None:
+            batch = augment(batch, state["step"])
         loss, metrics, grads = loss_and_grads(loss_fn, trainable, frozen, batch, grad_accum, mesh)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
         grad_norm = optax.tree.norm(grads)

@@ -208,6 +208,7 @@ def config_errors(
     c.enum("train.nonfinite", NONFINITE_POLICIES)
     c.int_("train.max_consecutive_skips", 0, optional=True)
     c.float_("train.peak_flops_per_device", 0.0, optional=True)
+    c.float_("train.image_code_noise", 0.0, 1.0, high_open=True, optional=True)
     weights = c.value("train.task_weights")
     if weights is not _MISSING:
         for task in weights:
@@ -424,6 +425,7 @@ _ADDED = {
     "optim.muon_ns_steps": 5,
     "sample.candidates": 1,
     "model.scan_unroll": 1,
+    "train.image_code_noise": 0.0,
 }
 
 

@@ -99,8 +99,7 @@ def generate_candidates_for_prompts(
     """As ``generate_for_prompts``, with every candidate: rows, kept images ``[R, H, W, 3]``,
     all candidates ``[R, N, H, W, 3]``."""
     captions = [p["caption"] for p in prompts]
-    rows, every = [], []
-    kept = []
+    rows, kept, every = [], [], []
     for k in range(num_per_prompt):
         drawn, index = candidates(captions, seed + k)
         drawn, index = np.asarray(drawn), np.asarray(index)
@@ -119,8 +118,7 @@ def score_candidates(rows: list[dict[str, Any]], every: np.ndarray) -> dict[str,
     """Checker verdicts of every candidate ``[R][N]``, and the share of prompts whose kept
     image, best possible pick and average candidate has its colors and shapes right."""
     verdicts = [
-        [{**checker.check(im, r["spec"]), "blank": checker.is_blank(im)} for im in images]
-        for images, r in zip(every, rows, strict=True)
+        [_verdict(im, r["spec"]) for im in images] for images, r in zip(every, rows, strict=True)
     ]
     right_RxN = np.array([[bool(v["color"] and v["shape"]) for v in row] for row in verdicts])
     kept = np.array([r["kept"] for r in rows])
@@ -132,13 +130,15 @@ def score_candidates(rows: list[dict[str, Any]], every: np.ndarray) -> dict[str,
     }
 
 
+def _verdict(image: np.ndarray, spec: shapes.SceneSpec) -> dict[str, bool | None]:
+    """The checker's verdict on one image, with ``blank``: no object at all."""
+    return {**checker.check(image, spec), "blank": checker.is_blank(image)}
+
+
 def score_shapes(rows: list[dict[str, Any]], images: np.ndarray) -> dict[str, Any]:
     """Checker verdicts per row (with ``blank``: no object at all), and accuracies overall and
     per language, and the number of blank images."""
-    verdicts = [
-        {**checker.check(im, r["spec"]), "blank": checker.is_blank(im)}
-        for im, r in zip(images, rows, strict=True)
-    ]
+    verdicts = [_verdict(im, r["spec"]) for im, r in zip(images, rows, strict=True)]
     langs = sorted({r["lang"] for r in rows})
     per_lang = {
         lang: checker.accuracies(
@@ -493,18 +493,18 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
     scfg_kwargs = sample_flags.sampling_kwargs(args)
     loader = (args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step)
-    if args.check_candidates:
-        out = args.out or os.path.join(args.checkpoint, "eval_shapes")
-        candidates = sampler_candidates(*loader)
-        evaluate_shapes(prompts, None, args.num_per_prompt, args.seed, out, candidates=candidates)
-        return 0
-    produce = sampler_producer(*loader)
     if args.bench == "shapes":
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")
-        evaluate_shapes(prompts, produce, args.num_per_prompt, args.seed, out)
+        if args.check_candidates:
+            candidates = sampler_candidates(*loader)
+            evaluate_shapes(
+                prompts, None, args.num_per_prompt, args.seed, out, candidates=candidates
+            )
+        else:
+            evaluate_shapes(prompts, sampler_producer(*loader), args.num_per_prompt, args.seed, out)
     else:
         extractor = features.load_extractor(args.extractor or "palette")
-        evaluate_fid(prompts, produce, extractor, args.num_per_prompt, args.seed)
+        evaluate_fid(prompts, sampler_producer(*loader), extractor, args.num_per_prompt, args.seed)
     return 0
 
 

@@ -153,6 +153,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # Images drawn per prompt by `generate` / `evaluate`; the one the model's own
             # captions rank first is kept (needs the caption task; previews draw one).
             candidates=1,
+            # What those captions read of each candidate: "pixels" (the VQ encoding of its
+            # decoded image) or "codes" (the drawn codes; docs/RESULTS.md compares them).
+            judge="pixels",
             seed=0,
             vq="",
         )

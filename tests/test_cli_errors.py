@@ -125,6 +125,7 @@ MISTAKES = [
         "trained no caption task",
     ),
     (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--top-p=0"], "top_p"),
+    (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--judge=clip"], "judge"),
     (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--check_candidates"], "--candidates=1"),
     (["evaluate", "--bench=nope"], "invalid choice"),
     (["vq.train", "--images=/nope", "--out=OUT", "--steps=1"], "--images=/nope: no such"),

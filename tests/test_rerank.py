@@ -15,12 +15,12 @@ from mars_jax.demo import shards as demo_shards
 from mars_jax.model import decoder, loss, params
 from mars_jax.model.config import ModelConfig
 from mars_jax.sampling import images as images_lib
-from mars_jax.sampling import rerank, t2i
+from mars_jax.sampling import options, rerank, t2i
 from mars_jax.sampling.images import TrainedModel
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.text.tokenizer import load_tokenizer
 from mars_jax.tokens import formats
-from mars_jax.train_lib import loop
+from mars_jax.train_lib import loop, validate
 from mars_jax.vq import images as vq_images
 from mars_jax.vq import model as vq_model
 from mars_jax.vq.config import VQConfig
@@ -123,12 +123,19 @@ def test_best_of_keeps_each_prompts_highest_scored_candidate():
     np.testing.assert_array_equal(kept[:, 0, 0], [1, 3])
 
 
-@pytest.mark.parametrize("batch_size", [6, 2])
-def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size):
+def _reencoded(codes_Nxhxw: np.ndarray, model: TrainedModel) -> np.ndarray:
+    """The VQ encoding of the codes' decoded images (the tiny VQ keeps the size)."""
+    pixels = vq_images.decode_uint8(model.vq_params, TINY_VQ, codes_Nxhxw)
+    return vq_images.encode_uint8(model.vq_params, TINY_VQ, pixels)
+
+
+@pytest.mark.parametrize("batch_size, judge", [(6, "pixels"), (2, "pixels"), (6, "codes")])
+def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size, judge):
     """3 candidates per prompt; the kept image is the decode of the best-scored one, drawn
-    with the call's seed (batch_size 6: all prompts in one call; 2: one prompt a call)."""
+    with the call's seed (batch_size 6: all prompts in one call; 2: one prompt a call), the
+    captioner reading the re-encoded decode (judge "pixels") or the drawn codes."""
     n, seed = 3, 5
-    scfg = SamplingConfig(cfg_scale=2.0, temperature=1.0, candidates=n)
+    scfg = SamplingConfig(cfg_scale=2.0, temperature=1.0, candidates=n, judge=judge)
     got = images_lib.generate_images(model, PROMPTS, scfg, seed, batch_size=batch_size)
     assert got.shape[0] == len(PROMPTS) and got.dtype == np.uint8
 
@@ -140,7 +147,8 @@ def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size):
     for start in range(0, len(PROMPTS), per_call):
         ids = [tok.encode(p) for p in PROMPTS[start : start + per_call] for _ in range(n)]
         codes = t2i.generate_codes(weights, None, CFG, ids, 16, (8, 8), scfg, seed + start)
-        scores = rerank.caption_log_likelihood(model.frozen, model.trainable, CFG, codes, ids)
+        seen = _reencoded(codes, model) if judge == "pixels" else codes
+        scores = rerank.caption_log_likelihood(model.frozen, model.trainable, CFG, seen, ids)
         for j in range(len(ids) // n):
             group = scores[j * n : (j + 1) * n]
             assert len(set(group.round(4).tolist())) == n  # distinct candidates, distinct scores
@@ -149,6 +157,30 @@ def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size):
             want = vq_images.decode_uint8(model.vq_params, TINY_VQ, codes[j * n + best][None])
             np.testing.assert_array_equal(got[start + j], want[0])
     assert chose_other_than_first  # the ranking, not the draw order, decided
+
+
+def test_the_pixel_judge_scores_what_the_encoder_sees_of_each_candidate(model):
+    """The same candidates under both judges; "pixels" scores their re-encoded decodes,
+    which differ from the drawn codes, "codes" the drawn codes."""
+    ids = [load_tokenizer().encode(p) for p in PROMPTS[:2] for _ in range(3)]
+    drawn = {
+        judge: images_lib.draw_codes(
+            model, PROMPTS[:2], SamplingConfig(cfg_scale=2.0, candidates=3, judge=judge), 7
+        )
+        for judge in ("pixels", "codes")
+    }
+    np.testing.assert_array_equal(drawn["pixels"].candidates, drawn["codes"].candidates)
+    codes = drawn["codes"].candidates.reshape(-1, 8, 8)
+    seen = _reencoded(codes, model)
+    assert (seen != codes).mean() > 0.1
+    args = (model.frozen, model.trainable, CFG)
+    np.testing.assert_allclose(
+        drawn["pixels"].scores.ravel(), rerank.caption_log_likelihood(*args, seen, ids), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        drawn["codes"].scores.ravel(), rerank.caption_log_likelihood(*args, codes, ids), rtol=1e-5
+    )
+    assert not np.allclose(drawn["pixels"].scores, drawn["codes"].scores, rtol=1e-3)
 
 
 def test_one_candidate_is_plain_sampling(model):
@@ -161,9 +193,12 @@ def test_one_candidate_is_plain_sampling(model):
     np.testing.assert_array_equal(got, want)
 
 
-def test_candidates_must_be_positive():
+def test_candidates_must_be_positive_and_the_judge_known():
     with pytest.raises(ValueError, match="candidates must be >= 1"):
         SamplingConfig(candidates=0)
+    with pytest.raises(ValueError, match="judge must be one of"):
+        SamplingConfig(judge="clip")
+    assert validate.JUDGES == options.JUDGES  # the config check's JAX-free copy
 
 
 @pytest.fixture(scope="module")

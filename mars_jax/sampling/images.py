@@ -139,8 +139,9 @@ def draw_codes(
             continue
         # The prompt as the caption task saw it: without the resolution in front.
         captions = [tok.encode(p) for p in prompts[start : start + per_call] for _ in range(n)]
+        seen = reencode(model, codes) if scfg.judge == "pixels" else codes
         score = rerank.caption_log_likelihood(
-            model.frozen, model.trainable, model.model_cfg, codes, captions
+            model.frozen, model.trainable, model.model_cfg, seen, captions
         )
         kept.append(rerank.best_of(codes, score, n)[0])
         drawn.append(codes.reshape(-1, n, *codes.shape[1:]))
@@ -157,6 +158,14 @@ def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int 
         for i in range(0, len(codes_Nxhxw), batch_size)
     ]
     return np.concatenate(out)
+
+
+def reencode(model: TrainedModel, codes_Nxhxw: np.ndarray) -> np.ndarray:
+    """The VQ encoding `[N, h, w]` of the images the codes decode to: what the captioner reads
+    of a drawn image (it trained on encoder outputs; about half of a drawn grid's codes are
+    ones the encoder would not give for its own decoded image)."""
+    pixels = decode_images(model, np.asarray(codes_Nxhxw))
+    return np.stack(encode_for_prompt(model, list(pixels)))
 
 
 def generate_images(

@@ -16,6 +16,9 @@ import jax.numpy as jnp
 
 from mars_jax.tokens import vocab
 
+# What best of N's captioner reads of a candidate (`SamplingConfig.judge`).
+JUDGES = ("pixels", "codes")
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -28,6 +31,10 @@ class SamplingConfig:
     # Images drawn per prompt; the one the model's own captioner ranks first is kept
     # (`sampling/rerank.py`). 1: plain sampling.
     candidates: int = 1
+    # What the captioner reads of each candidate: "pixels", the VQ encoding of its decoded
+    # image (what it was trained to read; a drawn code grid is not one the encoder would
+    # give), or "codes", the drawn codes themselves (no decode and encode per candidate).
+    judge: str = "pixels"
     codebook_size: int = vocab.NUM_IMAGE_CODES
 
     def __post_init__(self):
@@ -39,6 +46,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
         if self.candidates < 1:
             raise ValueError(f"sampling.candidates must be >= 1, got {self.candidates}")
+        if self.judge not in JUDGES:
+            raise ValueError(f"sampling.judge must be one of {JUDGES}, got {self.judge!r}")
         if not 0 < self.codebook_size <= vocab.NUM_IMAGE_CODES:
             raise ValueError(
                 f"sampling.codebook_size must be in (0, 8192], got {self.codebook_size}"
@@ -50,7 +59,7 @@ class SamplingConfig:
 
 
 # The options a run's config names in its `sample` section (configs/common.py).
-RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p", "candidates")
+RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p", "candidates", "judge")
 
 
 def run_options(sample: Mapping[str, Any] | None) -> dict[str, Any]:

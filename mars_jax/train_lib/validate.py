@@ -26,6 +26,8 @@ MUON_GROUPS = ("layers", "unfrozen_layers")
 NONFINITE_POLICIES = ("skip", "stop")
 ON_DAMAGE = ("fallback", "stop")
 ON_BAD_RECORD = ("skip", "stop")
+# `sampling.options.JUDGES`, without importing JAX into config checks.
+JUDGES = ("pixels", "codes")
 TASKS = formats.TASKS
 
 # Keys whose change on resume is refused unless --allow_config_change: they change what
@@ -258,6 +260,7 @@ def config_errors(
     # sample
     c.int_("sample.every_steps", 0, optional=True)
     candidates = c.int_("sample.candidates", 1, optional=True)
+    c.enum("sample.judge", JUDGES, optional=True)
     if candidates and candidates > 1 and c.value("data.caption_ratio") in (0, 0.0):
         c.fail(
             "sample.candidates",
@@ -424,6 +427,7 @@ _ADDED = {
     "optim.muon_groups": list(MUON_GROUPS),
     "optim.muon_ns_steps": 5,
     "sample.candidates": 1,
+    "sample.judge": "pixels",  # a sampling choice: runs saved before it are judged so too
     "model.scan_unroll": 1,
     "train.image_code_noise": 0.0,
 }

@@ -289,10 +289,8 @@ def sampler_candidates(
 
     def candidates(captions: Sequence[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
         drawn = images_lib.draw_codes(run, list(captions), scfg, seed, batch_size=batch_size)
-        b, n = drawn.candidates.shape[:2]
-        flat = drawn.candidates.reshape(b * n, *drawn.candidates.shape[2:])
-        pixels = images_lib.decode_images(run, flat, batch_size)
-        return pixels.reshape(b, n, *pixels.shape[1:]), np.argmax(drawn.scores, axis=1)
+        pixels = images_lib.candidate_images(run, drawn, batch_size)
+        return pixels, np.argmax(drawn.scores, axis=1)
 
     return candidates
 

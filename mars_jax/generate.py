@@ -189,14 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             args.resolution,
             args.batch_size,
         )
-        images = images_lib.decode_images(run, drawn.codes, args.batch_size)
+        images = images_lib.kept_images(run, drawn, args.batch_size)
         sheet = outputs.save_samples(args.out, prompts, images)
         if drawn.candidates is not None:
             n = drawn.candidates.shape[1]
-            every = images_lib.decode_images(
-                run, drawn.candidates.reshape(-1, *drawn.codes.shape[1:]), args.batch_size
-            )
-            every = every.reshape(len(prompts), n, *every.shape[1:])
+            every = images_lib.candidate_images(run, drawn, args.batch_size)
             ranked = outputs.save_candidates(args.out, prompts, every, drawn.scores)
             sheet += f"; the {n} candidates of each prompt, best first: {ranked}"
     print(f"wrote {len(images)} images of step {run.step} to {args.out}; contact sheet {sheet}")

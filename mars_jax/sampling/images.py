@@ -100,11 +100,13 @@ def prompt_texts(
 @dataclasses.dataclass
 class Drawn:
     """Codes drawn for prompts: the kept image's `[B, h, w]`; with `candidates` = N > 1 also
-    every candidate `[B, N, h, w]` in draw order and its caption score `[B, N]`."""
+    every candidate `[B, N, h, w]` in draw order and its caption score `[B, N]`, and with the
+    pixel judge the candidates' decoded images `[B, N, H, W, 3]` it read (decoded once)."""
 
     codes: np.ndarray
     candidates: np.ndarray | None = None
     scores: np.ndarray | None = None
+    candidate_images: np.ndarray | None = None
 
 
 def draw_codes(
@@ -127,7 +129,7 @@ def draw_codes(
     )  # fmt: skip
     n = scfg.candidates
     per_call = max(1, batch_size // n)
-    kept, drawn, scores = [], [], []
+    kept, drawn, scores, decoded = [], [], [], []
     for start in range(0, len(texts), per_call):
         ids = [tok.encode(p) for p in texts[start : start + per_call]]
         codes = t2i.generate_codes(
@@ -139,7 +141,13 @@ def draw_codes(
             continue
         # The prompt as the caption task saw it: without the resolution in front.
         captions = [tok.encode(p) for p in prompts[start : start + per_call] for _ in range(n)]
-        seen = reencode(model, codes) if scfg.judge == "pixels" else codes
+        seen = codes
+        if scfg.judge == "pixels":
+            # What the captioner trained on: the encoder's codes of an image (about half of
+            # a drawn grid's codes are ones the encoder would not give for its decode).
+            pixels = decode_images(model, codes, batch_size)
+            seen = np.stack(encode_for_prompt(model, list(pixels)))
+            decoded.append(pixels.reshape(-1, n, *pixels.shape[1:]))
         score = rerank.caption_log_likelihood(
             model.frozen, model.trainable, model.model_cfg, seen, captions
         )
@@ -148,7 +156,8 @@ def draw_codes(
         scores.append(score.reshape(-1, n))
     if n == 1:
         return Drawn(np.concatenate(kept))
-    return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores))
+    images = np.concatenate(decoded) if decoded else None
+    return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores), images)
 
 
 def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -160,12 +169,24 @@ def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int 
     return np.concatenate(out)
 
 
-def reencode(model: TrainedModel, codes_Nxhxw: np.ndarray) -> np.ndarray:
-    """The VQ encoding `[N, h, w]` of the images the codes decode to: what the captioner reads
-    of a drawn image (it trained on encoder outputs; about half of a drawn grid's codes are
-    ones the encoder would not give for its own decoded image)."""
-    pixels = decode_images(model, np.asarray(codes_Nxhxw))
-    return np.stack(encode_for_prompt(model, list(pixels)))
+def candidate_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) -> np.ndarray:
+    """Every candidate's image `[B, N, H, W, 3]`: the pixel judge's decodes, else decoded."""
+    if drawn.candidate_images is not None:
+        return drawn.candidate_images
+    b, n = drawn.candidates.shape[:2]
+    pixels = decode_images(
+        model, drawn.candidates.reshape(b * n, *drawn.codes.shape[1:]), batch_size
+    )
+    return pixels.reshape(b, n, *pixels.shape[1:])
+
+
+def kept_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) -> np.ndarray:
+    """The kept image of each prompt `[B, H, W, 3]`, taken from the pixel judge's decodes
+    when it made them (`rerank.best_of` keeps the first highest score, as argmax does)."""
+    if drawn.candidate_images is None:
+        return decode_images(model, drawn.codes, batch_size)
+    index_B = np.argmax(drawn.scores, axis=1)
+    return drawn.candidate_images[np.arange(len(index_B)), index_B]
 
 
 def generate_images(
@@ -185,7 +206,7 @@ def generate_images(
     drawn per call, so a call holds `batch_size // N` prompts (at least one).
     """
     drawn = draw_codes(model, prompts, scfg, seed, resolution, batch_size)
-    return decode_images(model, drawn.codes, batch_size)
+    return kept_images(model, drawn, batch_size)
 
 
 def matching_sr_size(

@@ -7,7 +7,7 @@ trained model can rank what it draws and what it writes:
   caption, is most likely: `log p(prompt | image)` in the caption task's format
   (`<img> codes <end> prompt <eot>`), CogView's self-reranking. The codes it reads are, by
   default, the VQ encoding of the candidate's decoded image (`SamplingConfig.judge`,
-  `images.reencode`): the caption task trained on encoder outputs, and a drawn grid is
+  `images.draw_codes`): the caption task trained on encoder outputs, and a drawn grid is
   not one (about half its codes differ from its image's encoding);
 - of N captions written for an image it keeps the one that best explains the image both
   ways, `log p(caption | image) + log p(image | caption)`: the caption model alone prefers

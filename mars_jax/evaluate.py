@@ -135,10 +135,14 @@ def _verdict(image: np.ndarray, spec: shapes.SceneSpec) -> dict[str, bool | None
     return {**checker.check(image, spec), "blank": checker.is_blank(image)}
 
 
-def score_shapes(rows: list[dict[str, Any]], images: np.ndarray) -> dict[str, Any]:
+def score_shapes(
+    rows: list[dict[str, Any]], images: np.ndarray, verdicts: list[dict] | None = None
+) -> dict[str, Any]:
     """Checker verdicts per row (with ``blank``: no object at all), and accuracies overall and
-    per language, and the number of blank images."""
-    verdicts = [_verdict(im, r["spec"]) for im, r in zip(images, rows, strict=True)]
+    per language, and the number of blank images. ``verdicts``, when given, are the rows'
+    verdicts already checked (the kept candidates' own), and ``images`` is not read."""
+    if verdicts is None:
+        verdicts = [_verdict(im, r["spec"]) for im, r in zip(images, rows, strict=True)]
     langs = sorted({r["lang"] for r in rows})
     per_lang = {
         lang: checker.accuracies(
@@ -195,15 +199,18 @@ def evaluate_shapes(
         rows, images, every = generate_candidates_for_prompts(
             prompts, candidates, num_per_prompt, seed
         )
+        checked = score_candidates(rows, every)
+        kept_verdicts = [row[r["kept"]] for row, r in zip(checked["verdicts"], rows, strict=True)]
+        result = score_shapes(rows, images, kept_verdicts)  # each image checked once
+        result["candidates"] = checked
     else:
         rows, images = generate_for_prompts(prompts, produce, num_per_prompt, seed)
-    result = score_shapes(rows, images)
+        result = score_shapes(rows, images)
     for lang, acc in result["per_lang"].items():
         log(_format("shapes", acc, f"[{lang}]"))
     others = {k: v for k, v in result["all"].items() if k not in ("color", "shape")}
     log(_format("shapes", others))
     if candidates is not None:
-        result["candidates"] = score_candidates(rows, every)
         right = {k: v for k, v in result["candidates"].items() if k.startswith("right_")}
         log(" ".join(f"shapes_{k}={v:.4f}" for k, v in right.items()))
     log(f"shapes_blank_images={result['blank']}")

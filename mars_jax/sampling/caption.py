@@ -128,20 +128,29 @@ def caption_ids(
     else:
         logits, pick = _tied_logits_and_pick(weights, cfg, scfg, tied)
 
-    def step(carry, key):
-        h_BxD, cache, i, done_B = carry
+    keys = jax.random.split(rng, max_tokens)
+
+    def step(carry):
+        h_BxD, cache, i, done_B, tokens_BxT = carry
+        key = keys[i]
         drawn = pick(options.choose(logits(h_BxD), key, scfg), jax.random.fold_in(key, 1))
         token_B = jnp.where(done_B, vocab.ENDOFTEXT, drawn)
         h, cache = decoder.extend(
             weights, cache, token_B[:, None], jnp.full((b, 1), p + i, jnp.int32),
             jnp.ones((b, 1), bool), p + i, cfg, "text",
         )  # fmt: skip
-        return (h[:, -1], cache, i + 1, done_B | (token_B == vocab.ENDOFTEXT)), token_B
+        tokens_BxT = jax.lax.dynamic_update_slice(tokens_BxT, token_B[:, None], (0, i))
+        return h[:, -1], cache, i + 1, done_B | (token_B == vocab.ENDOFTEXT), tokens_BxT
 
-    keys = jax.random.split(rng, max_tokens)
-    start = (h[:, -1], cache, jnp.int32(0), jnp.zeros((b,), bool))
-    _, tokens_TxB = jax.lax.scan(step, start, keys)
-    return tokens_TxB.T
+    def writing(carry):
+        _, _, i, done_B, _ = carry
+        return (i < max_tokens) & ~jnp.all(done_B)
+
+    # Captions are far shorter than `max_tokens`: stop once every row has ended (the rest
+    # of each row is `<|endoftext|>`, as if the loop had run on).
+    tokens_BxT = jnp.full((b, max_tokens), vocab.ENDOFTEXT, jnp.int32)
+    start = (h[:, -1], cache, jnp.int32(0), jnp.zeros((b,), bool), tokens_BxT)
+    return jax.lax.while_loop(writing, step, start)[-1]
 
 
 def caption_codes(

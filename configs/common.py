@@ -156,6 +156,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # What those captions read of each candidate: "pixels" (the VQ encoding of its
             # decoded image) or "codes" (the drawn codes; docs/RESULTS.md compares them).
             judge="pixels",
+            # Captions written per image by `caption` / `evaluate --bench=captions`, the one
+            # that best explains the image both ways kept; 0: `candidates`.
+            caption_candidates=0,
             seed=0,
             vq="",
         )
@@ -261,6 +264,9 @@ def _demo_pretrained_llm(c: ml_collections.ConfigDict, frozen: bool) -> None:
             # Draw 8 images per prompt, keep the one its own captions rank first
             # (sampling/rerank.py): held-out color and shape rise by ~0.15 (docs/RESULTS.md).
             c.sample.candidates = 8
+            # Captions are cheap to write, and the caption bench named held-out shapes far
+            # more often with 16 than with 8; images drew no better with 16 (docs/RESULTS.md).
+            c.sample.caption_candidates = 16
             # A tenth of the image codes it reads swapped for random ones (targets kept):
             # it leans on its prompt more; one image per prompt drew better in every seed
             # measured, the weakest seed's best of 8 shape 0.45-0.55 -> 0.70-0.76.

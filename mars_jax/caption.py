@@ -46,14 +46,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--candidates", type=int, default=None,
         help="captions written per image, the one that best explains the image both ways "
-        "kept (default: the model's sample.candidates, else 1)",
+        "kept (default: the model's sample.caption_candidates, else 1)",
     )  # fmt: skip
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.max_tokens < 1 or args.batch_size < 1:
-        p.error("--max-tokens and --batch-size must be >= 1")
+        p.error("--max_tokens and --batch_size must be >= 1")
     return args
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with cli.one_line_errors():
         runs.locate(args.checkpoint, args.step)
-        sample_flags.fill_candidates(args, args.checkpoint)
+        sample_flags.fill_caption_candidates(args, args.checkpoint)
         scfg = options.SamplingConfig(
             cfg_scale=1.0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             candidates=args.candidates,

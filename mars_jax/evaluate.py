@@ -415,7 +415,7 @@ def evaluate_captions(args: argparse.Namespace) -> int:
     `caption` command), checked for the scene's colors, shapes, count and relation. With
     `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
     with cli.one_line_errors():
-        sample_flags.fill_candidates(args, args.checkpoint)
+        sample_flags.fill_caption_candidates(args, args.checkpoint)
         scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0, candidates=args.candidates)
     run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
 
@@ -436,7 +436,8 @@ def evaluate_captions(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> cli.Parser:
+    """The command's flags (parsing only; `main` checks them against the run)."""
     p = cli.parser("evaluate", __doc__)
     p.add_argument(
         "--checkpoint", default=None, help="a training run, one of its steps, or a bundle"
@@ -473,6 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
     runner.add_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.bench in ("clipscore", "coco") or (args.bench == "fid" and args.images):
         return _run_standard_bench(args)

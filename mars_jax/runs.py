@@ -99,6 +99,13 @@ def sample_defaults(path: str) -> dict[str, Any]:
     return run_options(read_config(path).get("sample"))
 
 
+def caption_candidates(path: str) -> int:
+    """Captions a run or bundle writes per image by default: its `sample.caption_candidates`,
+    or where that is 0 or absent (runs saved before it), its `sample.candidates`."""
+    sample = read_config(path).get("sample") or {}
+    return int(sample.get("caption_candidates") or 0) or run_options(sample)["candidates"]
+
+
 def trained_captions(path: str) -> bool:
     """Whether the run or bundle trained the caption task (what `--candidates` ranks with)."""
     return float(read_config(path).get("data", {}).get("caption_ratio", 0.0)) > 0.0

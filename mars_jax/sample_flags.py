@@ -40,11 +40,12 @@ def fill_sampling_args(args: argparse.Namespace, checkpoint: str) -> argparse.Na
     return args
 
 
-def fill_candidates(args: argparse.Namespace, checkpoint: str) -> argparse.Namespace:
-    """`--candidates` alone (commands whose other sampling flags have their own defaults):
-    unset, the model's `sample.candidates`; checked as `fill_sampling_args` checks it."""
+def fill_caption_candidates(args: argparse.Namespace, checkpoint: str) -> argparse.Namespace:
+    """`--candidates` of the commands that write captions (their other sampling flags have
+    their own defaults): unset, the model's `sample.caption_candidates` (0 there: its
+    `sample.candidates`); checked as `fill_sampling_args` checks it."""
     if args.candidates is None:
-        args.candidates = runs.sample_defaults(checkpoint)["candidates"]
+        args.candidates = runs.caption_candidates(checkpoint)
     check_candidates(args.candidates, checkpoint)
     return args
 

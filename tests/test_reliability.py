@@ -333,6 +333,8 @@ BAD_VALUES = [
     ("optim.muon_ns_steps", 0, "must be >= 1"),
     ("sample.candidates", 0, "must be >= 1"),
     ("sample.judge", "clip", "must be one of ('pixels', 'codes')"),
+    ("sample.caption_candidates", -1, "must be >= 0"),
+    ("sample.caption_candidates", 4, "needs data.caption_ratio > 0"),
     ("sample.candidates", 4, "needs data.caption_ratio > 0"),  # stage II trains no captions
     ("optim.muon_groups", (), "must be a non-empty tuple from"),
     ("train.reading_every", -1, "must be >= 0"),

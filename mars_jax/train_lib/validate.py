@@ -260,12 +260,20 @@ def config_errors(
     # sample
     c.int_("sample.every_steps", 0, optional=True)
     candidates = c.int_("sample.candidates", 1, optional=True)
+    caption_candidates = c.int_("sample.caption_candidates", 0, optional=True)
     c.enum("sample.judge", JUDGES, optional=True)
-    if candidates and candidates > 1 and c.value("data.caption_ratio") in (0, 0.0):
+    no_captions = c.value("data.caption_ratio") in (0, 0.0)
+    if candidates and candidates > 1 and no_captions:
         c.fail(
             "sample.candidates",
             candidates,
             "ranks images by the model's own captions: needs data.caption_ratio > 0",
+        )
+    if caption_candidates and caption_candidates > 1 and no_captions:
+        c.fail(
+            "sample.caption_candidates",
+            caption_candidates,
+            "ranks the model's own captions: needs data.caption_ratio > 0",
         )
 
     # base
@@ -427,6 +435,7 @@ _ADDED = {
     "optim.muon_groups": list(MUON_GROUPS),
     "optim.muon_ns_steps": 5,
     "sample.candidates": 1,
+    "sample.caption_candidates": 0,  # 0: `sample.candidates`, what runs before it wrote
     "sample.judge": "pixels",  # a sampling choice: runs saved before it are judged so too
     "model.scan_unroll": 1,
     "train.image_code_noise": 0.0,

@@ -135,14 +135,15 @@ def _verdict(image: np.ndarray, spec: shapes.SceneSpec) -> dict[str, bool | None
     return {**checker.check(image, spec), "blank": checker.is_blank(image)}
 
 
-def score_shapes(
-    rows: list[dict[str, Any]], images: np.ndarray, verdicts: list[dict] | None = None
-) -> dict[str, Any]:
+def score_shapes(rows: list[dict[str, Any]], images: np.ndarray) -> dict[str, Any]:
     """Checker verdicts per row (with ``blank``: no object at all), and accuracies overall and
-    per language, and the number of blank images. ``verdicts``, when given, are the rows'
-    verdicts already checked (the kept candidates' own), and ``images`` is not read."""
-    if verdicts is None:
-        verdicts = [_verdict(im, r["spec"]) for im, r in zip(images, rows, strict=True)]
+    per language, and the number of blank images."""
+    verdicts = [_verdict(im, r["spec"]) for im, r in zip(images, rows, strict=True)]
+    return summarize_verdicts(rows, verdicts)
+
+
+def summarize_verdicts(rows: list[dict[str, Any]], verdicts: list[dict]) -> dict[str, Any]:
+    """``score_shapes`` of verdicts already checked, one per row."""
     langs = sorted({r["lang"] for r in rows})
     per_lang = {
         lang: checker.accuracies(
@@ -201,7 +202,7 @@ def evaluate_shapes(
         )
         checked = score_candidates(rows, every)
         kept_verdicts = [row[r["kept"]] for row, r in zip(checked["verdicts"], rows, strict=True)]
-        result = score_shapes(rows, images, kept_verdicts)  # each image checked once
+        result = summarize_verdicts(rows, kept_verdicts)  # each image checked once
         result["candidates"] = checked
     else:
         rows, images = generate_for_prompts(prompts, produce, num_per_prompt, seed)
@@ -297,7 +298,7 @@ def sampler_candidates(
     def candidates(captions: Sequence[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
         drawn = images_lib.draw_codes(run, list(captions), scfg, seed, batch_size=batch_size)
         pixels = images_lib.candidate_images(run, drawn, batch_size)
-        return pixels, np.argmax(drawn.scores, axis=1)
+        return pixels, drawn.kept_index
 
     return candidates
 

@@ -108,6 +108,12 @@ class Drawn:
     scores: np.ndarray | None = None
     candidate_images: np.ndarray | None = None
 
+    @property
+    def kept_index(self) -> np.ndarray:
+        """Which candidate each prompt kept `[B]` (the first highest score, as
+        `rerank.best_of` keeps it)."""
+        return np.argmax(self.scores, axis=1)
+
 
 def draw_codes(
     model: TrainedModel,
@@ -182,10 +188,10 @@ def candidate_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) ->
 
 def kept_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) -> np.ndarray:
     """The kept image of each prompt `[B, H, W, 3]`, taken from the pixel judge's decodes
-    when it made them (`rerank.best_of` keeps the first highest score, as argmax does)."""
+    when it made them."""
     if drawn.candidate_images is None:
         return decode_images(model, drawn.codes, batch_size)
-    index_B = np.argmax(drawn.scores, axis=1)
+    index_B = drawn.kept_index
     return drawn.candidate_images[np.arange(len(index_B)), index_B]
 
 

@@ -262,19 +262,13 @@ def config_errors(
     candidates = c.int_("sample.candidates", 1, optional=True)
     caption_candidates = c.int_("sample.caption_candidates", 0, optional=True)
     c.enum("sample.judge", JUDGES, optional=True)
-    no_captions = c.value("data.caption_ratio") in (0, 0.0)
-    if candidates and candidates > 1 and no_captions:
-        c.fail(
-            "sample.candidates",
-            candidates,
-            "ranks images by the model's own captions: needs data.caption_ratio > 0",
-        )
-    if caption_candidates and caption_candidates > 1 and no_captions:
-        c.fail(
-            "sample.caption_candidates",
-            caption_candidates,
-            "ranks the model's own captions: needs data.caption_ratio > 0",
-        )
+    ranked = (
+        ("sample.candidates", candidates, "ranks images by the model's own captions"),
+        ("sample.caption_candidates", caption_candidates, "ranks the model's own captions"),
+    )
+    for key, n, what in ranked:
+        if n and n > 1 and c.value("data.caption_ratio") in (0, 0.0):
+            c.fail(key, n, f"{what}: needs data.caption_ratio > 0")
 
     # base
     c.bool_("base.demo_lm", optional=True)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in tqdm(batches, desc="caption", unit="batch", disable=len(batches) < 2):
             captions += images_lib.caption_images(
                 run, pictures[start : start + args.batch_size], scfg, args.max_tokens,
-                args.seed + start, args.batch_size, lang=args.lang,
+                args.seed, args.batch_size, lang=args.lang, first=start,
             )  # fmt: skip
     for path, text in zip(files, captions, strict=True):
         print(f"{path}\t{text}")

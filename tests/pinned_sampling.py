@@ -3,7 +3,8 @@
 
 The pins were written by the samplers before they moved onto the one incremental decoder
 (`mars_jax.model.decoder`); `tests/test_pinned_sampling.py` checks that every sampler still
-draws the same codes.
+draws the same codes. The sampled text-to-image pins were written again when each prompt
+got its own key (`options.row_keys`); the others are the first ones.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import recompute_reference
 
 from mars_jax.model import params
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import caption
+from mars_jax.sampling import caption, options
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.tokens import vocab
 
@@ -49,6 +49,22 @@ def test_greedy_caption_equals_full_recompute():
         cut = ref.index(vocab.ENDOFTEXT) if vocab.ENDOFTEXT in ref else len(ref)
         assert row == ref[:cut]
     assert all(len(r) > 0 for r in got)
+
+
+def test_an_images_caption_depends_on_its_row_not_on_the_batch():
+    """Sampled captions: each image alone, under its row id, gets the caption it gets in
+    the whole batch (the tied head's merged column included)."""
+    cfg, frozen, trainable = _tied_model()
+    codes = np.random.default_rng(1).integers(0, 64, (3, 2, 3))
+    scfg = SamplingConfig(temperature=1.5)
+    for tied in (False, True):
+        run = lambda images, rows, tied=tied: caption.caption_codes(
+            frozen, trainable, cfg, images, scfg, 8, seed=2, tied=tied, row_ids=np.asarray(rows)
+        )
+        whole = run(codes, options.prompt_rows(0, 3))
+        assert len({tuple(c) for c in whole}) > 1
+        for i in range(3):
+            assert run(codes[i : i + 1], [[i, 0]]) == [whole[i]]
 
 
 def test_caption_stops_at_endoftext_and_draws_no_special_token():
@@ -122,5 +138,6 @@ def test_tied_head_draws_from_the_full_softmax():
     np.testing.assert_allclose(p_cols[:, :n], p_full[:, head.ids[:n]], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(p_cols[:, n], p_full[:, head.tied_allowed].sum(-1), rtol=1e-4)
     assert p_cols[:, n].max() > 0.01  # the merged column matters in this check
-    drawn = np.asarray(pick(jnp.full((256,), n), jax.random.key(5)))
+    keys = options.row_keys(5, options.prompt_rows(0, 256))
+    drawn = np.asarray(pick(jnp.full((256,), n), keys))
     assert set(drawn.tolist()) <= set(head.tied_allowed.tolist()) and len(set(drawn.tolist())) > 100

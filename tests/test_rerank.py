@@ -146,7 +146,8 @@ def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size, jud
     chose_other_than_first = False
     for start in range(0, len(PROMPTS), per_call):
         ids = [tok.encode(p) for p in PROMPTS[start : start + per_call] for _ in range(n)]
-        codes = t2i.generate_codes(weights, None, CFG, ids, 16, (8, 8), scfg, seed + start)
+        rows = options.prompt_rows(start, len(ids) // n, n)
+        codes = t2i.generate_codes(weights, None, CFG, ids, 16, (8, 8), scfg, seed, rows)
         seen = _reencoded(codes, model) if judge == "pixels" else codes
         scores = rerank.caption_log_likelihood(model.frozen, model.trainable, CFG, seen, ids)
         for j in range(len(ids) // n):
@@ -157,6 +158,20 @@ def test_generate_images_keeps_the_best_of_the_candidates(model, batch_size, jud
             want = vq_images.decode_uint8(model.vq_params, TINY_VQ, codes[j * n + best][None])
             np.testing.assert_array_equal(got[start + j], want[0])
     assert chose_other_than_first  # the ranking, not the draw order, decided
+
+
+def test_draws_depend_on_the_prompt_not_on_the_batch(model):
+    """A prompt's candidates are the same whatever the batch size, and best of 3 draws best
+    of 2's candidates and one more (each row has its own key, `options.row_keys`)."""
+    draw = lambda n, batch_size: images_lib.draw_codes(
+        model, PROMPTS, SamplingConfig(cfg_scale=2.0, candidates=n), 4, batch_size=batch_size
+    )
+    whole, apart = draw(3, 9), draw(3, 3)
+    np.testing.assert_array_equal(whole.candidates, apart.candidates)
+    np.testing.assert_allclose(whole.scores, apart.scores, rtol=1e-5)
+    np.testing.assert_array_equal(whole.codes, apart.codes)
+    np.testing.assert_array_equal(draw(2, 9).candidates, whole.candidates[:, :2])
+    assert not np.array_equal(whole.candidates[:, 0], whole.candidates[:, 1])
 
 
 def test_the_pixel_judge_scores_what_the_encoder_sees_of_each_candidate(model):

@@ -77,7 +77,8 @@ def test_cfg_scale_one_equals_conditional_sampling(weights):
     weights_ = decoder.prepare(frozen, trainable, CFG, CODEBOOK, str(CFG.compute_dtype))
     rows = formats.t2i_prompt(PROMPTS, TEXT_LEN)
     cond_only = t2i.sample_codes(
-        weights_, rows["tokens"], rows["positions"], rows["valid"], jax.random.key(3),
+        weights_, rows["tokens"], rows["positions"], rows["valid"],
+        options.row_keys(3, options.prompt_rows(0, len(PROMPTS))),
         cfg=CFG, scfg=scfg, num_codes=6, text_len=TEXT_LEN,
     )  # fmt: skip
     got = t2i.generate_codes(frozen, trainable, CFG, PROMPTS, TEXT_LEN, GRID, scfg, seed=3)
@@ -93,6 +94,20 @@ def test_same_seed_same_codes_other_seed_differs(weights):
     a, b, c = run(7), run(7), run(8)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_a_prompts_codes_depend_on_its_row_not_on_the_batch(weights):
+    """Each prompt alone, under its row id, draws the codes it draws in the whole batch;
+    another row id (candidate 1) draws others."""
+    frozen, trainable = weights
+    scfg = SamplingConfig(cfg_scale=1.5, temperature=1.0, codebook_size=CODEBOOK)
+    run = lambda prompts, rows: t2i.generate_codes(
+        frozen, trainable, CFG, prompts, TEXT_LEN, GRID, scfg, 7, np.asarray(rows)
+    )
+    whole = run(PROMPTS, options.prompt_rows(0, len(PROMPTS)))
+    for i, prompt in enumerate(PROMPTS):
+        np.testing.assert_array_equal(run([prompt], [[i, 0]])[0], whole[i])
+    assert not np.array_equal(run(PROMPTS[:1], [[0, 1]])[0], whole[0])
 
 
 def test_no_text_token_inside_an_image(weights):

@@ -75,7 +75,7 @@ def tied_head(cfg: ModelConfig, allowed_V: np.ndarray) -> TiedHead | None:
 
 
 def _tied_logits_and_pick(weights, cfg, scfg, tied: TiedHead):
-    """(masked `[B, n + 1]` logits, `pick(columns, key) -> ids`) of a `TiedHead`."""
+    """(masked `[B, n + 1]` logits, `pick(columns_B, keys_B) -> ids_B`) of a `TiedHead`."""
     tied_ids, tied_allowed, log_count = tied.ids, tied.tied_allowed, tied.log_count
     head = jnp.take(weights.frozen["text_head"], tied_ids, axis=1)
 
@@ -87,9 +87,9 @@ def _tied_logits_and_pick(weights, cfg, scfg, tied: TiedHead):
         out = out.at[:, -1].add(scfg.temperature * log_count)
         return jnp.where(tied.allowed, out, -jnp.inf)
 
-    def pick(columns_B, key):
+    def pick(columns_B, keys_B):
         n = tied_ids.shape[0] - 1
-        spread = jax.random.randint(key, columns_B.shape, 0, tied_allowed.shape[0])
+        spread = jax.vmap(lambda key: jax.random.randint(key, (), 0, tied_allowed.shape[0]))(keys_B)
         merged = tied_allowed[0] if scfg.temperature == 0.0 else tied_allowed[spread]
         return jnp.where(columns_B < n, tied_ids[jnp.minimum(columns_B, n - 1)], merged)
 
@@ -100,7 +100,7 @@ def _tied_logits_and_pick(weights, cfg, scfg, tied: TiedHead):
 def caption_ids(
     weights: decoder.DecodeWeights,
     prompt_BxP: jax.Array,
-    rng: jax.Array,
+    keys_B: jax.Array,
     allowed_V: jax.Array,
     *,
     cfg: ModelConfig,
@@ -110,7 +110,8 @@ def caption_ids(
 ) -> jax.Array:
     """Caption token ids `[B, max_tokens]` drawn from the ids `allowed_V` marks (`[151936]`
     bool); after a row's `<|endoftext|>` it repeats it. `tied`: draw from that
-    `TiedHead`'s columns instead."""
+    `TiedHead`'s columns instead. `keys_B`: each row's key (`options.row_keys`); its token
+    `i` is drawn from `fold_in(key, i)`, whatever the rest of the batch holds."""
     b, p = prompt_BxP.shape
     cache = decoder.init_cache(cfg, b, p + max_tokens, weights.compute_dtype)
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
@@ -122,18 +123,17 @@ def caption_ids(
         def logits(h_BxD):
             return jnp.where(allowed_V, decoder.text_logits(weights, h_BxD, cfg), -jnp.inf)
 
-        def pick(ids_B, key):
+        def pick(ids_B, keys_B):
             return ids_B
 
     else:
         logits, pick = _tied_logits_and_pick(weights, cfg, scfg, tied)
 
-    keys = jax.random.split(rng, max_tokens)
-
     def step(carry):
         h_BxD, cache, i, done_B, tokens_BxT = carry
-        key = keys[i]
-        drawn = pick(options.choose(logits(h_BxD), key, scfg), jax.random.fold_in(key, 1))
+        step_keys_B = options.at_step(keys_B, 2 * i)
+        drawn_B = options.choose_rows(logits(h_BxD), step_keys_B, scfg)
+        drawn = pick(drawn_B, options.at_step(keys_B, 2 * i + 1))
         token_B = jnp.where(done_B, vocab.ENDOFTEXT, drawn)
         h, cache = decoder.extend(
             weights, cache, token_B[:, None], jnp.full((b, 1), p + i, jnp.int32),
@@ -163,9 +163,11 @@ def caption_codes(
     seed: int = 0,
     lang: str = languages.ANY,
     tied: bool = True,
+    row_ids: np.ndarray | None = None,
 ) -> list[list[int]]:
     """Caption ids of each image (VQ codes `[B, h, w]`), without `<|endoftext|>`, in `lang`
-    (`en`, `zh`, or `any`: the model's choice)."""
+    (`en`, `zh`, or `any`: the model's choice). `row_ids` `[B, 2]`: each row's image index
+    and candidate number (`options.row_keys`; default: images `0 … B-1`, candidate 0)."""
     allowed_V = languages.allowed_text_ids(lang)
     cfg.check_image_grid(tuple(np.shape(codes_Bxhxw)[1:]), "captioning")
     if isinstance(frozen, decoder.DecodeWeights):
@@ -174,7 +176,8 @@ def caption_codes(
         weights = decoder.prepare(frozen, trainable, cfg, None, str(cfg.compute_dtype))
     head = tied_head(cfg, allowed_V) if tied else None
     ids = caption_ids(
-        weights, jnp.asarray(prompt_tokens(codes_Bxhxw)), jax.random.key(seed),
+        weights, jnp.asarray(prompt_tokens(codes_Bxhxw)),
+        options.row_keys(seed, options.prompt_rows(0, len(codes_Bxhxw)) if row_ids is None else row_ids),
         jnp.asarray(allowed_V), cfg=cfg, scfg=scfg, max_tokens=int(max_tokens), tied=head,
     )  # fmt: skip
     out = []

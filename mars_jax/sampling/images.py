@@ -13,7 +13,7 @@ from PIL import Image
 from mars_jax.data import image_ops
 from mars_jax.model import decoder
 from mars_jax.model.config import ModelConfig
-from mars_jax.sampling import caption, nktp, rerank, t2i
+from mars_jax.sampling import caption, nktp, options, rerank, t2i
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.text import languages
 from mars_jax.text.tokenizer import load_tokenizer
@@ -140,7 +140,7 @@ def draw_codes(
         ids = [tok.encode(p) for p in texts[start : start + per_call]]
         codes = t2i.generate_codes(
             weights, None, model.model_cfg, [row for row in ids for _ in range(n)],
-            model.text_len, grid, scfg, seed + start,
+            model.text_len, grid, scfg, seed, options.prompt_rows(start, len(ids), n),
         )  # fmt: skip
         if n == 1:
             kept.append(codes)
@@ -289,9 +289,11 @@ def caption_images(
     seed: int = 0,
     batch_size: int = 16,
     lang: str = languages.ANY,
+    first: int = 0,
 ) -> list[str]:
     """A caption per image (image → text, the stage-I captioning task), in `lang` (`en`,
-    `zh`, or `any`: the model's choice).
+    `zh`, or `any`: the model's choice). `first`: the index of `images_uint8[0]` in the
+    caller's list, for the draws of a list captioned in parts (`options.row_keys`).
 
     Each image is resized and centre-cropped to the model's first trained size, as data
     preparation does, then VQ-encoded. With `scfg.candidates` = N > 1 the candidates are the
@@ -308,12 +310,14 @@ def caption_images(
     for start in range(0, len(images_uint8), batch_size):
         codes = np.stack(encode_for_prompt(model, images_uint8[start : start + batch_size]))
         ids = caption.caption_codes(
-            weights, None, model.model_cfg, codes, scfg, max_tokens, seed + start, lang
-        )
+            weights, None, model.model_cfg, codes, scfg, max_tokens, seed, lang,
+            row_ids=options.prompt_rows(first + start, len(codes)),
+        )  # fmt: skip
         if n > 1:
+            more_rows = options.prompt_rows(first + start, len(codes), n)
             more = caption.caption_codes(
                 weights, None, model.model_cfg, np.repeat(codes, n - 1, axis=0), drawn_scfg,
-                max_tokens, seed + start + 1, lang,
+                max_tokens, seed, lang, row_ids=more_rows[more_rows[:, 1] > 0],
             )  # fmt: skip
             ids = best_captions(model, codes, ids, more, n)
         out += [tok.decode(row) for row in ids]

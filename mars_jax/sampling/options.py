@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mars_jax.tokens import vocab
 
@@ -104,6 +105,38 @@ def filtered(logits_BxC: jax.Array, scfg: SamplingConfig) -> jax.Array:
     c = logits_BxC.shape[-1]
     flat = filter_logits(logits_BxC.reshape(-1, c) / scfg.temperature, scfg.top_k, scfg.top_p)
     return flat.reshape(logits_BxC.shape)
+
+
+def row_keys(seed: int, row_ids_Bx2: np.ndarray | Sequence[Sequence[int]]) -> jax.Array:
+    """One key per row `[B]`: row `(i, j)`, the i-th prompt's (or image's) j-th candidate,
+    draws from `key(seed)` folded with `i`, then `j`. A row's draws then depend on the seed,
+    its prompt's place in the list and its candidate number, not on the batch size or on
+    the other rows of its batch; and best of 16 draws best of 8's candidates and 8 more."""
+    ids = jnp.asarray(np.asarray(row_ids_Bx2, np.uint32).reshape(-1, 2))
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
+        ids[:, 0], ids[:, 1]
+    )
+
+
+def prompt_rows(first: int, count: int, candidates: int = 1) -> np.ndarray:
+    """Row ids `[count * candidates, 2]` of prompts `first ...` with their candidates, each
+    prompt's candidates consecutive (as `row_keys` reads them)."""
+    prompts = np.repeat(np.arange(first, first + count), candidates)
+    return np.stack([prompts, np.tile(np.arange(candidates), count)], axis=1)
+
+
+def at_step(keys_B: jax.Array, step: jax.Array | int) -> jax.Array:
+    """Each row's key for decoding step `step` `[B]`."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
+
+
+def choose_rows(logits_BxC: jax.Array, keys_B: jax.Array, scfg: SamplingConfig) -> jax.Array:
+    """`choose` with a key per row: ids `[B]`, each drawn from its own row's key."""
+    if scfg.temperature == 0.0:
+        return jnp.argmax(logits_BxC, axis=-1).astype(jnp.int32)
+    draw = jax.vmap(lambda key, row_C: jax.random.categorical(key, row_C))
+    return draw(keys_B, filtered(logits_BxC, scfg)).astype(jnp.int32)
 
 
 def choose(logits_BxC: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> jax.Array:

@@ -29,7 +29,7 @@ def sample_codes(
     tokens_RxP: jax.Array,
     positions_RxP: jax.Array,
     valid_RxP: jax.Array,
-    rng: jax.Array,
+    keys_B: jax.Array,
     *,
     cfg: ModelConfig,
     scfg: SamplingConfig,
@@ -39,6 +39,8 @@ def sample_codes(
     """Draw `num_codes` image codes per prompt: codebook indices `[B, num_codes]`.
 
     Rows are `[cond; uncond]` when `scfg.guided`; `text_len` is the prompt's text slot.
+    `keys_B`: each prompt's key (`options.row_keys`); its code `i` is drawn from
+    `fold_in(key, i)`, so a prompt's codes do not depend on the rest of the batch.
     """
     rows, prompt_len = tokens_RxP.shape
     batch = rows // 2 if scfg.guided else rows
@@ -46,16 +48,16 @@ def sample_codes(
     h, cache = decoder.prefill(weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len)
     next_position_R = positions_RxP[:, -1] + 1
 
-    def pick(h_RxD, key):
+    def pick(h_RxD, index):
         logits_RxC = decoder.code_logits(weights, h_RxD, cfg)
         if scfg.guided:
             logits_RxC = options.guide(logits_RxC, batch, scfg.cfg_scale)
-        codes_B = options.choose(logits_RxC, key, scfg)
+        codes_B = options.choose_rows(logits_RxC, options.at_step(keys_B, index), scfg)
         return jnp.concatenate([codes_B, codes_B]) if scfg.guided else codes_B
 
-    def step(carry, key):
+    def step(carry, _):
         h_RxD, cache, index = carry
-        codes_R = pick(h_RxD, key)
+        codes_R = pick(h_RxD, index)
         tokens_Rx1 = vocab.code_to_token(codes_R)[:, None]
         h, cache = decoder.extend(
             weights, cache, tokens_Rx1, (next_position_R + index)[:, None],
@@ -63,10 +65,9 @@ def sample_codes(
         )  # fmt: skip
         return (h[:, -1], cache, index + 1), codes_R[:batch]
 
-    keys = jax.random.split(rng, num_codes)
     # The last code needs no forward pass after it: pick it outside the scan.
-    (h_RxD, _, _), codes_NxB = jax.lax.scan(step, (h[:, -1], cache, 0), keys[:-1])
-    last_R = pick(h_RxD, keys[-1])
+    (h_RxD, _, _), codes_NxB = jax.lax.scan(step, (h[:, -1], cache, 0), None, length=num_codes - 1)
+    last_R = pick(h_RxD, num_codes - 1)
     return jnp.concatenate([codes_NxB.T, last_R[:batch, None]], axis=1)
 
 
@@ -79,10 +80,12 @@ def generate_codes(
     grid_hw: tuple[int, int],
     scfg: SamplingConfig,
     seed: int,
+    row_ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """Codes `[B, h, w]` for a batch of tokenized prompts (numpy in, numpy out).
 
-    `frozen` may be `decoder.prepare(..., num_codes=scfg.codebook_size)`'s weights (then
+    `row_ids` `[B, 2]`: each row's prompt index and candidate number in the caller's list
+    (`options.row_keys`; default: prompts `0 … B-1`, candidate 0). `frozen` may be `decoder.prepare(..., num_codes=scfg.codebook_size)`'s weights (then
     `trainable` is None): made once, they serve many calls.
     """
     cfg.check_image_grid(grid_hw, "sampling")
@@ -94,7 +97,9 @@ def generate_codes(
         jnp.asarray(rows["tokens"]),
         jnp.asarray(rows["positions"]),
         jnp.asarray(rows["valid"]),
-        jax.random.key(seed),
+        options.row_keys(
+            seed, options.prompt_rows(0, len(text_ids)) if row_ids is None else row_ids
+        ),
         cfg=cfg,
         scfg=scfg,
         num_codes=grid_hw[0] * grid_hw[1],

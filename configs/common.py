@@ -156,6 +156,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # What those captions read of each candidate: "pixels" (the VQ encoding of its
             # decoded image) or "codes" (the drawn codes; docs/RESULTS.md compares them).
             judge="pixels",
+            # A candidate image flatter than this (pixel standard deviation, uint8 levels:
+            # an empty canvas) is kept only when every candidate is; 0: no check.
+            blank_std=3.0,
             # Captions written per image by `caption` / `evaluate --bench=captions`, the one
             # that best explains the image both ways kept; 0: `candidates`.
             caption_candidates=0,

@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         if drawn.candidates is not None:
             n = drawn.candidates.shape[1]
             every = images_lib.candidate_images(run, drawn, args.batch_size)
-            ranked = outputs.save_candidates(args.out, prompts, every, drawn.scores)
+            ranked = outputs.save_candidates(
+                args.out, prompts, every, drawn.scores, drawn.ranked_order, drawn.blank
+            )
             sheet += f"; the {n} candidates of each prompt, best first: {ranked}"
     print(f"wrote {len(images)} images of step {run.step} to {args.out}; contact sheet {sheet}")
     return 0

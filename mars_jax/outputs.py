@@ -71,14 +71,21 @@ def save_samples(out_dir: str, prompts: Sequence[str], images: np.ndarray) -> st
 
 
 def save_candidates(
-    out_dir: str, prompts: Sequence[str], images_BxNxHxWx3: np.ndarray, scores_BxN: np.ndarray
+    out_dir: str,
+    prompts: Sequence[str],
+    images_BxNxHxWx3: np.ndarray,
+    scores_BxN: np.ndarray,
+    order_BxN: np.ndarray,
+    blank_BxN: np.ndarray | None = None,
 ) -> str:
-    """Best of N made visible: a sheet with one row per prompt, its N candidates ordered by
-    score (the kept one first), and `candidates.jsonl` (the scores in that order, and which
-    draw was kept); returns the sheet's path."""
+    """Best of N made visible: a sheet with one row per prompt, its N candidates in the order
+    best of N ranked them (`order_BxN`, the kept one first), and `candidates.jsonl` (the
+    scores in that order, which draw was kept, which draws were blank); returns the sheet's
+    path."""
     os.makedirs(out_dir, exist_ok=True)
     images, scores = np.asarray(images_BxNxHxWx3), np.asarray(scores_BxN)
-    order_BxN = np.argsort(-scores, axis=1, kind="stable")
+    order_BxN = np.asarray(order_BxN)
+    blank = np.zeros(scores.shape, bool) if blank_BxN is None else np.asarray(blank_BxN, bool)
     ranked = np.take_along_axis(images, order_BxN[:, :, None, None, None], axis=1)
     with open(os.path.join(out_dir, CANDIDATES_FILE), "w", encoding="utf-8") as f:
         for i, (prompt, order) in enumerate(zip(prompts, order_BxN, strict=True)):
@@ -87,6 +94,7 @@ def save_candidates(
                 "prompt": prompt,
                 "kept_draw": int(order[0]),
                 "caption_log_likelihood": [round(float(scores[i, k]), 4) for k in order],
+                "blank_draws": [int(k) for k in np.flatnonzero(blank[i])],
             }
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     n = images.shape[1]

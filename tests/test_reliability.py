@@ -334,6 +334,7 @@ BAD_VALUES = [
     ("sample.candidates", 0, "must be >= 1"),
     ("sample.judge", "clip", "must be one of ('pixels', 'codes')"),
     ("sample.caption_candidates", -1, "must be >= 0"),
+    ("sample.blank_std", -1.0, "must be >= 0"),
     ("sample.caption_candidates", 4, "needs data.caption_ratio > 0"),
     ("sample.candidates", 4, "needs data.caption_ratio > 0"),  # stage II trains no captions
     ("optim.muon_groups", (), "must be a non-empty tuple from"),

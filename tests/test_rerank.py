@@ -123,6 +123,20 @@ def test_best_of_keeps_each_prompts_highest_scored_candidate():
     np.testing.assert_array_equal(kept[:, 0, 0], [1, 3])
 
 
+def test_a_blank_candidate_is_kept_only_when_all_are():
+    flat = np.full((2, 4, 4, 3), 40, np.uint8)
+    flat[1, 0, 0] = 43  # std 0.5: still one flat color at max_std 1
+    drawn = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    images = np.concatenate([flat, drawn])
+    assert rerank.blank_images(images, 1.0).tolist() == [True, True, False, False]
+    assert not rerank.blank_images(images, 0.0).any()
+    codes = np.arange(6)[:, None, None] * np.ones((6, 2, 2), int)
+    scores = np.array([0.5, -1.0, -2.0, 0.5, -7.0, 0.1])  # 2 prompts x 3 candidates
+    blank = np.array([True, False, False, True, True, True])
+    _, index = rerank.best_of(codes, scores, 3, blank)
+    assert index.tolist() == [1, 0]  # the best non-blank one; all blank: the best one
+
+
 def _reencoded(codes_Nxhxw: np.ndarray, model: TrainedModel) -> np.ndarray:
     """The VQ encoding of the codes' decoded images (the tiny VQ keeps the size)."""
     pixels = vq_images.decode_uint8(model.vq_params, TINY_VQ, codes_Nxhxw)
@@ -172,6 +186,36 @@ def test_draws_depend_on_the_prompt_not_on_the_batch(model):
     np.testing.assert_array_equal(whole.codes, apart.codes)
     np.testing.assert_array_equal(draw(2, 9).candidates, whole.candidates[:, :2])
     assert not np.array_equal(whole.candidates[:, 0], whole.candidates[:, 1])
+
+
+@pytest.mark.parametrize("judge", ["pixels", "codes"])
+def test_best_of_n_skips_candidates_flatter_than_blank_std(model, judge):
+    """The same draws with and without the check; with it, candidates whose decode's pixel
+    std is under `blank_std` (set here just above the kept image's of a prompt with a
+    busier candidate) are flagged and kept only where all of a prompt's are."""
+    scfg = SamplingConfig(cfg_scale=2.0, candidates=3, judge=judge, blank_std=0.0)
+    plain = images_lib.draw_codes(model, PROMPTS, scfg, 4)
+    assert plain.blank is None
+    assert (plain.candidate_images is None) == (judge == "codes")  # no decode needed
+    pixels = images_lib.candidate_images(model, plain)
+    std_BxN = pixels.reshape(*pixels.shape[:2], -1).astype(np.float64).std(axis=-1)
+    kept_std_B = std_BxN[np.arange(len(PROMPTS)), plain.kept_index]
+    p = int(np.argmax(std_BxN.max(axis=1) - kept_std_B))  # its kept image is not its busiest
+    threshold = float(kept_std_B[p]) + 1e-3
+    assert (std_BxN[p] >= threshold).any()
+    scfg = dataclasses.replace(scfg, blank_std=threshold)
+    guarded = images_lib.draw_codes(model, PROMPTS, scfg, 4)
+    np.testing.assert_array_equal(guarded.candidates, plain.candidates)
+    np.testing.assert_array_equal(guarded.blank, std_BxN < threshold)
+    want = np.where(
+        (std_BxN < threshold) & (std_BxN >= threshold).any(axis=1, keepdims=True),
+        -np.inf, guarded.scores,
+    ).argmax(axis=1)  # fmt: skip
+    np.testing.assert_array_equal(guarded.kept_index, want)
+    assert guarded.kept_index[p] != plain.kept_index[p]
+    kept = guarded.candidates[np.arange(len(PROMPTS)), want]
+    np.testing.assert_array_equal(guarded.codes, kept)
+    assert guarded.ranked_order[:, 0].tolist() == want.tolist()
 
 
 def test_the_pixel_judge_scores_what_the_encoder_sees_of_each_candidate(model):

@@ -100,19 +100,26 @@ def prompt_texts(
 @dataclasses.dataclass
 class Drawn:
     """Codes drawn for prompts: the kept image's `[B, h, w]`; with `candidates` = N > 1 also
-    every candidate `[B, N, h, w]` in draw order and its caption score `[B, N]`, and with the
-    pixel judge the candidates' decoded images `[B, N, H, W, 3]` it read (decoded once)."""
+    every candidate `[B, N, h, w]` in draw order and its caption score `[B, N]`, the
+    candidates' decoded images `[B, N, H, W, 3]` (decoded once, for the pixel judge or the
+    blank check) and which of them are blank `[B, N]` (None: not checked)."""
 
     codes: np.ndarray
     candidates: np.ndarray | None = None
     scores: np.ndarray | None = None
     candidate_images: np.ndarray | None = None
+    blank: np.ndarray | None = None
 
     @property
     def kept_index(self) -> np.ndarray:
-        """Which candidate each prompt kept `[B]` (the first highest score, as
-        `rerank.best_of` keeps it)."""
-        return np.argmax(self.scores, axis=1)
+        """Which candidate each prompt kept `[B]` (the first highest score, a blank one only
+        where all are, as `rerank.best_of` keeps it)."""
+        return np.argmax(rerank.ranking_scores(self.scores, self.blank), axis=1)
+
+    @property
+    def ranked_order(self) -> np.ndarray:
+        """Each prompt's candidates in best of N's order `[B, N]`, the kept one first."""
+        return np.argsort(-rerank.ranking_scores(self.scores, self.blank), axis=1, kind="stable")
 
 
 def draw_codes(
@@ -135,7 +142,7 @@ def draw_codes(
     )  # fmt: skip
     n = scfg.candidates
     per_call = max(1, batch_size // n)
-    kept, drawn, scores, decoded = [], [], [], []
+    kept, drawn, scores, decoded, blank = [], [], [], [], []
     for start in range(0, len(texts), per_call):
         ids = [tok.encode(p) for p in texts[start : start + per_call]]
         codes = t2i.generate_codes(
@@ -147,23 +154,28 @@ def draw_codes(
             continue
         # The prompt as the caption task saw it: without the resolution in front.
         captions = [tok.encode(p) for p in prompts[start : start + per_call] for _ in range(n)]
-        seen = codes
+        seen, flat = codes, None
+        if scfg.judge == "pixels" or scfg.blank_std > 0:
+            pixels = decode_images(model, codes, batch_size)
+            decoded.append(pixels.reshape(-1, n, *pixels.shape[1:]))
         if scfg.judge == "pixels":
             # What the captioner trained on: the encoder's codes of an image (about half of
             # a drawn grid's codes are ones the encoder would not give for its decode).
-            pixels = decode_images(model, codes, batch_size)
             seen = np.stack(encode_for_prompt(model, list(pixels)))
-            decoded.append(pixels.reshape(-1, n, *pixels.shape[1:]))
+        if scfg.blank_std > 0:
+            flat = rerank.blank_images(pixels, scfg.blank_std)
+            blank.append(flat.reshape(-1, n))
         score = rerank.caption_log_likelihood(
             model.frozen, model.trainable, model.model_cfg, seen, captions
         )
-        kept.append(rerank.best_of(codes, score, n)[0])
+        kept.append(rerank.best_of(codes, score, n, flat)[0])
         drawn.append(codes.reshape(-1, n, *codes.shape[1:]))
         scores.append(score.reshape(-1, n))
     if n == 1:
         return Drawn(np.concatenate(kept))
     images = np.concatenate(decoded) if decoded else None
-    return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores), images)
+    flags = np.concatenate(blank) if blank else None
+    return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores), images, flags)
 
 
 def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -176,7 +188,7 @@ def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int 
 
 
 def candidate_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) -> np.ndarray:
-    """Every candidate's image `[B, N, H, W, 3]`: the pixel judge's decodes, else decoded."""
+    """Every candidate's image `[B, N, H, W, 3]`: the draw's decodes, else decoded."""
     if drawn.candidate_images is not None:
         return drawn.candidate_images
     b, n = drawn.candidates.shape[:2]
@@ -187,8 +199,8 @@ def candidate_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) ->
 
 
 def kept_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) -> np.ndarray:
-    """The kept image of each prompt `[B, H, W, 3]`, taken from the pixel judge's decodes
-    when it made them."""
+    """The kept image of each prompt `[B, H, W, 3]`, taken from the draw's decodes when it
+    made them."""
     if drawn.candidate_images is None:
         return decode_images(model, drawn.codes, batch_size)
     index_B = drawn.kept_index

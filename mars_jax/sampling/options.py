@@ -36,6 +36,10 @@ class SamplingConfig:
     # image (what it was trained to read; a drawn code grid is not one the encoder would
     # give), or "codes", the drawn codes themselves (no decode and encode per candidate).
     judge: str = "pixels"
+    # A candidate image whose pixels' standard deviation (uint8 levels) is below this, an
+    # empty canvas, is kept only when every candidate is one: the captioner, which never
+    # read an empty image in training, can rank one first. 0: no check.
+    blank_std: float = 3.0
     codebook_size: int = vocab.NUM_IMAGE_CODES
 
     def __post_init__(self):
@@ -47,6 +51,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
         if self.candidates < 1:
             raise ValueError(f"sampling.candidates must be >= 1, got {self.candidates}")
+        if not self.blank_std >= 0:
+            raise ValueError(f"sampling.blank_std must be >= 0, got {self.blank_std}")
         if self.judge not in JUDGES:
             raise ValueError(f"sampling.judge must be one of {JUDGES}, got {self.judge!r}")
         if not 0 < self.codebook_size <= vocab.NUM_IMAGE_CODES:
@@ -60,7 +66,9 @@ class SamplingConfig:
 
 
 # The options a run's config names in its `sample` section (configs/common.py).
-RUN_OPTIONS = ("cfg_scale", "temperature", "top_k", "top_p", "candidates", "judge")
+RUN_OPTIONS = (
+    "cfg_scale", "temperature", "top_k", "top_p", "candidates", "judge", "blank_std",
+)  # fmt: skip
 
 
 def run_options(sample: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -14,6 +14,10 @@ trained model can rank what it draws and what it writes:
   short, generic captions; the text-to-image model checks that the caption's colors and
   shapes produce this image.
 
+Of N images, an empty canvas (one flat color: `blank_images`) is kept only when all N are:
+the captioner never read an empty image in training, and it can score one above every
+drawn object.
+
 Each score is a task's training loss of that row, summed instead of averaged, so a model
 that never trained captions (`data.caption_ratio = 0`) has nothing to rank images with.
 """
@@ -109,13 +113,36 @@ def image_log_likelihood(
     return _score(frozen, trainable, cfg, batch, layout_lib.VISION)
 
 
+def blank_images(images_NxHxWx3: np.ndarray, max_std: float) -> np.ndarray:
+    """Which uint8 images are one flat color `[N]` bool: the standard deviation of their
+    pixels (all channels, uint8 levels) below `max_std` (0: none is)."""
+    images = np.asarray(images_NxHxWx3, np.float32)
+    return images.reshape(len(images), -1).std(axis=1) < max_std
+
+
+def ranking_scores(scores_BxN: np.ndarray, blank_BxN: np.ndarray | None = None) -> np.ndarray:
+    """The scores candidates are ranked by `[B, N]`: a blank candidate's is -inf unless all
+    of its prompt's candidates are blank."""
+    scores = np.asarray(scores_BxN, np.float32)
+    if blank_BxN is None:
+        return scores
+    blank = np.asarray(blank_BxN, bool)
+    demoted = blank & ~np.all(blank, axis=1, keepdims=True)
+    return np.where(demoted, -np.inf, scores)
+
+
 def best_of(
-    codes_BNxhxw: np.ndarray, scores_BN: np.ndarray, n: int
+    codes_BNxhxw: np.ndarray,
+    scores_BN: np.ndarray,
+    n: int,
+    blank_BN: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """From `n` consecutive candidates per prompt, the highest-scoring: codes `[B, h, w]` and
-    the index `[B]` of the one kept (the first on ties)."""
+    """From `n` consecutive candidates per prompt, the highest-scoring (a blank one only
+    where all are, `ranking_scores`): codes `[B, h, w]` and the index `[B]` of the one kept
+    (the first on ties)."""
     codes = np.asarray(codes_BNxhxw)
     scores_BxN = np.asarray(scores_BN).reshape(-1, n)
-    index_B = np.argmax(scores_BxN, axis=1)
+    blank_BxN = None if blank_BN is None else np.asarray(blank_BN).reshape(-1, n)
+    index_B = np.argmax(ranking_scores(scores_BxN, blank_BxN), axis=1)
     kept = codes.reshape(len(index_B), n, *codes.shape[1:])[np.arange(len(index_B)), index_B]
     return kept, index_B

@@ -262,6 +262,7 @@ def config_errors(
     candidates = c.int_("sample.candidates", 1, optional=True)
     caption_candidates = c.int_("sample.caption_candidates", 0, optional=True)
     c.enum("sample.judge", JUDGES, optional=True)
+    c.float_("sample.blank_std", 0.0, optional=True)
     ranked = (
         ("sample.candidates", candidates, "ranks images by the model's own captions"),
         ("sample.caption_candidates", caption_candidates, "ranks the model's own captions"),
@@ -431,6 +432,7 @@ _ADDED = {
     "sample.candidates": 1,
     "sample.caption_candidates": 0,  # 0: `sample.candidates`, what runs before it wrote
     "sample.judge": "pixels",  # a sampling choice: runs saved before it are judged so too
+    "sample.blank_std": 3.0,  # a sampling choice too: their best of N skips empty canvases
     "model.scan_unroll": 1,
     "train.image_code_noise": 0.0,
 }

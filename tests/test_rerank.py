@@ -284,6 +284,13 @@ def test_caption_cli_with_candidates(captioning_run, tmp_path, capsys):
     assert caption.main(argv + [f"--image={f}" for f in files]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == files
+    # Drawn captions: each image's depends on its place in the list, not on --batch_size.
+    argv += ["--temperature=1.0", "--seed=3"] + [f"--image={f}" for f in files]
+    printed = []
+    for batch_size in (2, 1):
+        assert caption.main(argv + [f"--batch_size={batch_size}"]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1]
 
 
 def test_generate_writes_the_candidates_best_first(captioning_run, tmp_path):

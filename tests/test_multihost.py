@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,14 +129,31 @@ def _start_pair(
     workdir: Path, logs: Path, cache: Path, attempt: int, kill_step: int = 0
 ) -> list[subprocess.Popen]:
     port = portpicker.pick_unused_port()
-    return [
-        _start(
+    return _coordinator_first(
+        port,
+        lambda i: _start(
             workdir, logs / f"attempt{attempt}_process{i}.log", 4, cache,
             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
             kill_step=kill_step,
-        )
-        for i in range(2)
-    ]  # fmt: skip
+        ),
+    )  # fmt: skip
+
+
+def _coordinator_first(port: int, start) -> list[subprocess.Popen]:
+    """Process 0, then process 1 once process 0's coordination service listens on `port`.
+
+    Started together, process 1 can dial before the service is up; gRPC then backs off
+    between attempts, and on a loaded machine the wait reached ~2 minutes (two processes
+    that normally start in seconds)."""
+    first = start(0)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while first.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("localhost", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    return [first, start(1)]
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -249,14 +267,14 @@ def test_processes_with_different_configs_fail_clearly(tmp_path):
     port = portpicker.pick_unused_port()
     cache, workdir = tmp_path / "jax_cache", tmp_path / "run"
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
-    procs = [
-        _start(
+    procs = _coordinator_first(
+        port,
+        lambda i: _start(
             workdir, logs[i], 4, cache,
             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
             f"--config.train.seed={i}",
-        )
-        for i in range(2)
-    ]  # fmt: skip
+        ),
+    )  # fmt: skip
     try:
         for proc, log in zip(procs, logs, strict=True):
             rc = proc.wait(timeout=RUN_TIMEOUT_S)

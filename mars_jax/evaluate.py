@@ -19,9 +19,11 @@ scored by the pixel checker. Per-language lines come first, then the other check
 ``shapes_color_acc=<a> shapes_shape_acc=<b>`` over both languages. A contact sheet with the
 verdicts and a JSON of every prompt's verdicts are written to ``--out``. With best of N
 (``--candidates`` > 1) and ``--check_candidates``, every candidate is checked too:
-``shapes_right_kept=<a> shapes_right_any_candidate=<b> shapes_right_mean_candidate=<c>``
-(the share of prompts whose kept image, whose best possible pick, and whose average draw has
-its colors and shapes right): how much a better judge of the candidates could gain.
+``shapes_right_kept=<a> shapes_right_any_candidate=<b> shapes_right_mean_candidate=<c>
+shapes_blank_candidates=<d>`` (the share of prompts whose kept image, whose best possible
+pick, and whose average draw has its colors and shapes right: how much a better judge of
+the candidates could gain; and the share of all draws that are blank, which best of N
+passes over).
 
 ``fid``: FID between generated images and the ground-truth renderings of the same prompts,
 and CLIP score between generated images and their captions, both from the features of a
@@ -115,8 +117,9 @@ def generate_candidates_for_prompts(
 
 
 def score_candidates(rows: list[dict[str, Any]], every: np.ndarray) -> dict[str, Any]:
-    """Checker verdicts of every candidate ``[R][N]``, and the share of prompts whose kept
-    image, best possible pick and average candidate has its colors and shapes right."""
+    """Checker verdicts of every candidate ``[R][N]``, the share of prompts whose kept
+    image, best possible pick and average candidate has its colors and shapes right, and
+    the share of candidates that are blank."""
     verdicts = [
         [_verdict(im, r["spec"]) for im in images] for images, r in zip(every, rows, strict=True)
     ]
@@ -127,6 +130,7 @@ def score_candidates(rows: list[dict[str, Any]], every: np.ndarray) -> dict[str,
         "right_kept": float(right_RxN[np.arange(len(rows)), kept].mean()),
         "right_any_candidate": float(right_RxN.any(axis=1).mean()),
         "right_mean_candidate": float(right_RxN.mean()),
+        "blank_candidates": float(np.mean([[v["blank"] for v in row] for row in verdicts])),
     }
 
 
@@ -212,8 +216,8 @@ def evaluate_shapes(
     others = {k: v for k, v in result["all"].items() if k not in ("color", "shape")}
     log(_format("shapes", others))
     if candidates is not None:
-        right = {k: v for k, v in result["candidates"].items() if k.startswith("right_")}
-        log(" ".join(f"shapes_{k}={v:.4f}" for k, v in right.items()))
+        shares = {k: v for k, v in result["candidates"].items() if k != "verdicts"}
+        log(" ".join(f"shapes_{k}={v:.4f}" for k, v in shares.items()))
     log(f"shapes_blank_images={result['blank']}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

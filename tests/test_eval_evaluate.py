@@ -93,14 +93,14 @@ def test_one_language_wrong_shows_in_its_own_line():
 
 
 def test_every_candidate_is_checked_and_the_kept_one_scored(tmp_path):
-    """Of 3 candidates per prompt only the middle one is right; the judge keeps the first
-    (noise) for even rows and the right one for odd rows."""
+    """Of 3 candidates per prompt only the middle one is right and the last is blank; the
+    judge keeps the first (noise) for even rows and the right one for odd rows."""
     gt = ground_truth_producer(PROMPTS)
 
     def candidates(captions, seed):
         right = gt(captions, seed)
         noise = noise_producer(captions, seed)
-        every = np.stack([noise, right, noise], axis=1)
+        every = np.stack([noise, right, np.zeros_like(noise)], axis=1)
         return every, np.arange(len(captions)) % 2
 
     lines = []
@@ -111,9 +111,10 @@ def test_every_candidate_is_checked_and_the_kept_one_scored(tmp_path):
     judged = result["candidates"]
     assert judged["right_any_candidate"] == 1.0
     assert judged["right_kept"] == 0.5 and judged["right_mean_candidate"] == pytest.approx(1 / 3)
+    assert judged["blank_candidates"] == pytest.approx(1 / 3)
     assert lines[-3] == (
         "shapes_right_kept=0.5000 shapes_right_any_candidate=1.0000 "
-        "shapes_right_mean_candidate=0.3333"
+        "shapes_right_mean_candidate=0.3333 shapes_blank_candidates=0.3333"
     )
     # The kept images are what the usual lines score: the odd (right) half.
     assert [v["color"] for v in result["verdicts"]] == [i % 2 == 1 for i in range(len(PROMPTS))]

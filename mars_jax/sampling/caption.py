@@ -177,7 +177,7 @@ def caption_codes(
     head = tied_head(cfg, allowed_V) if tied else None
     ids = caption_ids(
         weights, jnp.asarray(prompt_tokens(codes_Bxhxw)),
-        options.row_keys(seed, options.prompt_rows(0, len(codes_Bxhxw)) if row_ids is None else row_ids),
+        options.call_keys(seed, len(codes_Bxhxw), row_ids),
         jnp.asarray(allowed_V), cfg=cfg, scfg=scfg, max_tokens=int(max_tokens), tied=head,
     )  # fmt: skip
     out = []

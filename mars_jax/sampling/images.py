@@ -114,7 +114,7 @@ class Drawn:
     def kept_index(self) -> np.ndarray:
         """Which candidate each prompt kept `[B]` (the first highest score, a blank one only
         where all are, as `rerank.best_of` keeps it)."""
-        return np.argmax(rerank.ranking_scores(self.scores, self.blank), axis=1)
+        return self.ranked_order[:, 0]
 
     @property
     def ranked_order(self) -> np.ndarray:

@@ -127,6 +127,12 @@ def row_keys(seed: int, row_ids_Bx2: np.ndarray | Sequence[Sequence[int]]) -> ja
     )
 
 
+def call_keys(seed: int, num_rows: int, row_ids_Bx2: np.ndarray | None = None) -> jax.Array:
+    """`row_keys` of a sampling call's rows: `row_ids_Bx2`, or when None the rows as prompts
+    `0 … num_rows-1`, candidate 0 (a call that is the caller's whole list)."""
+    return row_keys(seed, prompt_rows(0, num_rows) if row_ids_Bx2 is None else row_ids_Bx2)
+
+
 def prompt_rows(first: int, count: int, candidates: int = 1) -> np.ndarray:
     """Row ids `[count * candidates, 2]` of prompts `first ...` with their candidates, each
     prompt's candidates consecutive (as `row_keys` reads them)."""

@@ -85,8 +85,9 @@ def generate_codes(
     """Codes `[B, h, w]` for a batch of tokenized prompts (numpy in, numpy out).
 
     `row_ids` `[B, 2]`: each row's prompt index and candidate number in the caller's list
-    (`options.row_keys`; default: prompts `0 … B-1`, candidate 0). `frozen` may be `decoder.prepare(..., num_codes=scfg.codebook_size)`'s weights (then
-    `trainable` is None): made once, they serve many calls.
+    (`options.row_keys`; default: prompts `0 … B-1`, candidate 0). `frozen` may be
+    `decoder.prepare(..., num_codes=scfg.codebook_size)`'s weights (then `trainable` is
+    None): made once, they serve many calls.
     """
     cfg.check_image_grid(grid_hw, "sampling")
     weights = prepared_weights(frozen, trainable, cfg, scfg.codebook_size)
@@ -97,9 +98,7 @@ def generate_codes(
         jnp.asarray(rows["tokens"]),
         jnp.asarray(rows["positions"]),
         jnp.asarray(rows["valid"]),
-        options.row_keys(
-            seed, options.prompt_rows(0, len(text_ids)) if row_ids is None else row_ids
-        ),
+        options.call_keys(seed, len(text_ids), row_ids),
         cfg=cfg,
         scfg=scfg,
         num_codes=grid_hw[0] * grid_hw[1],

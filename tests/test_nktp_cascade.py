@@ -71,7 +71,7 @@ def test_super_resolve_and_save(tmp_path):
     greedy_k1 = sr.model_producer(
         run.frozen, run.trainable, CFG, TINY_VQ, tok.encode, 8, k=1, scfg=greedy
     )
-    codes = greedy_k1(prompts, np.asarray(lo_codes), (8, 8), 0)
+    codes = greedy_k1(prompts, np.asarray(lo_codes), (8, 8), 0, 0)
     np.testing.assert_array_equal(high, vq_images.decode_uint8(run.vq_params, TINY_VQ, codes))
     sheet = outputs.save_pairs(str(tmp_path), prompts, low, high, cascade.SHEET_FILE)
     assert os.path.exists(sheet)

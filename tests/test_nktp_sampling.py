@@ -109,6 +109,25 @@ def test_sampling_with_guidance_runs_and_bad_input_is_named():
         _sample(2, "slow")
 
 
+def test_a_rows_fast_codes_depend_on_its_row_not_on_the_batch():
+    """Each row draws from its own key: the second prompt decoded alone, as row 1 of the
+    list, gets the codes it gets beside the first; another row id gets other codes."""
+    frozen, trainable, texts, lo = _setup()
+    scfg = SamplingConfig(cfg_scale=2.0, temperature=1.0, codebook_size=64)
+
+    def sample(rows, row_ids=None):
+        codes, _ = nktp_sampling.sample_hires_codes(
+            frozen, trainable, CFG, [texts[r] for r in rows], lo[list(rows)], HI, 2, "fast",
+            text_len=TEXT_T, scfg=scfg, seed=5, row_ids=row_ids,
+        )  # fmt: skip
+        return codes
+
+    both = sample((0, 1))
+    np.testing.assert_array_equal(sample((1,), [[1, 0]]), both[1:])
+    np.testing.assert_array_equal(sample((0,)), both[:1])
+    assert not np.array_equal(sample((1,), [[0, 0]]), both[1:])
+
+
 def test_exact_sampling_keeps_the_next_token_distribution():
     """Speculative sampling: the first two codes follow p(c0) p(c1 | c0) of head 1."""
     frozen, trainable, _, _ = _setup()

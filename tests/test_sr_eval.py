@@ -38,13 +38,13 @@ def test_run_sr_bench_scores_an_oracle_as_vq_reconstruction():
     true_codes = np.asarray(vq_model.encode(params, TINY, hi.astype(np.float32) / 127.5 - 1))
     calls = []
 
-    def oracle(caps, lo_codes, hi_grid, seed):
-        calls.append((list(caps), lo_codes.shape, hi_grid, seed))
+    def oracle(caps, lo_codes, hi_grid, seed, first):
+        calls.append((list(caps), lo_codes.shape, hi_grid, seed, first))
         index = [captions.index(c) for c in caps]
         return true_codes[index]
 
     result = sr.run_sr_bench(oracle, TINY, params, hi, captions, (8, 8), seed=5, batch_size=2)
-    assert calls == [(["a", "b"], (2, 4, 4), (8, 8), 5), (["c"], (1, 4, 4), (8, 8), 7)]
+    assert calls == [(["a", "b"], (2, 4, 4), (8, 8), 5, 0), (["c"], (1, 4, 4), (8, 8), 5, 2)]
     assert result["num_images"] == 3
     assert result["sr_psnr"] == result["vq_recon_psnr"] and result["sr_l1"] == result["vq_recon_l1"]
     np.testing.assert_array_equal(result["images"]["sr"], result["images"]["vq_recon"])
@@ -58,7 +58,7 @@ def test_run_sr_bench_scores_an_oracle_as_vq_reconstruction():
     lines = sr.report_lines(result)
     assert lines[-1].startswith("sr_psnr=") and "bicubic_psnr=" in lines[-1]
 
-    wrong = lambda caps, lo_codes, hi_grid, seed: np.zeros((len(caps), 4, 4), np.int32)
+    wrong = lambda caps, lo_codes, hi_grid, seed, first: np.zeros((len(caps), 4, 4), np.int32)
     with pytest.raises(ValueError, match="producer returned codes"):
         sr.run_sr_bench(wrong, TINY, params, hi, captions, (8, 8))
 

@@ -26,15 +26,16 @@ from mars_jax import outputs
 from mars_jax.data import image_ops
 from mars_jax.demo import shapes
 from mars_jax.model import decoder
-from mars_jax.sampling import nktp
+from mars_jax.sampling import nktp, options
 from mars_jax.sampling.options import SamplingConfig
 from mars_jax.tokens import formats
 from mars_jax.vq import images as vq_images
 
 MODES = ("fast", "exact")
 
-# (captions, low-res codes [N, h, w], high-res grid (H/f, W/f), seed) -> codes [N, H/f, W/f]
-SRProducer = Callable[[Sequence[str], np.ndarray, tuple[int, int], int], np.ndarray]
+# (captions, low-res codes [N, h, w], high-res grid (H/f, W/f), seed, the first caption's
+# index in the bench's list) -> codes [N, H/f, W/f]
+SRProducer = Callable[[Sequence[str], np.ndarray, tuple[int, int], int, int], np.ndarray]
 
 METHODS = ("sr", "bicubic", "vq_recon")
 
@@ -115,7 +116,7 @@ def run_sr_bench(
             vq_images.decode_uint8(vq_params, vq_cfg, vq_images.encode_uint8(vq_params, vq_cfg, gt))
         )
         batch_captions = list(captions[start : start + batch_size])
-        sr_codes = np.asarray(produce(batch_captions, lo_codes, hi_grid, seed + start))
+        sr_codes = np.asarray(produce(batch_captions, lo_codes, hi_grid, seed, start))
         if sr_codes.shape != (gt.shape[0], *hi_grid):
             raise ValueError(
                 f"sr bench: producer returned codes {sr_codes.shape}, expected "
@@ -224,7 +225,7 @@ def model_producer(
 
     weights = decoder.prepare(frozen, trainable, model_cfg, scfg.codebook_size)
 
-    def produce(captions: Sequence[str], lo_codes: np.ndarray, hi_grid, seed: int):
+    def produce(captions: Sequence[str], lo_codes: np.ndarray, hi_grid, seed: int, first: int):
         texts = [
             tokenize(formats.resolution_prompt(hi_grid[1] * f, hi_grid[0] * f, c)) for c in captions
         ]
@@ -240,6 +241,7 @@ def model_producer(
             text_len=text_len,
             scfg=scfg,
             seed=seed,
+            row_ids=options.prompt_rows(first, len(captions)),
         )
         return codes
 

@@ -273,7 +273,8 @@ def super_resolve(
         lo_codes = vq_images.encode_uint8(model.vq_params, model.vq_cfg, lo)
         codes, info = nktp.sample_hires_codes(
             weights, None, model.model_cfg, texts[start : start + batch_size], lo_codes,
-            hi_grid, k, mode, text_len=model.text_len, scfg=scfg, seed=seed + start,
+            hi_grid, k, mode, text_len=model.text_len, scfg=scfg, seed=seed,
+            row_ids=options.prompt_rows(start, len(chunk)),
         )  # fmt: skip
         out.append(vq_images.decode_uint8(model.vq_params, model.vq_cfg, codes))
         infos.append(info)

@@ -14,6 +14,12 @@ returned as a raster grid. Two modes:
   probability min(1, p/q) and a rejection is resampled from max(p - q, 0), which keeps the
   distribution of plain sampling. Rows of a batch advance by the fewest accepted codes.
 
+Every draw of a row comes from that row's key (`options.row_keys`: the seed folded with the
+prompt's place in the caller's list), folded with the pass and what the draw is for. In
+`fast` mode, and greedily in either, a row's codes therefore do not depend on the batch it
+is decoded in. In sampled `exact` mode they do, though their distribution does not: where a
+pass's drafts begin is set by the batch's fewest accepted codes.
+
 k = 1 in either mode is plain next-token decoding. Every pass is one `decoder.extend` of the
 drafted codes; only the vision head's logits over the sampler's codebook are computed.
 """
@@ -70,13 +76,23 @@ def _head_logits(weights, h_RxD, num, cfg, scfg, batch) -> jax.Array:
     return options.guide(logits, batch, scfg.cfg_scale) if scfg.guided else logits
 
 
-def _choose(logits_BxNxC: jax.Array, rng: jax.Array, scfg: SamplingConfig):
-    """Codes `[B, N]` (argmax, or a sample of the filtered softmax) and their probs `[B, N, C]`."""
+# What a pass's draw is for: each row's key of a pass is folded with one of these.
+_DRAFT, _ACCEPT, _FIX = 0, 1, 2
+
+
+def _keys(keys_B: jax.Array, pass_index: jax.Array | int, purpose: int) -> jax.Array:
+    """Each row's key `[B]` for one draw of pass `pass_index` (the prefill's drafts: 0)."""
+    return options.at_step(options.at_step(keys_B, pass_index), purpose)
+
+
+def _choose(logits_BxNxC: jax.Array, keys_B: jax.Array, scfg: SamplingConfig):
+    """Codes `[B, N]` (argmax, or a sample of the filtered softmax, each row from its own
+    key) and their probs `[B, N, C]`."""
     if scfg.temperature == 0.0:
-        return options.choose(logits_BxNxC, rng, scfg), None
+        return jnp.argmax(logits_BxNxC, axis=-1).astype(jnp.int32), None
     filtered = options.filtered(logits_BxNxC, scfg)
-    codes = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
-    return codes, jax.nn.softmax(filtered, axis=-1)
+    draw = jax.vmap(lambda key, logits_NxC: jax.random.categorical(key, logits_NxC, axis=-1))
+    return draw(keys_B, filtered).astype(jnp.int32), jax.nn.softmax(filtered, axis=-1)
 
 
 def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
@@ -94,7 +110,7 @@ def decode_codes(
     positions_RxP: jax.Array,
     valid_RxP: jax.Array,
     hi_offsets_N: jax.Array,
-    rng: jax.Array,
+    keys_B: jax.Array,
     *,
     cfg: ModelConfig,
     scfg: SamplingConfig,
@@ -105,8 +121,9 @@ def decode_codes(
 ) -> tuple[jax.Array, jax.Array]:
     """Codes `[B, num_codes]` in sequence order and the number of forward passes.
 
-    Rows are `[cond; uncond]` when `scfg.guided`. `text_len`: the prompt's text slot
-    (`formats.sr_prompt`), for `decoder.prefill`; the prefill counts as one pass.
+    Rows are `[cond; uncond]` when `scfg.guided`; `keys_B` is each prompt's key
+    (`options.row_keys`). `text_len`: the prompt's text slot (`formats.sr_prompt`), for
+    `decoder.prefill`; the prefill counts as one pass.
     `hi_offsets_N` (`hires_offsets`): the rotary position of the i-th high-res code minus
     that of `<img>`, for `num_codes + k` codes (drafts past the last code are discarded).
     """
@@ -117,8 +134,7 @@ def decode_codes(
     h, cache = decoder.prefill(weights, cache, tokens_RxP, positions_RxP, valid_RxP, cfg, text_len)
     img_position_R = jnp.asarray(positions_RxP)[:, -1]
     head_logits = lambda h_RxD: _head_logits(weights, h_RxD, k, cfg, scfg, batch)
-    rng, key = jax.random.split(rng)
-    drafts_BxK, q_BxKxC = _choose(head_logits(h[:, -1]), key, scfg)
+    drafts_BxK, q_BxKxC = _choose(head_logits(h[:, -1]), _keys(keys_B, 0, _DRAFT), scfg)
 
     def feed(cache, drafts_BxK, done):
         offsets_K = jax.lax.dynamic_slice(hi_offsets_N, (done,), (k,))
@@ -137,14 +153,14 @@ def decode_codes(
     if mode == "fast":
         num_passes = -(-num_codes // k)
 
-        def step(carry, key):
+        def step(carry, pass_index):
             cache, drafts_BxK, done = carry
             h, cache = feed(cache, drafts_BxK, done)
-            new_BxK, _ = _choose(head_logits(h[:, -1]), key, scfg)
+            new_BxK, _ = _choose(head_logits(h[:, -1]), _keys(keys_B, pass_index, _DRAFT), scfg)
             return (cache, new_BxK, done + k), drafts_BxK
 
-        keys = jax.random.split(rng, num_passes - 1)
-        (_, last_BxK, _), emitted = jax.lax.scan(step, (cache, drafts_BxK, 0), keys)
+        passes = jnp.arange(1, num_passes)
+        (_, last_BxK, _), emitted = jax.lax.scan(step, (cache, drafts_BxK, 0), passes)
         codes = jnp.concatenate([emitted.transpose(1, 0, 2).reshape(batch, -1), last_BxK], 1)
         return codes[:, :num_codes], jnp.asarray(num_passes, jnp.int32)
 
@@ -154,8 +170,7 @@ def decode_codes(
     out = jnp.zeros((batch, num_codes + k), jnp.int32)
 
     def body(state):
-        cache, drafts_BxK, q_BxKxC, out, done, passes, rng = state
-        rng, k_accept, k_fix, k_draft = jax.random.split(rng, 4)
+        cache, drafts_BxK, q_BxKxC, out, done, passes = state
         h, cache = feed(cache, drafts_BxK, done)
         # Head 1 at every fed position: position j checks the draft of sequence index done+j+1.
         head1 = _all_positions(weights, h, 1, cfg, scfg, batch)[:, :, 0]
@@ -167,7 +182,8 @@ def decode_codes(
             p_BxTxC = jax.nn.softmax(options.filtered(head1, scfg), axis=-1)
             p_d = jnp.take_along_axis(p_BxTxC[:, :-1], drafts_BxK[:, 1:, None], -1)[..., 0]
             q_d = jnp.take_along_axis(q_BxKxC[:, 1:], drafts_BxK[:, 1:, None], -1)[..., 0]
-            u = jax.random.uniform(k_accept, p_d.shape)
+            uniform = jax.vmap(lambda key: jax.random.uniform(key, p_d.shape[1:]))
+            u = uniform(_keys(keys_B, passes, _ACCEPT))
             match = u * q_d < p_d
         row_accepted = 1 + jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
         accepted = jnp.minimum(jnp.min(row_accepted), num_codes - done)
@@ -175,7 +191,7 @@ def decode_codes(
         last = accepted - 1
         # All heads only at the last kept position: the next code and the next drafts.
         h_last = jax.lax.dynamic_index_in_dim(h, last, axis=1, keepdims=False)
-        new_BxK, new_q = _choose(head_logits(h_last), k_draft, scfg)
+        new_BxK, new_q = _choose(head_logits(h_last), _keys(keys_B, passes, _DRAFT), scfg)
         if not greedy:
             # Code `accepted`: kept draft where this row accepted it, else a residual sample.
             p_last = jax.lax.dynamic_index_in_dim(p_BxTxC, last, axis=1, keepdims=False)
@@ -184,19 +200,20 @@ def decode_codes(
             q_next = jnp.where(accepted < k, q_next, 0.0)
             residual = jnp.maximum(p_last - q_next, 0.0)
             residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_last)
-            fixed = jax.random.categorical(k_fix, jnp.log(residual), axis=-1).astype(jnp.int32)
+            fix = jax.vmap(lambda key, residual_C: jax.random.categorical(key, jnp.log(residual_C)))
+            fixed = fix(_keys(keys_B, passes, _FIX), residual).astype(jnp.int32)
             kept = jax.lax.dynamic_index_in_dim(drafts_BxK, idx, axis=1, keepdims=False)
             first = jnp.where(row_accepted > accepted, kept, fixed)
             new_BxK = new_BxK.at[:, 0].set(first)
         else:
             new_q = q_BxKxC
-        return cache, new_BxK, new_q, out, done + accepted, passes + 1, rng
+        return cache, new_BxK, new_q, out, done + accepted, passes + 1
 
     # Each pass commits its accepted drafts and head 1's next code (the new first draft), so
     # the loop stops once only that code is missing: it needs no pass of its own.
-    state = (cache, drafts_BxK, q_BxKxC, out, jnp.int32(0), jnp.int32(1), rng)
+    state = (cache, drafts_BxK, q_BxKxC, out, jnp.int32(0), jnp.int32(1))
     state = jax.lax.while_loop(lambda s: s[4] + 1 < num_codes, body, state)
-    _, drafts_BxK, _, out, done, passes, _ = state
+    _, drafts_BxK, _, out, done, passes = state
     out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
     return out[:, :num_codes], passes
 
@@ -222,13 +239,16 @@ def sample_hires_codes(
     text_len: int,
     scfg: SamplingConfig | None = None,
     seed: int = 0,
+    row_ids: np.ndarray | None = None,
     compute_dtype: str | None = None,
 ) -> tuple[np.ndarray, DecodeInfo]:
     """High-res codes `[B, h, w]` (raster order) for captions and low-res codes `[B, hl, wl]`.
 
     `k` (1 … `cfg.nktp_k`) codes are drafted per pass; `mode` is `"fast"` or `"exact"`.
     The code order is the one the model was trained with (`code_order.hires_order(hi_grid,
-    cfg.nktp_k)`), whatever `k` is. `compute_dtype`: activations and KV cache of the decode
+    cfg.nktp_k)`), whatever `k` is. `row_ids` `[B, 2]`: each row's prompt index and
+    candidate number in the caller's list (`options.row_keys`; default: prompts `0 … B-1`).
+    `compute_dtype`: activations and KV cache of the decode
     (default `decoder.decode_dtype(cfg)`: float32 on CPU, else the model's compute dtype).
     `frozen` may be `decoder.prepare(...)`'s weights (then `trainable` is None): made once,
     they serve many calls.
@@ -261,7 +281,7 @@ def sample_hires_codes(
         jnp.asarray(rows["positions"]),
         jnp.asarray(rows["valid"]),
         jnp.asarray(hires_offsets(hi_grid, heads.num_heads(cfg), int(k))),
-        jax.random.key(seed),
+        options.call_keys(seed, len(text_ids), row_ids),
         cfg=cfg,
         scfg=scfg,
         num_codes=num_codes,

@@ -91,8 +91,7 @@ def _choose(logits_BxNxC: jax.Array, keys_B: jax.Array, scfg: SamplingConfig):
     if scfg.temperature == 0.0:
         return jnp.argmax(logits_BxNxC, axis=-1).astype(jnp.int32), None
     filtered = options.filtered(logits_BxNxC, scfg)
-    draw = jax.vmap(lambda key, logits_NxC: jax.random.categorical(key, logits_NxC, axis=-1))
-    return draw(keys_B, filtered).astype(jnp.int32), jax.nn.softmax(filtered, axis=-1)
+    return options.draw_rows(keys_B, filtered), jax.nn.softmax(filtered, axis=-1)
 
 
 def _rows(codes_BxN: jax.Array, use_cfg: bool) -> jax.Array:
@@ -200,8 +199,7 @@ def decode_codes(
             q_next = jnp.where(accepted < k, q_next, 0.0)
             residual = jnp.maximum(p_last - q_next, 0.0)
             residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_last)
-            fix = jax.vmap(lambda key, residual_C: jax.random.categorical(key, jnp.log(residual_C)))
-            fixed = fix(_keys(keys_B, passes, _FIX), residual).astype(jnp.int32)
+            fixed = options.draw_rows(_keys(keys_B, passes, _FIX), jnp.log(residual))
             kept = jax.lax.dynamic_index_in_dim(drafts_BxK, idx, axis=1, keepdims=False)
             first = jnp.where(row_accepted > accepted, kept, fixed)
             new_BxK = new_BxK.at[:, 0].set(first)

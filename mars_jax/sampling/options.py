@@ -149,8 +149,14 @@ def choose_rows(logits_BxC: jax.Array, keys_B: jax.Array, scfg: SamplingConfig) 
     """`choose` with a key per row: ids `[B]`, each drawn from its own row's key."""
     if scfg.temperature == 0.0:
         return jnp.argmax(logits_BxC, axis=-1).astype(jnp.int32)
-    draw = jax.vmap(lambda key, row_C: jax.random.categorical(key, row_C))
-    return draw(keys_B, filtered(logits_BxC, scfg)).astype(jnp.int32)
+    return draw_rows(keys_B, filtered(logits_BxC, scfg))
+
+
+def draw_rows(keys_B: jax.Array, logits_Bx___xC: jax.Array) -> jax.Array:
+    """Ids `[B, ...]` sampled from unnormalised log-probabilities over the last axis, row `b`
+    from `keys_B[b]` alone."""
+    draw = jax.vmap(lambda key, row: jax.random.categorical(key, row, axis=-1))
+    return draw(keys_B, logits_Bx___xC).astype(jnp.int32)
 
 
 def choose(logits_BxC: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> jax.Array:

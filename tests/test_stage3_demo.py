@@ -17,6 +17,9 @@ from mars_jax.demo import shards as demo_shards
 from mars_jax.model.config import ModelConfig
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import loop
+from mars_jax.vq import checkpoint as vq_checkpoint
+from mars_jax.vq import model as vq_model
+from mars_jax.vq.config import VQConfig
 
 
 def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
@@ -38,6 +41,12 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
         demo_shards.ensure_demo_shards(shards, 3, 20)  # another count: a clear error
     with pytest.raises(ValueError, match=r"data.demo_kind_mix=.*were drawn with"):
         demo_shards.ensure_demo_shards(shards, 3, 16, kind_mix={"relation": 1})
+    other_vq = str(tmp_path / "other_vq")  # another tokenizer: its decoder would misread them
+    vq_checkpoint.save_vq(
+        other_vq, VQConfig.tiny(), vq_model.init(VQConfig.tiny(), jax.random.key(0))
+    )
+    with pytest.raises(ValueError, match=r"hold the codes of VQ .*, but the demo's VQ"):
+        demo_shards.ensure_demo_shards(shards, 3, 16, vq_dir=other_vq)
     narrow = ModelConfig.from_dict(c.model).replace(image_pos_grid=(8, 4))
     with pytest.raises(ValueError, match=r"stage3 bucket .*8x8 code grid does not fit"):
         loop.check_shards_fit_model(shards, narrow)  # before compiling, naming the bucket

@@ -75,6 +75,35 @@ def test_quantize_picks_nearest_code():
     np.testing.assert_array_equal(z_q, codebook[np.asarray(codes)])
 
 
+def test_patch_encoder_codes_each_patch_from_its_own_pixels():
+    """With `patch_encoder`, changing one patch changes only that patch's latent, and a patch
+    encodes as it does alone; taming's encoder lets the change reach the neighbours."""
+    f = TINY.downsample_factor  # 16-px images, an 8x8 grid of 2x2-px patches
+    x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 3), minval=-1, maxval=1)
+    x_changed = x.at[:, 3 * f : 4 * f, 5 * f : 6 * f].set(0.5)  # the patch at row 3, column 5
+    for patch_encoder in (True, False):
+        cfg = VQConfig(**{**json.loads(TINY.to_json()), "patch_encoder": patch_encoder})
+        params = model.init(cfg, jax.random.key(0))
+        latents = model.encode_latents(params, cfg, x)
+        moved_8x8 = np.abs(
+            np.asarray(model.encode_latents(params, cfg, x_changed)) - np.asarray(latents)
+        ).max(axis=(0, 3))
+        if patch_encoder:
+            assert moved_8x8[3, 5] > 0 and (moved_8x8 > 0).sum() == 1
+            patch_alone = x[:1, 2 * f : 3 * f, 6 * f : 7 * f]  # row 2, column 6
+            np.testing.assert_allclose(
+                model.encode_latents(params, cfg, jnp.tile(patch_alone, (1, 8, 8, 1)))[0, 0, 0],
+                latents[0, 2, 6],
+                atol=1e-5,
+            )
+        else:
+            assert (moved_8x8 > 0).sum() > 1
+    # Earlier VQs (taming's encoder) keep their JSON, so their recorded identities still hold.
+    assert "patch_encoder" not in json.loads(TINY.to_json())
+    patch_cfg = VQConfig(**{**json.loads(TINY.to_json()), "patch_encoder": True})
+    assert VQConfig.from_dict(json.loads(patch_cfg.to_json())) == patch_cfg
+
+
 def test_checkpoint_round_trip_and_identity(tmp_path):
     params = model.init(TINY, jax.random.key(0))
     identity = checkpoint.save_vq(str(tmp_path), TINY, params)

@@ -14,6 +14,7 @@ import os
 
 from mars_jax.data import prepare
 from mars_jax.demo import build, shapes
+from mars_jax.vq import checkpoint
 
 DEMO_VQ_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "demo_vq")
 
@@ -72,16 +73,18 @@ def ensure_demo_shards(
     kind_mix = shapes.check_kind_mix(kind_mix)
     manifest_file = os.path.join(shards_dir, "manifest.json")
     data_dir = scenes_dir(shards_dir)
+    vq_dir = vq_dir or demo_vq_dir()
     if os.path.exists(manifest_file):
         check_scene_count(manifest_file, num_train)
         check_kind_mix(data_dir, kind_mix)
+        check_vq(manifest_file, vq_dir)
         return shards_dir
     train_file = os.path.join(data_dir, build.TRAIN_FILE)
     if os.path.exists(train_file):
         check_kind_mix(data_dir, kind_mix)
     else:
         build.build(data_dir, num_train, seed=seed, kind_mix=kind_mix)
-    manifest = prepare.run(prepare_options(stage, train_file, shards_dir, vq_dir or demo_vq_dir()))
+    manifest = prepare.run(prepare_options(stage, train_file, shards_dir, vq_dir))
     if manifest is None:
         raise RuntimeError(f"demo data: {shards_dir} is incomplete after prepare")
     return shards_dir
@@ -98,6 +101,27 @@ def check_scene_count(manifest_file: str, num_train: int) -> None:
             f"scenes; point data.shards at a new directory (or delete {shards_dir} and "
             f"{scenes_dir(shards_dir)}) to build {num_train}"
         )
+
+
+def check_vq(manifest_file: str, vq_dir: str) -> None:
+    """Raise if existing demo shards hold the codes of another VQ tokenizer than `vq_dir`'s
+    (say, after an update that ships a new one): its decoder would misread them."""
+    with open(manifest_file, encoding="utf-8") as f:
+        encoded_by = json.load(f).get("vq", {}).get("identity")
+    wanted = recorded_vq_identity(vq_dir)
+    if encoded_by != wanted:
+        shards_dir = os.path.dirname(manifest_file)
+        raise ValueError(
+            f"the demo shards at {shards_dir} hold the codes of VQ {encoded_by}, but the demo's "
+            f"VQ tokenizer ({vq_dir}) is {wanted}; delete {shards_dir} to encode the scenes "
+            "again, or point data.shards at a new directory"
+        )
+
+
+def recorded_vq_identity(vq_dir: str) -> str | None:
+    """The identity recorded in a VQ checkpoint's config file (no weights loaded)."""
+    with open(os.path.join(vq_dir, checkpoint.CONFIG_FILE), encoding="utf-8") as f:
+        return json.load(f).get("identity")
 
 
 def check_kind_mix(data_dir: str, kind_mix: dict[str, float]) -> None:

@@ -26,6 +26,10 @@ class VQConfig:
     codebook_size: int = 8192
     resolution: int = 256
     norm_groups: int = 32
+    # Encode each f×f patch on its own (f = the downsampling factor): a code then depends on
+    # its patch's pixels alone, so identical patches (a flat background) get one code wherever
+    # they lie. False: taming's encoder, whose receptive field spans neighbouring patches.
+    patch_encoder: bool = False
 
     def __post_init__(self):
         # Normalise sequences (e.g. lists from JSON) so the config stays hashable.
@@ -109,7 +113,10 @@ class VQConfig:
         return presets[name]()
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        d = dataclasses.asdict(self)
+        if not self.patch_encoder:
+            del d["patch_encoder"]  # taming's encoder: the JSON (and identity) of earlier VQs
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> VQConfig:

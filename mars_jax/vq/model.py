@@ -246,7 +246,16 @@ def abstract_params(cfg: VQConfig) -> Params:
 def encode_latents(params: Params, cfg: VQConfig, images_NxHxWx3: jax.Array) -> jax.Array:
     """Pre-quantisation latents ``[N, h, w, embed_dim]`` (encoder → quant_conv)."""
     m = _module(params, cfg)
-    return m.quant_conv(m.encoder(images_NxHxWx3))
+    if not cfg.patch_encoder:
+        return m.quant_conv(m.encoder(images_NxHxWx3))
+    n, height, width, c = images_NxHxWx3.shape
+    f = cfg.downsample_factor
+    h, w = height // f, width // f
+    patches_MxfxfxC = (
+        images_NxHxWx3.reshape(n, h, f, w, f, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, f, f, c)
+    )
+    z_Mx1x1xD = m.quant_conv(m.encoder(patches_MxfxfxC))
+    return z_Mx1x1xD.reshape(n, h, w, z_Mx1x1xD.shape[-1])
 
 
 def quantize(params: Params, cfg: VQConfig, z_NxhxwxD: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -47,6 +47,8 @@ def test_stage3_demo_shards_train_and_sr_eval(tmp_path):
     )
     with pytest.raises(ValueError, match=r"hold the codes of VQ .*, but the demo's VQ"):
         demo_shards.ensure_demo_shards(shards, 3, 16, vq_dir=other_vq)
+    with pytest.raises(ValueError, match=r"data.demo_vq=.* holds no VQ checkpoint"):
+        demo_shards.ensure_demo_shards(shards, 3, 16, vq_dir=str(tmp_path))
     narrow = ModelConfig.from_dict(c.model).replace(image_pos_grid=(8, 4))
     with pytest.raises(ValueError, match=r"stage3 bucket .*8x8 code grid does not fit"):
         loop.check_shards_fit_model(shards, narrow)  # before compiling, naming the bucket

@@ -109,6 +109,10 @@ def check_vq(manifest_file: str, vq_dir: str) -> None:
     with open(manifest_file, encoding="utf-8") as f:
         encoded_by = json.load(f).get("vq", {}).get("identity")
     wanted = recorded_vq_identity(vq_dir)
+    if wanted is None:
+        raise ValueError(
+            f"data.demo_vq={vq_dir!r} holds no VQ checkpoint ({checkpoint.CONFIG_FILE})"
+        )
     if encoded_by != wanted:
         shards_dir = os.path.dirname(manifest_file)
         raise ValueError(
@@ -119,8 +123,12 @@ def check_vq(manifest_file: str, vq_dir: str) -> None:
 
 
 def recorded_vq_identity(vq_dir: str) -> str | None:
-    """The identity recorded in a VQ checkpoint's config file (no weights loaded)."""
-    with open(os.path.join(vq_dir, checkpoint.CONFIG_FILE), encoding="utf-8") as f:
+    """The identity recorded in a VQ checkpoint's config file (no weights loaded); None when
+    the directory holds no VQ checkpoint."""
+    path = os.path.join(vq_dir, checkpoint.CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
         return json.load(f).get("identity")
 
 

@@ -159,6 +159,9 @@ def base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # A candidate image flatter than this (pixel standard deviation, uint8 levels:
             # an empty canvas) is kept only when every candidate is; 0: no check.
             blank_std=3.0,
+            # One image per prompt: a blank draw is drawn again (as the prompt's next
+            # candidate) up to this many times; 0: kept.
+            blank_redraws=3,
             # Captions written per image by `caption` / `evaluate --bench=captions`, the one
             # that best explains the image both ways kept; 0: `candidates`.
             caption_candidates=0,

@@ -1,6 +1,6 @@
 """The flags every sampling command shares: which model (`--checkpoint`, `--step`, `--vq`)
 and how to draw (`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`, `--candidates`,
-`--judge`, `--blank_std`; unset ones take the model's own tuned defaults, so a preset's
+`--judge`, `--blank_std`, `--blank_redraws`; unset ones take the model's own tuned defaults, so a preset's
 sampling applies to every command alike)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def add_checkpoint_args(p: cli.Parser, flag: str = "--checkpoint") -> None:
 
 def add_sampling_args(p: cli.Parser) -> None:
     """`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`, `--candidates`, `--judge`,
-    `--blank_std`; unset ones come from the model."""
+    `--blank_std`, `--blank_redraws`; unset ones come from the model."""
     for name, value in options.run_options({}).items():
         choices = f"{' or '.join(options.JUDGES)}; " if name == "judge" else ""
         p.add_argument(

@@ -218,6 +218,35 @@ def test_best_of_n_skips_candidates_flatter_than_blank_std(model, judge):
     assert guarded.ranked_order[:, 0].tolist() == want.tolist()
 
 
+def test_one_image_per_prompt_draws_a_blank_one_again(model):
+    """With one image per prompt, a draw whose decode is flatter than `blank_std` (set here
+    at the first draws' median) is replaced by the prompt's next candidate, the one best of
+    N draws next, up to `blank_redraws` times; the last is kept where all are flat."""
+    best_of_4 = images_lib.draw_codes(
+        model, PROMPTS, SamplingConfig(cfg_scale=2.0, candidates=4, blank_std=0.0), 4
+    )
+    pixels = images_lib.candidate_images(model, best_of_4)
+    std_BxN = pixels.reshape(*pixels.shape[:2], -1).astype(np.float64).std(axis=-1)
+    threshold = float(np.median(std_BxN[:, 0])) + 1e-3
+    flat_BxN = std_BxN < threshold
+    assert flat_BxN[:, 0].any() and not flat_BxN[:, 0].all()
+    want_B = np.where(flat_BxN.all(axis=1), 3, np.argmin(flat_BxN, axis=1))
+    assert (want_B > 0).any()
+    rows = np.arange(len(PROMPTS))
+    for batch_size in (16, 2):
+        scfg = SamplingConfig(cfg_scale=2.0, blank_std=threshold, blank_redraws=3)
+        one = images_lib.draw_codes(model, PROMPTS, scfg, 4, batch_size=batch_size)
+        np.testing.assert_array_equal(one.codes, best_of_4.candidates[rows, want_B])
+        np.testing.assert_array_equal(images_lib.kept_images(model, one), pixels[rows, want_B])
+    kept_first = images_lib.draw_codes(
+        model, PROMPTS, dataclasses.replace(scfg, blank_redraws=0), 4
+    )
+    np.testing.assert_array_equal(kept_first.codes, best_of_4.candidates[:, 0])
+    assert kept_first.images is None  # nothing checked, nothing decoded
+    with pytest.raises(ValueError, match="blank_redraws must be >= 0"):
+        SamplingConfig(blank_redraws=-1)
+
+
 def test_the_pixel_judge_scores_what_the_encoder_sees_of_each_candidate(model):
     """The same candidates under both judges; "pixels" scores their re-encoded decodes,
     which differ from the drawn codes, "codes" the drawn codes."""

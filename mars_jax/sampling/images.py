@@ -102,13 +102,15 @@ class Drawn:
     """Codes drawn for prompts: the kept image's `[B, h, w]`; with `candidates` = N > 1 also
     every candidate `[B, N, h, w]` in draw order and its caption score `[B, N]`, the
     candidates' decoded images `[B, N, H, W, 3]` (decoded once, for the pixel judge or the
-    blank check) and which of them are blank `[B, N]` (None: not checked)."""
+    blank check) and which of them are blank `[B, N]` (None: not checked). One image per
+    prompt: `images`, the kept images `[B, H, W, 3]` when the blank check decoded them."""
 
     codes: np.ndarray
     candidates: np.ndarray | None = None
     scores: np.ndarray | None = None
     candidate_images: np.ndarray | None = None
     blank: np.ndarray | None = None
+    images: np.ndarray | None = None
 
     @property
     def kept_index(self) -> np.ndarray:
@@ -150,6 +152,11 @@ def draw_codes(
             model.text_len, grid, scfg, seed, options.prompt_rows(start, len(ids), n),
         )  # fmt: skip
         if n == 1:
+            if scfg.blank_std > 0 and scfg.blank_redraws > 0:
+                codes, pixels = _redraw_blanks(
+                    model, weights, ids, grid, scfg, seed, start, codes, batch_size
+                )
+                decoded.append(pixels)
             kept.append(codes)
             continue
         # The prompt as the caption task saw it: without the resolution in front.
@@ -172,10 +179,35 @@ def draw_codes(
         drawn.append(codes.reshape(-1, n, *codes.shape[1:]))
         scores.append(score.reshape(-1, n))
     if n == 1:
-        return Drawn(np.concatenate(kept))
+        return Drawn(np.concatenate(kept), images=np.concatenate(decoded) if decoded else None)
     images = np.concatenate(decoded) if decoded else None
     flags = np.concatenate(blank) if blank else None
     return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores), images, flags)
+
+
+def _redraw_blanks(model, weights, ids, grid, scfg, seed, first, codes_Bxhxw, batch_size):
+    """One draw per prompt with its blank images drawn again (`scfg.blank_redraws`): redraw
+    `r` is each prompt's candidate `r`, so it is the image best of N draws there. The whole
+    call is drawn again (no new batch shape to compile) and only blank rows take the new
+    draw. Returns the codes and their decoded images."""
+    codes = np.array(codes_Bxhxw)
+    pixels = decode_images(model, codes, batch_size)
+    blank_B = rerank.blank_images(pixels, scfg.blank_std)
+    for candidate in range(1, scfg.blank_redraws + 1):
+        redo = np.flatnonzero(blank_B)
+        if not len(redo):
+            break
+        rows = options.prompt_rows(first, len(ids))
+        rows[:, 1] = candidate
+        again = np.asarray(
+            t2i.generate_codes(
+                weights, None, model.model_cfg, ids, model.text_len, grid, scfg, seed, rows
+            )
+        )
+        codes[redo] = again[redo]
+        pixels[redo] = decode_images(model, again[redo], batch_size)
+        blank_B[redo] = rerank.blank_images(pixels[redo], scfg.blank_std)
+    return codes, pixels
 
 
 def decode_images(model: TrainedModel, codes_Nxhxw: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -202,6 +234,8 @@ def kept_images(model: TrainedModel, drawn: Drawn, batch_size: int = 16) -> np.n
     """The kept image of each prompt `[B, H, W, 3]`, taken from the draw's decodes when it
     made them."""
     if drawn.candidate_images is None:
+        if drawn.images is not None:
+            return drawn.images
         return decode_images(model, drawn.codes, batch_size)
     index_B = drawn.kept_index
     return drawn.candidate_images[np.arange(len(index_B)), index_B]

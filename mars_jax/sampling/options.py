@@ -40,6 +40,10 @@ class SamplingConfig:
     # empty canvas, is kept only when every candidate is one: the captioner, which never
     # read an empty image in training, can rank one first. 0: no check.
     blank_std: float = 3.0
+    # With one image per prompt (`candidates=1`), a draw flatter than `blank_std` is drawn
+    # again, as the prompt's next candidate (the draw best of N makes next), up to this many
+    # times; the first that is not blank is kept. 0: keep it.
+    blank_redraws: int = 3
     codebook_size: int = vocab.NUM_IMAGE_CODES
 
     def __post_init__(self):
@@ -53,6 +57,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.candidates must be >= 1, got {self.candidates}")
         if not self.blank_std >= 0:
             raise ValueError(f"sampling.blank_std must be >= 0, got {self.blank_std}")
+        if self.blank_redraws < 0:
+            raise ValueError(f"sampling.blank_redraws must be >= 0, got {self.blank_redraws}")
         if self.judge not in JUDGES:
             raise ValueError(f"sampling.judge must be one of {JUDGES}, got {self.judge!r}")
         if not 0 < self.codebook_size <= vocab.NUM_IMAGE_CODES:
@@ -68,6 +74,7 @@ class SamplingConfig:
 # The options a run's config names in its `sample` section (configs/common.py).
 RUN_OPTIONS = (
     "cfg_scale", "temperature", "top_k", "top_p", "candidates", "judge", "blank_std",
+    "blank_redraws",
 )  # fmt: skip
 
 

@@ -263,6 +263,7 @@ def config_errors(
     caption_candidates = c.int_("sample.caption_candidates", 0, optional=True)
     c.enum("sample.judge", JUDGES, optional=True)
     c.float_("sample.blank_std", 0.0, optional=True)
+    c.int_("sample.blank_redraws", 0, optional=True)
     ranked = (
         ("sample.candidates", candidates, "ranks images by the model's own captions"),
         ("sample.caption_candidates", caption_candidates, "ranks the model's own captions"),
@@ -433,6 +434,7 @@ _ADDED = {
     "sample.caption_candidates": 0,  # 0: `sample.candidates`, what runs before it wrote
     "sample.judge": "pixels",  # a sampling choice: runs saved before it are judged so too
     "sample.blank_std": 3.0,  # a sampling choice too: their best of N skips empty canvases
+    "sample.blank_redraws": 3,  # and their single draws are drawn again when blank
     "model.scan_unroll": 1,
     "train.image_code_noise": 0.0,
 }

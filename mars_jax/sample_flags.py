@@ -1,7 +1,7 @@
 """The flags every sampling command shares: which model (`--checkpoint`, `--step`, `--vq`)
 and how to draw (`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`, `--candidates`,
-`--judge`, `--blank_std`, `--blank_redraws`; unset ones take the model's own tuned defaults, so a preset's
-sampling applies to every command alike)."""
+`--judge`, `--blank_std`, `--blank_redraws`; unset ones take the model's own tuned defaults,
+so a preset's sampling applies to every command alike)."""
 
 from __future__ import annotations
 

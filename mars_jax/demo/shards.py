@@ -108,7 +108,7 @@ def check_vq(manifest_file: str, vq_dir: str) -> None:
     (say, after an update that ships a new one): its decoder would misread them."""
     with open(manifest_file, encoding="utf-8") as f:
         encoded_by = json.load(f).get("vq", {}).get("identity")
-    wanted = recorded_vq_identity(vq_dir)
+    wanted = checkpoint.recorded_identity(vq_dir)
     if wanted is None:
         raise ValueError(
             f"data.demo_vq={vq_dir!r} holds no VQ checkpoint ({checkpoint.CONFIG_FILE})"
@@ -120,16 +120,6 @@ def check_vq(manifest_file: str, vq_dir: str) -> None:
             f"VQ tokenizer ({vq_dir}) is {wanted}; delete {shards_dir} to encode the scenes "
             "again, or point data.shards at a new directory"
         )
-
-
-def recorded_vq_identity(vq_dir: str) -> str | None:
-    """The identity recorded in a VQ checkpoint's config file (no weights loaded); None when
-    the directory holds no VQ checkpoint."""
-    path = os.path.join(vq_dir, checkpoint.CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("identity")
 
 
 def check_kind_mix(data_dir: str, kind_mix: dict[str, float]) -> None:

@@ -137,6 +137,16 @@ def load_config(directory: str) -> VQConfig:
         raise VQCheckpointError(f"{path!r}: invalid config: {e}") from e
 
 
+def recorded_identity(directory: str) -> str | None:
+    """The identity a checkpoint's config file records (no weights read); None when the
+    directory holds no VQ config."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("identity")
+
+
 def load_vq(directory: str, verify: bool = True) -> tuple[VQConfig, model.Params]:
     """Reads a checkpoint written by ``save_vq``; ``verify`` re-hashes it against its identity."""
     cfg = load_config(directory)
@@ -147,8 +157,7 @@ def load_vq(directory: str, verify: bool = True) -> tuple[VQConfig, model.Params
         raise VQCheckpointError(f"cannot read VQ params {path!r}: {e}") from e
     params = unflatten_params(cfg, flat, source=path)
     if verify:
-        with open(os.path.join(directory, CONFIG_FILE)) as f:
-            expected = json.load(f).get("identity")
+        expected = recorded_identity(directory)
         actual = vq_identity(cfg, params)
         if expected != actual:
             raise VQCheckpointError(

@@ -90,6 +90,9 @@ def optim_config(peak_lr: float = 1e-4, warmup_ratio: float = 0.01) -> ml_collec
             no_decay=("bias", "ln", "norm"),
             # Learning rate of the LLM layer copies (`model.unfreeze`) relative to peak_lr.
             unfrozen_lr_scale=1.0,
+            # Keep a moving average of the trainable weights with this decay (0: none); runs
+            # that keep one sample, evaluate and export it (train_lib/ema.py).
+            ema_decay=0.0,
         )
     )
 

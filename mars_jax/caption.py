@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         pictures = cli.read_images(files, "--image")
         if args.out and os.path.isdir(args.out):
             raise cli.UsageError(f"--out={args.out}: is a directory (a .jsonl file is written)")
-        run = runs.load_run(args.checkpoint, args.step, args.vq)
+        run = runs.load_run(args.checkpoint, args.step, args.vq, args.weights)
         captions = []
         batches = range(0, len(pictures), args.batch_size)
         for start in tqdm(batches, desc="caption", unit="batch", disable=len(batches) < 2):

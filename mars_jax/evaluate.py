@@ -277,9 +277,10 @@ def sampler_producer(
     vq_dir: str | None = None,
     batch_size: int = 16,
     step: int | None = None,
+    weights: str | None = None,
 ) -> ImageProducer:
     """The default seam: `sampling.images.generate_images` on a run, step or bundle."""
-    run = runs.load_run(checkpoint, step, vq_dir=vq_dir)
+    run = runs.load_run(checkpoint, step, vq_dir=vq_dir, weights=weights)
     scfg = options.SamplingConfig(**(scfg_kwargs or {}))
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
@@ -294,9 +295,10 @@ def sampler_candidates(
     vq_dir: str | None = None,
     batch_size: int = 16,
     step: int | None = None,
+    weights: str | None = None,
 ) -> CandidateProducer:
     """Best of N on a run, with every candidate decoded (`sampling.images.draw_codes`)."""
-    run = runs.load_run(checkpoint, step, vq_dir=vq_dir)
+    run = runs.load_run(checkpoint, step, vq_dir=vq_dir, weights=weights)
     scfg = options.SamplingConfig(**scfg_kwargs)
 
     def candidates(captions: Sequence[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +331,7 @@ def evaluate_sr(args: argparse.Namespace) -> int:
     ...` (fast mode first; exact mode's as `sr_exact_psnr=`).
     """
     modes = sr.MODES if args.nktp_mode == "both" else (args.nktp_mode,)
-    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
+    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq, weights=args.weights)
     sizes = run.sr_sizes
     if not sizes:
         raise ValueError(f"--checkpoint={args.checkpoint}: not a stage-III run (no low-res sizes)")
@@ -380,7 +382,7 @@ def coco_producer(args: argparse.Namespace, scfg_kwargs: dict[str, Any]):
     (producer, run info for the report)."""
     import dataclasses
 
-    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
+    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq, weights=args.weights)
     scfg = options.SamplingConfig(**scfg_kwargs)
 
     def produce(captions: Sequence[str], seed: int) -> np.ndarray:
@@ -422,7 +424,7 @@ def evaluate_captions(args: argparse.Namespace) -> int:
     with cli.one_line_errors():
         sample_flags.fill_caption_candidates(args, args.checkpoint)
         scfg = options.SamplingConfig(cfg_scale=1.0, temperature=0.0, candidates=args.candidates)
-    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq)
+    run = runs.load_run(args.checkpoint, args.step, vq_dir=args.vq, weights=args.weights)
 
     def captioner(images: np.ndarray, seed: int, lang: str) -> list[str]:
         return images_lib.caption_images(
@@ -478,6 +480,7 @@ def build_parser() -> cli.Parser:
     sample_flags.add_sampling_args(p)  # unset: the run's own sample settings
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
+    sample_flags.add_weights_arg(p)
     runner.add_args(p)
     return p
 
@@ -491,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--bench={args.bench} needs --checkpoint=<run | step | bundle>")
     with cli.one_line_errors():
         runs.locate(args.checkpoint, args.step)
+        runs.check_weights(args.checkpoint, args.weights)
     if args.num_scenes is None:
         args.num_scenes = 64 if args.bench == "shapes" else 32
 
@@ -508,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     prompts = load_eval_prompts(args.prompts, args.num_scenes, args.prompt_seed)
     scfg_kwargs = sample_flags.sampling_kwargs(args)
-    loader = (args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step)
+    loader = (args.checkpoint, scfg_kwargs, args.vq, args.batch_size, args.step, args.weights)
     if args.bench == "shapes":
         out = args.out or os.path.join(args.checkpoint, "eval_shapes")
         if args.check_candidates:

@@ -106,7 +106,7 @@ def run_super_resolution(args: argparse.Namespace, prompts: list[str]) -> str:
     files = cli.image_files([args.sr_from], "--sr-from")
     if len(prompts) not in (1, len(files)):
         raise cli.UsageError(f"--sr-from: {len(files)} images but {len(prompts)} prompts")
-    run = runs.load_run(args.checkpoint, args.step, args.vq)
+    run = runs.load_run(args.checkpoint, args.step, args.vq, args.weights)
     if args.sr_sizes:
         lo_hw, hi_hw = images_lib.parse_sizes(args.sr_sizes)
     else:
@@ -145,7 +145,7 @@ def write_interleaved(out_dir: str, index: int, prompt: str, segments, run) -> s
 def run_interleaved(args: argparse.Namespace, prompts: list[str]) -> str:
     files = cli.image_files(args.image or [], "--image")
     pictures = cli.read_images(files, "--image")
-    run = runs.load_run(args.checkpoint, args.step, args.vq)
+    run = runs.load_run(args.checkpoint, args.step, args.vq, args.weights)
     tok = load_tokenizer()
     text_scfg = options.SamplingConfig(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sr_from:
             print(run_super_resolution(args, prompts))
             return 0
-        run = runs.load_run(args.checkpoint, args.step, args.vq)
+        run = runs.load_run(args.checkpoint, args.step, args.vq, args.weights)
         drawn = images_lib.draw_codes(
             run,
             prompts,

@@ -9,8 +9,9 @@
   VQ tokenizer, image sizes and sampling defaults, loadable without the training data or
   the base checkpoint.
 
-A run's frozen LLM is reloaded from the base it recorded and checked against the recorded
-hash. Nothing of the training loop is imported: sampling needs neither the optimizer nor
+A run that kept a moving average of its weights (`optim.ema_decay`) is sampled from it;
+`--weights=trained` picks the optimizer's weights instead. A run's frozen LLM is reloaded
+from the base it recorded and checked against the recorded hash. Nothing of the training loop is imported: sampling needs neither the optimizer nor
 the data pipeline.
 """
 
@@ -38,6 +39,8 @@ from mars_jax.vq.checkpoint import load_vq
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "mars_jax.bundle/1"
+# `--weights`: the moving average of a run's weights, or the optimizer's weights.
+WEIGHTS = ("ema", "trained")
 
 
 @dataclasses.dataclass
@@ -49,6 +52,7 @@ class LoadedRun(TrainedModel):
     stage: int = 1
     sample: dict = dataclasses.field(default_factory=dict)  # sampling defaults
     source: str = ""  # the run or bundle directory
+    weights: str = "trained"  # "ema": the run's moving average of its weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,15 +133,40 @@ def _on_one_device(tree: Any) -> Any:
     return jax.tree.map(lambda _: device, tree)
 
 
-def load_run(path: str, step: int | None = None, vq_dir: str | None = None) -> LoadedRun:
-    """A run (its `step`, default the latest) or a bundle, on one device."""
+def kept_ema(path: str) -> bool:
+    """Whether a run keeps a moving average of its weights (`optim.ema_decay` > 0)."""
+    return float(read_config(path).get("optim", {}).get("ema_decay", 0.0) or 0.0) > 0.0
+
+
+def check_weights(path: str, weights: str | None) -> None:
+    """`--weights` against the run it names (None: the run's default, nothing to check)."""
+    if weights is None:
+        return
+    if weights not in WEIGHTS:
+        raise ValueError(f"--weights={weights}: expected one of {', '.join(WEIGHTS)}")
+    if locate(path).kind == "bundle":
+        raise ValueError(
+            f"--weights={weights}: {path} is a bundle; it holds the weights it was exported with"
+        )
+    if weights == "ema" and not kept_ema(path):
+        raise ValueError(
+            f"--weights=ema: {path} kept no moving average of its weights (optim.ema_decay=0)"
+        )
+
+
+def load_run(
+    path: str, step: int | None = None, vq_dir: str | None = None, weights: str | None = None
+) -> LoadedRun:
+    """A run (its `step`, default the latest) or a bundle, on one device. ``weights``: "ema"
+    or "trained" (`WEIGHTS`); None: the moving average when the run kept one."""
+    check_weights(path, weights)
     where = locate(path, step)
     if where.kind == "bundle":
         return _load_bundle(where.root, vq_dir)
-    return _load_run(where.root, where.step, vq_dir)
+    return _load_run(where.root, where.step, vq_dir, weights)
 
 
-def _load_run(root: str, step: int | None, vq_dir: str | None) -> LoadedRun:
+def _load_run(root: str, step: int | None, vq_dir: str | None, weights: str | None) -> LoadedRun:
     config = ml_collections.ConfigDict(_read_json(root, "config.json"))
     info = describe(root)
     model_cfg = ModelConfig.from_dict(config.model)
@@ -156,9 +185,15 @@ def _load_run(root: str, step: int | None, vq_dir: str | None) -> LoadedRun:
     step = steps[-1] if step is None else step
     ckpt_lib.check_base(ckpt_lib.read_base_identity(manager, step), identity, root)
     manager.close()
-    trainable, missing = ckpt_lib.load_trainable_from(
-        root, abstract["trainable"], _on_one_device(abstract["trainable"]), step, "--checkpoint"
+    loaded = ckpt_lib.load_trainable_from(
+        root,
+        abstract["trainable"],
+        _on_one_device(abstract["trainable"]),
+        step,
+        "--checkpoint",
+        weights or "sampled",
     )
+    trainable, missing = loaded.trainable, loaded.missing
     if missing:
         raise ValueError(f"--checkpoint={root}: checkpoint lacks trainable params {missing}")
     vq_dir = vq_dir or info.get("vq_dir", "")
@@ -180,6 +215,7 @@ def _load_run(root: str, step: int | None, vq_dir: str | None) -> LoadedRun:
         stage=int(config.stage),
         sample=run_options(config.get("sample")),
         source=root,
+        weights=loaded.weights,
     )
 
 

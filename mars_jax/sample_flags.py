@@ -1,4 +1,5 @@
-"""The flags every sampling command shares: which model (`--checkpoint`, `--step`, `--vq`)
+"""The flags every sampling command shares: which model (`--checkpoint`, `--step`, `--vq`,
+`--weights`)
 and how to draw (`--cfg-scale`, `--temperature`, `--top-k`, `--top-p`, `--candidates`,
 `--judge`, `--blank_std`, `--blank_redraws`; unset ones take the model's own tuned defaults,
 so a preset's sampling applies to every command alike)."""
@@ -17,6 +18,16 @@ def add_checkpoint_args(p: cli.Parser, flag: str = "--checkpoint") -> None:
         "--step", type=int, default=None, help="checkpoint step of a run (default: latest)"
     )
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the model's)")
+    add_weights_arg(p)
+
+
+def add_weights_arg(p: cli.Parser) -> None:
+    """`--weights`: a run's moving average of its weights or the optimizer's weights."""
+    p.add_argument(
+        "--weights", default=None, choices=runs.WEIGHTS,
+        help="ema: the run's moving average of its weights (optim.ema_decay), trained: the "
+        "optimizer's weights (default: ema when the run kept one)",
+    )  # fmt: skip
 
 
 def add_sampling_args(p: cli.Parser) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from mars_jax.demo import shards as demo_shards
 
@@ -128,16 +129,26 @@ MISTAKES = [
     (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--judge=clip"], "judge"),
     (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--check_candidates"], "--candidates=1"),
     (["evaluate", "--bench=nope"], "invalid choice"),
+    (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--weights=ema"], "no moving"),
+    (["caption", "--checkpoint=RUN", "--image=IMG", "--weights=ema"], "no moving average"),
+    (["evaluate", "--bench=shapes", "--checkpoint=RUN", "--weights=ema"], "no moving average"),
+    (["generate", "--checkpoint=RUN", "--out=OUT", "--prompt=a", "--weights=best"], "invalid"),
     (["vq.train", "--images=/nope", "--out=OUT", "--steps=1"], "--images=/nope: no such"),
     (["plot", "--run=/nope", "--out=OUT.png"], "/nope/metrics.jsonl not found"),
 ]
+
+
+def _an_image(tmp_path) -> str:
+    path = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(path)
+    return str(path)
 
 
 @pytest.mark.parametrize("args, message", MISTAKES, ids=[" ".join(a[:3]) for a, _ in MISTAKES])
 def test_a_mistake_is_one_line(args, message, fake_run, tmp_path, capsys):
     fill = {
         "RUN": fake_run, "OUT": str(tmp_path / "out"), "TMP": str(tmp_path),
-        "VQ": demo_shards.demo_vq_dir(),
+        "VQ": demo_shards.demo_vq_dir(), "IMG": _an_image(tmp_path),
     }  # fmt: skip
     argv = [f"mars_jax.{args[0]}"]
     for arg in args[1:]:

@@ -20,7 +20,7 @@ shardings, so a run can resume on a different mesh shape.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain.checkpoint as grain_ckpt
 import jax
@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from mars_jax.train_lib import integrity
 from mars_jax.train_lib import workdir as workdir_lib
+from mars_jax.train_lib.ema import EMA_KEY
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -121,16 +122,28 @@ def restore(
     A checkpoint of an earlier version also holds an unused ``rng``: it is read and dropped.
     """
     target = abstract_with_shardings(abstract_state, state_shardings)
-    saved = manager.item_metadata(step).state
-    if saved is not None and "rng" in saved and "rng" not in target:
+    saved = _saved_state_keys(epath.Path(manager.directory) / str(step))
+    if "rng" in saved and "rng" not in target:
         rep = jax.sharding.NamedSharding(jax.tree.leaves(state_shardings)[0].mesh, P())
         target = {**target, "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)}
+    # `optim.ema_decay` switched on at a resume: the average starts at the restored weights;
+    # switched off: the saved average is read and dropped (it stays in the old checkpoints).
+    start_ema = EMA_KEY in target and EMA_KEY not in saved
+    if start_ema:
+        target = {k: v for k, v in target.items() if k != EMA_KEY}
+    if EMA_KEY in saved and EMA_KEY not in target:
+        target = {**target, EMA_KEY: target["trainable"]}
     items = {"state": ocp.args.StandardRestore(target)}
     if _has_state(iterator):
         items["data"] = grain_ckpt.CheckpointRestore(iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     state = dict(restored.state)
     state.pop("rng", None)
+    if EMA_KEY not in abstract_state:
+        state.pop(EMA_KEY, None)
+    if start_ema:
+        log.warning("step %d: no moving average saved; it starts at the restored weights", step)
+        state[EMA_KEY] = jax.tree.map(jnp.copy, state["trainable"])
     return state
 
 
@@ -140,13 +153,18 @@ def load_trainable_from(
     shardings: Any,
     step: int | None = None,
     flag: str = "base.init_from",
-) -> tuple[Any, set]:
+    weights: str = "sampled",
+) -> LoadedTrainable:
     """Trainable params of a run's checkpoint ``step`` (default: its last), e.g. a previous
     stage's (``base.init_from``); ``flag`` names the setting in error messages.
 
-    Leaves present in both trees are restored onto ``shardings``; returns ``(tree, missing)``
-    where ``tree`` holds only the restored leaves (a nested dict) and ``missing`` the paths
-    that the previous stage did not have (e.g. stage III's new next-K heads).
+    ``weights``: "trained" (the optimizer's weights), "ema" (their moving average, an error
+    when the run kept none) or "sampled" (the average when kept, else the trained weights:
+    what the run's samples and evaluations use).
+
+    Leaves present in both trees are restored onto ``shardings``; returns the restored leaves
+    (a nested dict), the paths that the previous stage did not have (``missing``, e.g. stage
+    III's new next-K heads), the step read and which weights ("trained" or "ema").
     """
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
@@ -177,7 +195,8 @@ def load_trainable_from(
     meta = checkpointer.metadata(state_dir).item_metadata
     if "trainable" not in meta:
         raise FileNotFoundError(f"{flag}={workdir!r}: step {step} has no trainable params")
-    saved_tree = meta["trainable"]
+    key = subtree_of(weights, EMA_KEY in meta, f"{flag}={workdir!r} step {step}")
+    saved_tree = meta[key]
 
     def intersect(target, saved, path=""):
         if isinstance(target, dict):
@@ -210,7 +229,7 @@ def load_trainable_from(
         target,
         pick(shardings, target),
     )
-    item = {"trainable": sharded_target}
+    item = {key: sharded_target}
     restored = checkpointer.restore(
         state_dir,
         args=ocp.args.PyTreeRestore(
@@ -221,7 +240,34 @@ def load_trainable_from(
             partial_restore=True,
         ),
     )
-    return restored["trainable"], missing
+    return LoadedTrainable(restored[key], missing, step, "ema" if key == EMA_KEY else "trained")
+
+
+class LoadedTrainable(NamedTuple):
+    """What `load_trainable_from` read."""
+
+    trainable: Any
+    missing: set
+    step: int
+    weights: str  # "trained" or "ema"
+
+
+WEIGHTS = ("trained", "ema", "sampled")
+
+
+def _saved_state_keys(step_dir: epath.Path) -> set[str]:
+    """The top-level keys of a checkpoint's saved state (from its metadata, no array read).
+    (`CheckpointManager.item_metadata` knows them only once the manager restored an item.)"""
+    return set(ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.keys())
+
+
+def subtree_of(weights: str, has_ema: bool, where: str) -> str:
+    """The state key that holds ``weights`` (see `load_trainable_from`)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: expected one of {WEIGHTS}")
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{where}: kept no moving average of its weights (optim.ema_decay=0)")
+    return EMA_KEY if weights != "trained" and has_ema else "trainable"
 
 
 def restore_intact(

@@ -378,6 +378,6 @@ def agree(problem: Problem | None) -> Problem | None:
 
 
 def state_is_finite(state: dict) -> bool:
-    """Whether the trainable params and optimizer state are all finite."""
-    tree = (state["trainable"], state["opt_state"])
+    """Whether the trainable params, optimizer state and moving average are all finite."""
+    tree = (state["trainable"], state["opt_state"], state.get("ema", {}))
     return bool(jax.device_get(jax.jit(step_lib.tree_is_finite)(tree)))

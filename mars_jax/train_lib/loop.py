@@ -43,6 +43,7 @@ from mars_jax.train_lib import (
 )
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
+from mars_jax.train_lib import ema as ema_lib
 from mars_jax.train_lib import state as state_lib
 from mars_jax.train_lib import step as step_lib
 from mars_jax.train_lib import workdir as workdir_lib
@@ -188,7 +189,7 @@ def prepare(
     trainable_shardings = sharding.tree_shardings(
         abstract["trainable"], logical["trainable"], mesh, rules
     )
-    abstract_state = state_lib.abstract_state(abstract["trainable"], tx)
+    abstract_state = state_lib.abstract_state(abstract["trainable"], tx, ema_decay(config) > 0)
     state_shardings = state_lib.state_shardings(abstract_state, trainable_shardings, tx, mesh)
     return Setup(
         config=config,
@@ -213,6 +214,16 @@ def prepare(
             tuple((str(n), _hashable(a)) for n, a in rules),
         ),
     )
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+    """`optim.ema_decay`: the decay of the weights' moving average (0, or absent: none)."""
+    return float(config.optim.get("ema_decay", 0.0) or 0.0)
+
+
+def sampled_weights(state: dict) -> Any:
+    """The weights a run samples with: its moving average when it keeps one."""
+    return state.get(ema_lib.EMA_KEY, state["trainable"])
 
 
 def task_weights(config: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
@@ -270,7 +281,13 @@ def get_step(setup: Setup, layouts: dict):
         s = setup
         loss_fn = _loss_fn(setup, layouts_key)
         fn = step_lib.make_train_step(
-            loss_fn, s.tx, s.lr_schedule, int(s.config.train.grad_accum), s.mesh, _augment(s)
+            loss_fn,
+            s.tx,
+            s.lr_schedule,
+            int(s.config.train.grad_accum),
+            s.mesh,
+            _augment(s),
+            ema_decay(s.config),
         )
         _STEPS[key] = step_lib.compile_train_step(fn, s.mesh, s.state_shardings, s.frozen_shardings)
     return _STEPS[key]
@@ -342,7 +359,8 @@ def initial_trainable(setup: Setup, frozen: Any) -> Any:
     )
     trainable = init(frozen, jax.random.fold_in(jax.random.key(seed), 1))
     if setup.config.base.init_from:
-        loaded, missing = ckpt_lib.load_trainable_from(
+        # The weights the previous stage samples with: its moving average when it kept one.
+        loaded, missing, _, _ = ckpt_lib.load_trainable_from(
             setup.config.base.init_from, setup.abstract_state["trainable"], shardings
         )
         if missing:
@@ -623,7 +641,7 @@ def _loop(setup, workdir, manager, state, frozen, iterator, base_identity, start
                 last = _write(writer, step, out, dt, tokens, mfu)
             writer.advance()
             if previewer.due(step, setup.num_steps):
-                sheet = previewer(step, frozen, state["trainable"], writer)
+                sheet = previewer(step, frozen, sampled_weights(state), writer)
                 if sheet:
                     writer.print(f"step {step}: samples of config.sample.prompts in {sheet}")
             save(step, force=False)

@@ -3,7 +3,8 @@
 The state is a plain dict pytree (what Orbax saves and what the jitted step donates):
 
     {"step": int32[], "skipped": int32[],
-     "trainable": {...fp32...}, "opt_state": optax state over trainable leaves only}
+     "trainable": {...fp32...}, "opt_state": optax state over trainable leaves only,
+     "ema": {...fp32...}  (only with `optim.ema_decay` > 0: the weights' moving average, ema.py)}
 
 It holds no RNG: nothing in the step is random (caption choice and dropout are drawn by the
 data pipeline, seeded per element, and resume with the iterator's checkpoint). Checkpoints
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from mars_jax.train_lib import ema as ema_lib
 from mars_jax.train_lib import schedule
 from mars_jax.train_lib.sharding import replicated
 from mars_jax.train_lib.validate import MUON_GROUPS, OPTIMIZERS
@@ -165,18 +167,24 @@ def scale_subtree(key: str, factor: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), scale)
 
 
-def _init_state(trainable: Any, tx: optax.GradientTransformation) -> dict:
+def _init_state(trainable: Any, tx: optax.GradientTransformation, ema: bool = False) -> dict:
     trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
-    return {
+    state = {
         "step": jnp.zeros((), jnp.int32),
         "skipped": jnp.zeros((), jnp.int32),
         "trainable": trainable,
         "opt_state": tx.init(trainable),
     }
+    if ema:  # the average starts at the initial weights
+        state[ema_lib.EMA_KEY] = jax.tree.map(jnp.copy, trainable)
+    return state
 
 
-def abstract_state(abstract_trainable: Any, tx: optax.GradientTransformation) -> dict:
-    return jax.eval_shape(lambda t: _init_state(t, tx), abstract_trainable)
+def abstract_state(
+    abstract_trainable: Any, tx: optax.GradientTransformation, ema: bool = False
+) -> dict:
+    """The state's shapes and dtypes; ``ema``: with the weights' moving average."""
+    return jax.eval_shape(lambda t: _init_state(t, tx, ema), abstract_trainable)
 
 
 def state_shardings(
@@ -204,18 +212,23 @@ def state_shardings(
         owners = [p for p in params if text.endswith(p) and params[p] == leaf.shape]
         return shardings[max(owners, key=len)] if owners else rep
 
-    return {
+    out = {
         "step": rep,
         "skipped": rep,
         "trainable": trainable_shardings,
         "opt_state": jax.tree_util.tree_map_with_path(follow, abstract["opt_state"]),
     }
+    if ema_lib.EMA_KEY in abstract:
+        out[ema_lib.EMA_KEY] = trainable_shardings
+    return out
 
 
 def jit_init_state(tx: optax.GradientTransformation, shardings: dict):
-    """``trainable -> state`` under jit, explicit ``out_shardings`` (incl. ``tx.init``)."""
+    """``trainable -> state`` under jit, explicit ``out_shardings`` (incl. ``tx.init``); with
+    the moving average when ``shardings`` has one."""
+    ema = ema_lib.EMA_KEY in shardings
     return jax.jit(
-        lambda t: _init_state(t, tx),
+        lambda t: _init_state(t, tx, ema),
         in_shardings=(shardings["trainable"],),
         out_shardings=shardings,
     )

@@ -11,7 +11,8 @@ keeps its own rows (no resharding): ``[B, ...] -> [B/A, A, ...] -> [A, B/A, ...]
 
 Non-finite loss or gradient norm: the update is dropped (trainable params and optimizer state
 stay as they were), ``step`` still advances and ``skipped`` counts it; the host decides
-whether to stop (``train.nonfinite``).
+whether to stop (``train.nonfinite``). The weights' moving average (``state["ema"]``, when
+the state has one) follows the applied updates only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mars_jax.train_lib import ema as ema_lib
 from mars_jax.train_lib.sharding import BATCH_AXES, batch_sharding
 
 LossFn = Callable[[Any, Any, Mapping[str, Any], Mapping[str, Any]], tuple[jax.Array, dict]]
@@ -111,13 +113,15 @@ def make_train_step(
     grad_accum: int = 1,
     mesh: Mesh | None = None,
     augment: Callable[[dict, jax.Array], dict] | None = None,
+    ema_decay: float = 0.0,
 ) -> Callable[[dict, Any, dict], tuple[dict, dict]]:
     """Build ``train_step(state, frozen, batch_arrays) -> (state, metrics)``.
 
     ``loss_fn(frozen, trainable, batch_arrays) -> (loss, metrics)`` is the model's total loss
     with layouts and config bound; ``metrics`` are scalars, combined over micro-batches by
     their tokens (``loss_and_grads``). ``augment(batch_arrays, step)``, if given, changes
-    the batch first (``augment.corrupt_batch``: image-code noise).
+    the batch first (``augment.corrupt_batch``: image-code noise). ``ema_decay``: the decay
+    of the moving average a state with ``"ema"`` keeps (``ema.update``).
     """
 
     def train_step(state: dict, frozen: Any, batch: dict) -> tuple[dict, dict]:
@@ -138,8 +142,15 @@ def make_train_step(
             "trainable": keep(new_trainable, trainable),
             "opt_state": keep(new_opt, state["opt_state"]),
         }
+        if ema_lib.EMA_KEY in state:
+            old = state[ema_lib.EMA_KEY]
+            applied = state["step"] - state["skipped"]  # updates before this one
+            new_ema = ema_lib.update(old, new_trainable, ema_decay, applied)
+            new_state[ema_lib.EMA_KEY] = keep(new_ema, old)
         out = {
-            "state_finite": tree_is_finite((new_state["trainable"], new_state["opt_state"])),
+            "state_finite": tree_is_finite(
+                (new_state["trainable"], new_state["opt_state"], new_state.get("ema", {}))
+            ),
             "loss": loss,
             "grad_norm": grad_norm,
             # optax counts applied updates only: skipped steps do not advance the schedule.

@@ -199,6 +199,7 @@ def config_errors(
     c.float_("optim.weight_decay", 0.0, optional=True)
     c.float_("optim.grad_clip", 0.0, optional=True)
     c.float_("optim.unfrozen_lr_scale", 0.0, optional=True)
+    c.float_("optim.ema_decay", 0.0, 1.0, high_open=True, optional=True)
 
     # train
     global_batch = c.int_("train.global_batch", 1)
@@ -430,6 +431,7 @@ _ADDED = {
     "optim.name": "adamw",
     "optim.muon_groups": list(MUON_GROUPS),
     "optim.muon_ns_steps": 5,
+    "optim.ema_decay": 0.0,
     "sample.candidates": 1,
     "sample.caption_candidates": 0,  # 0: `sample.candidates`, what runs before it wrote
     "sample.judge": "pixels",  # a sampling choice: runs saved before it are judged so too

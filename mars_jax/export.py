@@ -20,7 +20,7 @@ import sys
 
 import orbax.checkpoint as ocp
 
-from mars_jax import cli, runs
+from mars_jax import cli, runs, sample_flags
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import metrics as metrics_lib
 from mars_jax.train_lib import workdir as workdir_lib
@@ -33,6 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--out", required=True, help="bundle directory (must not exist, or be empty)")
     p.add_argument("--vq", default=None, help="VQ tokenizer dir (default: the run's)")
+    sample_flags.add_weights_arg(p)
     return p.parse_args(argv)
 
 
@@ -43,6 +44,12 @@ def _last_metrics(root: str) -> dict:
     return metrics_lib.last_record(path.read_text().splitlines())
 
 
+WEIGHTS_WORDS = {
+    "ema": "the moving average of its weights (optim.ema_decay)",
+    "trained": "the optimizer's weights",
+}
+
+
 def model_card(run: runs.LoadedRun, info: dict, metrics: dict) -> str:
     """A README for the bundle: what it is, how to sample, the run's settings."""
     cfg = run.model_cfg
@@ -51,7 +58,8 @@ def model_card(run: runs.LoadedRun, info: dict, metrics: dict) -> str:
     lines = [
         "# MARS model bundle",
         "",
-        f"Exported from `{run.source}` at step {run.step} (stage {run.stage}).",
+        f"Exported from `{run.source}` at step {run.step} (stage {run.stage}), "
+        f"{WEIGHTS_WORDS[run.weights]}.",
         "",
         "## Use",
         "",
@@ -78,9 +86,16 @@ def model_card(run: runs.LoadedRun, info: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def export(checkpoint: str, out: str, step: int | None = None, vq_dir: str | None = None) -> str:
-    """Write the bundle; returns its directory."""
-    run = runs.load_run(checkpoint, step, vq_dir)
+def export(
+    checkpoint: str,
+    out: str,
+    step: int | None = None,
+    vq_dir: str | None = None,
+    weights: str | None = None,
+) -> str:
+    """Write the bundle; returns its directory. ``weights``: as `runs.load_run`'s (default:
+    the run's moving average when it kept one)."""
+    run = runs.load_run(checkpoint, step, vq_dir, weights)
     os.makedirs(out, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         weights = {"frozen": run.frozen, "trainable": run.trainable}
@@ -92,6 +107,7 @@ def export(checkpoint: str, out: str, step: int | None = None, vq_dir: str | Non
         "step": run.step,
         "stage": run.stage,
         "source_run": run.source,
+        "weights": run.weights,
         "base": base_lib.identity(source, run.frozen),
         "text_len": run.text_len,
         "grids": [list(g) for g in run.grids],
@@ -111,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with cli.one_line_errors():
         runs.locate(args.checkpoint, args.step)
+        runs.check_weights(args.checkpoint, args.weights)
         if os.path.exists(args.out) and os.listdir(args.out):
             raise cli.UsageError(f"--out={args.out}: exists and is not empty")
-        out = export(args.checkpoint, args.out, args.step, args.vq)
+        out = export(args.checkpoint, args.out, args.step, args.vq, args.weights)
     print(f"wrote bundle {out}")
     return 0
 

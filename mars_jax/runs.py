@@ -253,4 +253,5 @@ def _load_bundle(root: str, vq_dir: str | None) -> LoadedRun:
         stage=int(info["stage"]),
         sample=dict(info["sample"]),
         source=root,
+        weights=str(info.get("weights", "trained")),
     )

@@ -149,3 +149,18 @@ def test_sampling_loads_the_average_unless_told_otherwise(runs_dirs):
         frozen, _ = loop.load_frozen(setup)
         trainable = loop.initial_trainable(setup, frozen)
     assert_trees_equal(trainable, final["ema"])
+
+
+def test_a_bundle_holds_the_weights_it_was_exported_with(runs_dirs, tmp_path):
+    from mars_jax import export
+
+    final = runs_dirs["summary"]["state"]
+    vq = demo_shards.demo_vq_dir()
+    for weights, key in ((None, "ema"), ("trained", "trainable")):
+        out = export.export(runs_dirs["whole"], str(tmp_path / key), vq_dir=vq, weights=weights)
+        bundle = runs.load_run(out)
+        assert bundle.weights == ("ema" if key == "ema" else "trained")
+        assert_trees_equal(bundle.trainable, final[key])
+        assert "moving average" in open(os.path.join(out, "model_card.md")).read() or key != "ema"
+    with pytest.raises(ValueError, match="a bundle"):
+        runs.load_run(out, weights="ema")

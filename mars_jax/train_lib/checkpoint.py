@@ -120,6 +120,8 @@ def restore(
     """Restore the state onto ``state_shardings`` and the iterator in place; returns the state.
 
     A checkpoint of an earlier version also holds an unused ``rng``: it is read and dropped.
+    A moving average of the weights (``"ema"``) the checkpoint lacks starts at the restored
+    weights; one it holds that this run does not keep is read and dropped.
     """
     target = abstract_with_shardings(abstract_state, state_shardings)
     saved = _saved_state_keys(epath.Path(manager.directory) / str(step))

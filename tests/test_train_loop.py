@@ -3,6 +3,7 @@
 One reference run (mesh (8,1,1), 4 steps) is shared by the tests; the other runs reuse its
 compiled functions where the mesh allows. Losses on other meshes agree within rtol 2e-3
 (bf16 compute, different reduction orders); resumed runs on the same mesh agree exactly.
+The last section tests the moving average of the weights (`optim.ema_decay`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import pytest
 from self_kill import self_killing_train_cmd
 
 from configs import stage2
+from mars_jax import runs
+from mars_jax.demo import shards as demo_shards
 from mars_jax.model import mars
 from mars_jax.tokens import vocab
 from mars_jax.train_lib import checkpoint as ckpt_lib
-from mars_jax.train_lib import loop
+from mars_jax.train_lib import ema, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 4
@@ -401,9 +404,6 @@ def test_init_from_previous_stage_loads_final_trainable(ref):
 def test_a_run_samples_without_the_stage_it_started_from(ref, tmp_path):
     """`runs.load_run` needs only the run's own checkpoint: the previous stage's workdir
     (`base.init_from`, often a relative path) may be gone or elsewhere."""
-    from mars_jax import runs
-    from mars_jax.demo import shards as demo_shards
-
     previous = tmp_path / "stage1"
     shutil.copytree(ref["workdir"], previous)
     config = tiny_config()
@@ -459,3 +459,148 @@ def test_sigkill_mid_training_then_restart_gives_same_losses(ref, tmp_path):
     # The steps redone after the checkpoint replace their old lines: each step once.
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == list(range(1, NUM_STEPS + 1))
+
+
+# ------------------------------------------------------------------------------ moving average
+# `optim.ema_decay` (train_lib/ema.py): kept by the step from the applied updates, saved and
+# resumed with the state, switched on or off at a resume without losing a checkpoint, and
+# what runs sample with unless told otherwise. Each saved step's average is checked against
+# the recurrence computed here from the saved weights.
+
+DECAY = 0.2
+
+
+def ema_config():
+    config = tiny_config()
+    config.optim.ema_decay = DECAY
+    return config
+
+
+def _keep_steps_up_to(workdir, last):
+    for step in saved_steps(workdir):
+        if step > last:
+            shutil.rmtree(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR, str(step)))
+
+
+@pytest.fixture(scope="module")
+def ema_runs(ref, tmp_path_factory):
+    """The reference run ("plain"), the same run keeping the average ("whole"), and that run
+    resumed from its step-2 checkpoint ("parted")."""
+    root = tmp_path_factory.mktemp("ema")
+    whole, parted = str(root / "whole"), str(root / "parted")
+    summary = loop.run(ema_config(), whole)
+    shutil.copytree(whole, parted)
+    _keep_steps_up_to(parted, 2)
+    loop.run(ema_config(), parted)
+    return {"plain": ref["workdir"], "whole": whole, "parted": parted, "summary": summary}
+
+
+def test_ema_decay_warms_up_then_holds():
+    got = [float(ema.decay_at(0.99, n)) for n in (0, 1, 10, 10_000)]
+    np.testing.assert_allclose(got, [1 / 10, 2 / 11, 11 / 20, 0.99], rtol=1e-6)
+    old, new = {"w": np.full(3, 2.0, np.float32)}, {"w": np.full(3, 4.0, np.float32)}
+    updated = ema.update(old, new, 0.5, 100)  # decay 0.5: halfway
+    np.testing.assert_allclose(updated["w"], 3.0)
+    assert updated["w"].dtype == np.float32
+
+
+def test_ema_follows_the_saved_weights_and_leaves_training_alone(ema_runs):
+    whole = ema_runs["whole"]
+    assert read_losses(whole) == read_losses(ema_runs["plain"])
+    assert saved_steps(whole) == list(range(1, NUM_STEPS + 1))
+    previous = restore_raw(whole, 1)
+    assert ema.EMA_KEY not in restore_raw(ema_runs["plain"], 1)
+    for step in range(2, NUM_STEPS + 1):
+        state = restore_raw(whole, step)
+        d = min(DECAY, step / (9 + step))  # `step - 1` updates before this one
+        expect = jax.tree.map(
+            lambda e, t, d=d: d * np.asarray(e) + (1 - d) * np.asarray(t),
+            previous["ema"],
+            state["trainable"],
+        )
+        for got, want in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(expect), strict=True):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+        previous = state
+    last = restore_raw(whole, NUM_STEPS)
+    gaps = [
+        float(np.max(np.abs(np.asarray(e) - np.asarray(t))))
+        for e, t in zip(
+            jax.tree.leaves(last["ema"]), jax.tree.leaves(last["trainable"]), strict=True
+        )
+    ]
+    assert max(gaps) > 0  # an average, not a copy
+
+
+def test_ema_resumes_exactly(ema_runs):
+    assert read_losses(ema_runs["parted"]) == read_losses(ema_runs["whole"])
+    assert_trees_equal(
+        restore_raw(ema_runs["parted"], NUM_STEPS)["ema"],
+        restore_raw(ema_runs["whole"], NUM_STEPS)["ema"],
+    )
+
+
+def test_ema_switched_on_or_off_at_a_resume_loses_no_checkpoint(ema_runs, tmp_path, capsys):
+    # On: a run saved without the average resumes; the average starts at its weights.
+    on = str(tmp_path / "on")
+    shutil.copytree(ema_runs["plain"], on)
+    _keep_steps_up_to(on, 2)
+    loop.run(ema_config(), on)
+    assert "optim.ema_decay: 0.0 -> 0.2" in capsys.readouterr().out
+    assert saved_steps(on) == list(range(1, NUM_STEPS + 1))  # nothing set aside
+    assert read_losses(on) == read_losses(ema_runs["plain"])
+    two, three = restore_raw(on, 2), restore_raw(on, 3)
+    d = min(DECAY, 3 / 12)
+    for e, w2, w3 in zip(
+        *(jax.tree.leaves(t) for t in (three["ema"], two["trainable"], three["trainable"])),
+        strict=True,
+    ):
+        np.testing.assert_allclose(
+            np.asarray(e), d * np.asarray(w2) + (1 - d) * np.asarray(w3), rtol=1e-5, atol=1e-7
+        )
+    # Off: a run saved with it resumes without it; the earlier checkpoints keep theirs.
+    off = str(tmp_path / "off")
+    shutil.copytree(ema_runs["whole"], off)
+    shutil.rmtree(os.path.join(off, ckpt_lib.CHECKPOINT_DIR, str(NUM_STEPS)))
+    loop.run(tiny_config(), off)
+    assert saved_steps(off) == list(range(1, NUM_STEPS + 1))
+    assert read_losses(off) == read_losses(ema_runs["plain"])
+    assert ema.EMA_KEY not in restore_raw(off, NUM_STEPS)
+    assert ema.EMA_KEY in restore_raw(off, NUM_STEPS - 1)
+
+
+def test_ema_is_sampled_unless_told_otherwise(ema_runs):
+    vq = demo_shards.demo_vq_dir()
+    final = ema_runs["summary"]["state"]
+    run = runs.load_run(ema_runs["whole"], vq_dir=vq)
+    assert run.weights == "ema"
+    assert_trees_equal(run.trainable, final["ema"])
+    run = runs.load_run(ema_runs["whole"], vq_dir=vq, weights="trained")
+    assert run.weights == "trained"
+    assert_trees_equal(run.trainable, final["trainable"])
+    plain = runs.load_run(ema_runs["plain"], vq_dir=vq)
+    assert plain.weights == "trained"
+    with pytest.raises(ValueError, match="kept no moving average"):
+        runs.load_run(ema_runs["plain"], vq_dir=vq, weights="ema")
+    # The next stage starts from the weights this one samples with.
+    config = tiny_config()
+    config.base.init_from = ema_runs["whole"]
+    setup = loop.prepare(config)
+    with jax.set_mesh(setup.mesh):
+        frozen, _ = loop.load_frozen(setup)
+        trainable = loop.initial_trainable(setup, frozen)
+    assert_trees_equal(trainable, final["ema"])
+
+
+def test_ema_bundle_holds_the_weights_it_was_exported_with(ema_runs, tmp_path):
+    from mars_jax import export
+
+    final = ema_runs["summary"]["state"]
+    vq = demo_shards.demo_vq_dir()
+    for weights, key in ((None, "ema"), ("trained", "trainable")):
+        out = export.export(ema_runs["whole"], str(tmp_path / key), vq_dir=vq, weights=weights)
+        bundle = runs.load_run(out)
+        assert bundle.weights == ("ema" if key == "ema" else "trained")
+        assert_trees_equal(bundle.trainable, final[key])
+        assert "moving average" in open(os.path.join(out, "model_card.md")).read() or key != "ema"
+    with pytest.raises(ValueError, match="a bundle"):
+        runs.load_run(out, weights="ema")

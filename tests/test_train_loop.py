@@ -391,13 +391,18 @@ def test_random_base_is_kept_for_the_next_run_with_the_same_config_seed_and_mesh
     assert four["embed"].sharding != redrawn["embed"].sharding
 
 
-def test_init_from_previous_stage_loads_final_trainable(ref):
+def _initial_trainable_from(previous: str):
+    """The trainable params a tiny run with `base.init_from=previous` starts from."""
     config = tiny_config()
-    config.base.init_from = ref["workdir"]
+    config.base.init_from = previous
     setup = loop.prepare(config)
     with jax.set_mesh(setup.mesh):
         frozen, _ = loop.load_frozen(setup)
-        trainable = loop.initial_trainable(setup, frozen)
+        return loop.initial_trainable(setup, frozen)
+
+
+def test_init_from_previous_stage_loads_final_trainable(ref):
+    trainable = _initial_trainable_from(ref["workdir"])
     assert_trees_equal(trainable, ref["summary"]["state"]["trainable"])
 
 
@@ -582,13 +587,7 @@ def test_ema_is_sampled_unless_told_otherwise(ema_runs):
     with pytest.raises(ValueError, match="kept no moving average"):
         runs.load_run(ema_runs["plain"], vq_dir=vq, weights="ema")
     # The next stage starts from the weights this one samples with.
-    config = tiny_config()
-    config.base.init_from = ema_runs["whole"]
-    setup = loop.prepare(config)
-    with jax.set_mesh(setup.mesh):
-        frozen, _ = loop.load_frozen(setup)
-        trainable = loop.initial_trainable(setup, frozen)
-    assert_trees_equal(trainable, final["ema"])
+    assert_trees_equal(_initial_trainable_from(ema_runs["whole"]), final["ema"])
 
 
 def test_ema_bundle_holds_the_weights_it_was_exported_with(ema_runs, tmp_path):

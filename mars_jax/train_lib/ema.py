@@ -1,8 +1,9 @@
 """An exponential moving average (EMA) of the trainable weights, the weights runs sample with.
 
-Averaging the last few hundred updates removes much of the noise the final steps leave in
-the weights; image generators commonly sample from such an average (`optim.ema_decay`,
-0 = off). The average lives in the train state as ``state["ema"]`` (same tree, dtype and
+Averaging the last few hundred updates removes the noise the final steps leave in the
+weights, and image generators commonly sample from such an average (`optim.ema_decay`,
+0 = off). On the CPU demo it narrowed the spread between training seeds but did not raise
+their mean, so the demo preset leaves it off (docs/RESULTS.md). The average lives in the train state as ``state["ema"]`` (same tree, dtype and
 shardings as ``state["trainable"]``), is checkpointed with it, and is what sampling,
 evaluation and export load when a run kept one (`runs.load_run`).
 

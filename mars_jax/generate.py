@@ -198,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.out, prompts, every, drawn.scores, drawn.ranked_order, drawn.blank
             )
             sheet += f"; the {n} candidates of each prompt, best first: {ranked}"
-    print(f"wrote {len(images)} images of step {run.step} to {args.out}; contact sheet {sheet}")
+    averaged = " (its moving average)" if run.weights == "ema" else ""
+    print(
+        f"wrote {len(images)} images of step {run.step}{averaged} to {args.out}; "
+        f"contact sheet {sheet}"
+    )
     return 0
 
 

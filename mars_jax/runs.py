@@ -11,8 +11,8 @@
 
 A run that kept a moving average of its weights (`optim.ema_decay`) is sampled from it;
 `--weights=trained` picks the optimizer's weights instead. A run's frozen LLM is reloaded
-from the base it recorded and checked against the recorded hash. Nothing of the training loop is imported: sampling needs neither the optimizer nor
-the data pipeline.
+from the base it recorded and checked against the recorded hash. Nothing of the training
+loop is imported: sampling needs neither the optimizer nor the data pipeline.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from mars_jax.sampling.images import TrainedModel
 from mars_jax.sampling.options import run_options
 from mars_jax.train_lib import base as base_lib
 from mars_jax.train_lib import checkpoint as ckpt_lib
-from mars_jax.train_lib import run_info
+from mars_jax.train_lib import ema, run_info
 from mars_jax.train_lib import workdir as workdir_lib
 from mars_jax.vq.checkpoint import load_vq
 
@@ -135,7 +135,7 @@ def _on_one_device(tree: Any) -> Any:
 
 def kept_ema(path: str) -> bool:
     """Whether a run keeps a moving average of its weights (`optim.ema_decay` > 0)."""
-    return float(read_config(path).get("optim", {}).get("ema_decay", 0.0) or 0.0) > 0.0
+    return ema.decay_of(read_config(path).get("optim", {})) > 0.0
 
 
 def check_weights(path: str, weights: str | None) -> None:

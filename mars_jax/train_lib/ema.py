@@ -3,9 +3,11 @@
 Averaging the last few hundred updates removes the noise the final steps leave in the
 weights, and image generators commonly sample from such an average (`optim.ema_decay`,
 0 = off). On the CPU demo it narrowed the spread between training seeds but did not raise
-their mean, so the demo preset leaves it off (docs/RESULTS.md). The average lives in the train state as ``state["ema"]`` (same tree, dtype and
-shardings as ``state["trainable"]``), is checkpointed with it, and is what sampling,
-evaluation and export load when a run kept one (`runs.load_run`).
+their mean, so the demo preset leaves it off (docs/RESULTS.md).
+
+The average lives in the train state as ``state["ema"]`` (same tree, dtype and shardings as
+``state["trainable"]``), is checkpointed with it, and is what sampling, evaluation and
+export load when a run kept one (`runs.load_run`).
 
 Early in training the decay is warmed up, ``min(decay, (1 + n) / (10 + n))`` after ``n``
 applied updates (as TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so a
@@ -14,6 +16,7 @@ short run's average is not held back by its initial weights.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -21,6 +24,12 @@ import jax.numpy as jnp
 
 # The state key of the average; a checkpoint that holds it is sampled from it.
 EMA_KEY = "ema"
+
+
+def decay_of(optim: Mapping) -> float:
+    """`optim.ema_decay` of a config's ``optim`` section (a ConfigDict or a saved run's dict);
+    0 (or absent, in runs saved before it): no average."""
+    return float(optim.get("ema_decay", 0.0) or 0.0)
 
 
 def decay_at(decay: float, updates: jax.Array) -> jax.Array:

@@ -379,5 +379,5 @@ def agree(problem: Problem | None) -> Problem | None:
 
 def state_is_finite(state: dict) -> bool:
     """Whether the trainable params, optimizer state and moving average are all finite."""
-    tree = (state["trainable"], state["opt_state"], state.get("ema", {}))
+    tree = step_lib.finite_parts(state)
     return bool(jax.device_get(jax.jit(step_lib.tree_is_finite)(tree)))

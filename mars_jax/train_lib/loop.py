@@ -189,7 +189,9 @@ def prepare(
     trainable_shardings = sharding.tree_shardings(
         abstract["trainable"], logical["trainable"], mesh, rules
     )
-    abstract_state = state_lib.abstract_state(abstract["trainable"], tx, ema_decay(config) > 0)
+    abstract_state = state_lib.abstract_state(
+        abstract["trainable"], tx, ema_lib.decay_of(config.optim) > 0
+    )
     state_shardings = state_lib.state_shardings(abstract_state, trainable_shardings, tx, mesh)
     return Setup(
         config=config,
@@ -214,11 +216,6 @@ def prepare(
             tuple((str(n), _hashable(a)) for n, a in rules),
         ),
     )
-
-
-def ema_decay(config: ml_collections.ConfigDict) -> float:
-    """`optim.ema_decay`: the decay of the weights' moving average (0, or absent: none)."""
-    return float(config.optim.get("ema_decay", 0.0) or 0.0)
 
 
 def sampled_weights(state: dict) -> Any:
@@ -287,7 +284,7 @@ def get_step(setup: Setup, layouts: dict):
             int(s.config.train.grad_accum),
             s.mesh,
             _augment(s),
-            ema_decay(s.config),
+            ema_lib.decay_of(s.config.optim),
         )
         _STEPS[key] = step_lib.compile_train_step(fn, s.mesh, s.state_shardings, s.frozen_shardings)
     return _STEPS[key]

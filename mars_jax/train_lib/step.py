@@ -148,9 +148,7 @@ def make_train_step(
             new_ema = ema_lib.update(old, new_trainable, ema_decay, applied)
             new_state[ema_lib.EMA_KEY] = keep(new_ema, old)
         out = {
-            "state_finite": tree_is_finite(
-                (new_state["trainable"], new_state["opt_state"], new_state.get("ema", {}))
-            ),
+            "state_finite": tree_is_finite(finite_parts(new_state)),
             "loss": loss,
             "grad_norm": grad_norm,
             # optax counts applied updates only: skipped steps do not advance the schedule.
@@ -176,6 +174,12 @@ def compile_train_step(
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
+
+
+def finite_parts(state: dict) -> tuple:
+    """The parts of a train state that must stay finite: the trainable params, the optimizer
+    state and the moving average when kept (checked after each step and on restore)."""
+    return state["trainable"], state["opt_state"], state.get(ema_lib.EMA_KEY, {})
 
 
 def tree_is_finite(tree: Any) -> jax.Array:

@@ -194,6 +194,7 @@ def test_best_of_n_skips_candidates_flatter_than_blank_std(model, judge):
     std is under `blank_std` (set here just above the kept image's of a prompt with a
     busier candidate) are flagged and kept only where all of a prompt's are."""
     scfg = SamplingConfig(cfg_scale=2.0, candidates=3, judge=judge, blank_std=0.0)
+    scfg = dataclasses.replace(scfg, blank_redraws=0)  # the next test draws all-blank ones again
     plain = images_lib.draw_codes(model, PROMPTS, scfg, 4)
     assert plain.blank is None
     assert (plain.candidate_images is None) == (judge == "codes")  # no decode needed
@@ -216,6 +217,39 @@ def test_best_of_n_skips_candidates_flatter_than_blank_std(model, judge):
     kept = guarded.candidates[np.arange(len(PROMPTS)), want]
     np.testing.assert_array_equal(guarded.codes, kept)
     assert guarded.ranked_order[:, 0].tolist() == want.tolist()
+
+
+def test_best_of_n_draws_the_next_n_where_all_are_blank(model):
+    """Best of 2 with `blank_std` set just above the flattest first pair of candidates: that
+    prompt's pair is all blank, so it draws its candidates 2 and 3 (best of 4's) in their
+    place, and keeps the better-scored non-blank one; the other prompts keep their first
+    pair. Without redraws the all-blank pair is kept."""
+    best_of_4 = images_lib.draw_codes(
+        model, PROMPTS, SamplingConfig(cfg_scale=2.0, candidates=4, blank_std=0.0), 4
+    )
+    pixels = images_lib.candidate_images(model, best_of_4)
+    std_BxN = pixels.reshape(*pixels.shape[:2], -1).astype(np.float64).std(axis=-1)
+    first_pair_B = std_BxN[:, :2].max(axis=1)
+    p = int(np.argmin(first_pair_B))
+    threshold = float(first_pair_B[p]) + 1e-3
+    flat_BxN = std_BxN < threshold
+    assert flat_BxN[p, :2].all() and not flat_BxN[:, :2].all(axis=1).all()
+    want_pair_B = np.where(flat_BxN[:, :2].all(axis=1), 1, 0)  # one redraw: pair 0 or 1
+    scfg = SamplingConfig(cfg_scale=2.0, candidates=2, blank_std=threshold, blank_redraws=1)
+    drawn = images_lib.draw_codes(model, PROMPTS, scfg, 4)
+    for b, pair in enumerate(want_pair_B):
+        picked = slice(2 * pair, 2 * pair + 2)
+        np.testing.assert_array_equal(drawn.candidates[b], best_of_4.candidates[b, picked])
+        np.testing.assert_array_equal(drawn.blank[b], flat_BxN[b, picked])
+        np.testing.assert_allclose(drawn.scores[b], best_of_4.scores[b, picked], rtol=1e-5)
+    assert want_pair_B[p] == 1
+    if not flat_BxN[p, 2:].all():  # a non-blank one among the new pair is kept
+        assert not drawn.blank[p, drawn.kept_index[p]]
+    kept_blank = images_lib.draw_codes(
+        model, PROMPTS, dataclasses.replace(scfg, blank_redraws=0), 4
+    )
+    np.testing.assert_array_equal(kept_blank.candidates, best_of_4.candidates[:, :2])
+    assert kept_blank.blank[p].all()
 
 
 def test_one_image_per_prompt_draws_a_blank_one_again(model):

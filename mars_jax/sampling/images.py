@@ -164,6 +164,10 @@ def draw_codes(
         seen, flat = codes, None
         if scfg.judge == "pixels" or scfg.blank_std > 0:
             pixels = decode_images(model, codes, batch_size)
+            if scfg.blank_std > 0 and scfg.blank_redraws > 0:
+                codes, pixels = _redraw_all_blank(
+                    model, weights, ids, grid, scfg, seed, start, codes, pixels, batch_size
+                )
             decoded.append(pixels.reshape(-1, n, *pixels.shape[1:]))
         if scfg.judge == "pixels":
             # What the captioner trained on: the encoder's codes of an image (about half of
@@ -183,6 +187,32 @@ def draw_codes(
     images = np.concatenate(decoded) if decoded else None
     flags = np.concatenate(blank) if blank else None
     return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores), images, flags)
+
+
+def _redraw_all_blank(model, weights, ids, grid, scfg, seed, first, codes, pixels, batch_size):
+    """Best of N with no empty canvas kept where another draw gives one (`scfg.blank_redraws`):
+    a prompt whose N candidates are all blank draws its next N (candidates N..2N-1 of its
+    row keys, those best of 2N would add) in their place, up to `blank_redraws` times. The
+    whole call is drawn again (no new batch shape to compile); only those prompts take the
+    new draws. `codes` `[B*N, h, w]` and their decodes `pixels` in, both updated out."""
+    n = scfg.candidates
+    codes, pixels = np.array(codes), np.array(pixels)
+    for redraw in range(1, scfg.blank_redraws + 1):
+        all_blank_B = rerank.blank_images(pixels, scfg.blank_std).reshape(-1, n).all(axis=1)
+        redo = np.flatnonzero(np.repeat(all_blank_B, n))
+        if not len(redo):
+            break
+        rows = options.prompt_rows(first, len(ids), n)
+        rows[:, 1] += redraw * n
+        again = np.asarray(
+            t2i.generate_codes(
+                weights, None, model.model_cfg, [row for row in ids for _ in range(n)],
+                model.text_len, grid, scfg, seed, rows,
+            )
+        )  # fmt: skip
+        codes[redo] = again[redo]
+        pixels[redo] = decode_images(model, again[redo], batch_size)
+    return codes, pixels
 
 
 def _redraw_blanks(model, weights, ids, grid, scfg, seed, first, codes_Bxhxw, batch_size):

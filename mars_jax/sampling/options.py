@@ -42,7 +42,9 @@ class SamplingConfig:
     blank_std: float = 3.0
     # With one image per prompt (`candidates=1`), a draw flatter than `blank_std` is drawn
     # again, as the prompt's next candidate (the draw best of N makes next), up to this many
-    # times; the first that is not blank is kept. 0: keep it.
+    # times; the first that is not blank is kept. With best of N, a prompt whose N
+    # candidates are all blank draws its next N in their place, up to this many times.
+    # 0: keep them.
     blank_redraws: int = 3
     codebook_size: int = vocab.NUM_IMAGE_CODES
 

@@ -193,8 +193,7 @@ def load_trainable_from(
             f"(`python -m mars_jax.train --verify_checkpoint={workdir}` lists why)"
         )
     state_dir = directory / str(step) / "state"
-    checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(state_dir).item_metadata
+    meta = _saved_state_tree(state_dir)
     if "trainable" not in meta:
         raise FileNotFoundError(f"{flag}={workdir!r}: step {step} has no trainable params")
     key = subtree_of(weights, EMA_KEY in meta, f"{flag}={workdir!r} step {step}")
@@ -232,7 +231,7 @@ def load_trainable_from(
         pick(shardings, target),
     )
     item = {key: sharded_target}
-    restored = checkpointer.restore(
+    restored = ocp.PyTreeCheckpointer().restore(
         state_dir,
         args=ocp.args.PyTreeRestore(
             item=item,
@@ -259,8 +258,15 @@ WEIGHTS = ("trained", "ema", "sampled")
 
 def _saved_state_keys(step_dir: epath.Path) -> set[str]:
     """The top-level keys of a checkpoint's saved state (from its metadata, no array read).
-    (`CheckpointManager.item_metadata` knows them only once the manager restored an item.)"""
-    return set(ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.keys())
+    (`CheckpointManager.item_metadata` knows them only once the manager restored an item;
+    the handler, unlike a `Checkpointer`, does not look for a step-level metadata file in the
+    item's folder and warn that it is missing.)"""
+    return set(_saved_state_tree(step_dir / "state").keys())
+
+
+def _saved_state_tree(state_dir: epath.Path) -> Any:
+    """The saved state's tree metadata (shapes and dtypes, no array read)."""
+    return ocp.PyTreeCheckpointHandler().metadata(state_dir)
 
 
 def subtree_of(weights: str, has_ema: bool, where: str) -> str:

@@ -2,8 +2,8 @@
 
 Averaging the last few hundred updates removes the noise the final steps leave in the
 weights, and image generators commonly sample from such an average (`optim.ema_decay`,
-0 = off). On the CPU demo it narrowed the spread between training seeds but did not raise
-their mean, so the demo preset leaves it off (docs/RESULTS.md).
+0 = off). On the CPU demo it narrowed the spread between training seeds without raising
+their mean; the stage-I demo preset samples from it (decay 0.99, docs/RESULTS.md).
 
 The average lives in the train state as ``state["ema"]`` (same tree, dtype and shardings as
 ``state["trainable"]``), is checkpointed with it, and is what sampling, evaluation and

@@ -153,9 +153,10 @@ def draw_codes(
         )  # fmt: skip
         if n == 1:
             if scfg.blank_std > 0 and scfg.blank_redraws > 0:
-                codes, pixels = _redraw_blanks(
-                    model, weights, ids, grid, scfg, seed, start, codes, batch_size
-                )
+                codes, pixels = _redraw_blank_prompts(
+                    model, weights, ids, grid, scfg, seed, start, codes,
+                    decode_images(model, codes, batch_size), batch_size,
+                )  # fmt: skip
                 decoded.append(pixels)
             kept.append(codes)
             continue
@@ -165,7 +166,7 @@ def draw_codes(
         if scfg.judge == "pixels" or scfg.blank_std > 0:
             pixels = decode_images(model, codes, batch_size)
             if scfg.blank_std > 0 and scfg.blank_redraws > 0:
-                codes, pixels = _redraw_all_blank(
+                codes, pixels = _redraw_blank_prompts(
                     model, weights, ids, grid, scfg, seed, start, codes, pixels, batch_size
                 )
             decoded.append(pixels.reshape(-1, n, *pixels.shape[1:]))
@@ -189,12 +190,13 @@ def draw_codes(
     return Drawn(np.concatenate(kept), np.concatenate(drawn), np.concatenate(scores), images, flags)
 
 
-def _redraw_all_blank(model, weights, ids, grid, scfg, seed, first, codes, pixels, batch_size):
-    """Best of N with no empty canvas kept where another draw gives one (`scfg.blank_redraws`):
-    a prompt whose N candidates are all blank draws its next N (candidates N..2N-1 of its
-    row keys, those best of 2N would add) in their place, up to `blank_redraws` times. The
-    whole call is drawn again (no new batch shape to compile); only those prompts take the
-    new draws. `codes` `[B*N, h, w]` and their decodes `pixels` in, both updated out."""
+def _redraw_blank_prompts(model, weights, ids, grid, scfg, seed, first, codes, pixels, batch_size):
+    """No empty canvas kept where another draw gives one (`scfg.blank_redraws`): a prompt whose
+    N candidates are all blank (with one image per prompt: whose draw is) draws its next N
+    (candidates N..2N-1 of its row keys, those best of 2N would add) in their place, up to
+    `blank_redraws` times. The whole call is drawn again (no new batch shape to compile);
+    only those prompts take the new draws. `codes` `[B*N, h, w]` and their decodes `pixels`
+    in, both updated out."""
     n = scfg.candidates
     codes, pixels = np.array(codes), np.array(pixels)
     for redraw in range(1, scfg.blank_redraws + 1):
@@ -212,31 +214,6 @@ def _redraw_all_blank(model, weights, ids, grid, scfg, seed, first, codes, pixel
         )  # fmt: skip
         codes[redo] = again[redo]
         pixels[redo] = decode_images(model, again[redo], batch_size)
-    return codes, pixels
-
-
-def _redraw_blanks(model, weights, ids, grid, scfg, seed, first, codes_Bxhxw, batch_size):
-    """One draw per prompt with its blank images drawn again (`scfg.blank_redraws`): redraw
-    `r` is each prompt's candidate `r`, so it is the image best of N draws there. The whole
-    call is drawn again (no new batch shape to compile) and only blank rows take the new
-    draw. Returns the codes and their decoded images."""
-    codes = np.array(codes_Bxhxw)
-    pixels = decode_images(model, codes, batch_size)
-    blank_B = rerank.blank_images(pixels, scfg.blank_std)
-    for candidate in range(1, scfg.blank_redraws + 1):
-        redo = np.flatnonzero(blank_B)
-        if not len(redo):
-            break
-        rows = options.prompt_rows(first, len(ids))
-        rows[:, 1] = candidate
-        again = np.asarray(
-            t2i.generate_codes(
-                weights, None, model.model_cfg, ids, model.text_len, grid, scfg, seed, rows
-            )
-        )
-        codes[redo] = again[redo]
-        pixels[redo] = decode_images(model, again[redo], batch_size)
-        blank_B[redo] = rerank.blank_images(pixels[redo], scfg.blank_std)
     return codes, pixels
 
 

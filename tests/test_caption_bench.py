@@ -93,3 +93,16 @@ def test_caption_bench_cli(tmp_path, capsys):
     assert len(en) == len(zh) == 4 and any(en) and any(zh)
     assert all(t.isascii() and t.isprintable() for t in en)
     assert not any(ch.isascii() and ch.isalpha() for t in zh for ch in t)
+
+
+def test_caption_bench_writes_captions_as_the_caption_command_does():
+    """Greedy by default; `--temperature`, `--top_k`, `--top_p` reach the captioner."""
+    parser = evaluate.build_parser()
+    given = parser.parse_args(
+        ["--bench=captions", "--checkpoint=x", "--temperature=0.7", "--top_k=5", "--candidates=4"]
+    )
+    scfg = evaluate.caption_sampling(given)
+    assert (scfg.temperature, scfg.top_k, scfg.top_p, scfg.candidates) == (0.7, 5, 1.0, 4)
+    unset = parser.parse_args(["--bench=captions", "--checkpoint=x"])
+    unset.candidates = 16
+    assert evaluate.caption_sampling(unset).temperature == 0.0

@@ -111,6 +111,11 @@ MISTAKES = [
         ["evaluate", "--bench=captions", "--checkpoint=RUN", "--candidates=4"],
         "trained no caption task",
     ),
+    (
+        ["evaluate", "--bench=captions", "--checkpoint=RUN", "--cfg_scale=3"],
+        "--cfg_scale: options of drawing images",
+    ),
+    (["evaluate", "--bench=captions", "--checkpoint=RUN", "--temperature=-1"], "temperature"),
     (["cascade", "--base=RUN", "--sr=/nope", "--prompt=a", "--out=OUT"], "--sr=/nope: no such"),
     (["cascade", "--base=RUN", "--sr=RUN", "--prompt=a", "--out=OUT"], "--sr=RUN: not a stage-III"),
     (["export", "--checkpoint=/nope", "--out=OUT"], "--checkpoint=/nope: no such"),

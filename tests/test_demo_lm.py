@@ -150,7 +150,7 @@ def test_demo_presets_load_the_pretrained_llm_and_train_both_tasks():
         # the first command ranks 8 images per prompt by its own captions.
         assert c.optim.name == ("muon" if preset == "demo_frozen" else "adamw")
         assert c.sample.candidates == (8 if preset == "demo" else 1)
-        assert c.sample.caption_candidates == (16 if preset == "demo" else 0)
+        assert c.sample.caption_candidates == (32 if preset == "demo" else 0)
         for later in (stage2.get_config(preset), stage3.get_config(preset)):
             assert later.base.checkpoint == c.base.checkpoint and later.base.demo_lm
             assert later.base.init_from == f"runs/{preset}_stage1"

@@ -67,6 +67,22 @@ def test_an_images_caption_depends_on_its_row_not_on_the_batch():
             assert run(codes[i : i + 1], [[i, 0]]) == [whole[i]]
 
 
+def test_copies_of_an_image_draw_what_its_repeated_rows_draw():
+    """`copies`: each image read once, its cache copied; the same captions, row by row, as
+    the image repeated in the batch under the same row ids."""
+    cfg, frozen, trainable = _tied_model()
+    codes = np.random.default_rng(4).integers(0, 64, (2, 2, 3))
+    rows = options.prompt_rows(0, 2, 4)
+    rows = rows[rows[:, 1] > 0]  # candidates 1..3 of images 0 and 1
+    scfg = SamplingConfig(temperature=1.5)
+    run = lambda images, copies: caption.caption_codes(
+        frozen, trainable, cfg, images, scfg, 8, seed=5, row_ids=rows, copies=copies
+    )
+    copied = run(codes, 3)
+    assert copied == run(np.repeat(codes, 3, axis=0), 1)
+    assert len(copied) == 6 and len({tuple(c) for c in copied}) > 2
+
+
 def test_caption_stops_at_endoftext_and_draws_no_special_token():
     frozen, trainable = _weights()
     # A text head whose only large column is <|endoftext|> after any text token...

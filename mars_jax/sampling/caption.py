@@ -96,7 +96,7 @@ def _tied_logits_and_pick(weights, cfg, scfg, tied: TiedHead):
     return logits, pick
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "max_tokens"))
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "max_tokens", "copies"))
 def caption_ids(
     weights: decoder.DecodeWeights,
     prompt_BxP: jax.Array,
@@ -107,17 +107,23 @@ def caption_ids(
     scfg: SamplingConfig,
     max_tokens: int,
     tied: TiedHead | None = None,
+    copies: int = 1,
 ) -> jax.Array:
-    """Caption token ids `[B, max_tokens]` drawn from the ids `allowed_V` marks (`[151936]`
-    bool); after a row's `<|endoftext|>` it repeats it. `tied`: draw from that
+    """Caption token ids `[B * copies, max_tokens]` drawn from the ids `allowed_V` marks
+    (`[151936]` bool); after a row's `<|endoftext|>` it repeats it. `tied`: draw from that
     `TiedHead`'s columns instead. `keys_B`: each row's key (`options.row_keys`); its token
-    `i` is drawn from `fold_in(key, i)`, whatever the rest of the batch holds."""
-    b, p = prompt_BxP.shape
-    cache = decoder.init_cache(cfg, b, p + max_tokens, weights.compute_dtype)
-    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    `i` is drawn from `fold_in(key, i)`, whatever the rest of the batch holds. `copies`:
+    rows drawn from each prompt (consecutive, one key each); the prompt is read once and
+    its cache copied, since reading the image is most of a short caption's cost."""
+    u, p = prompt_BxP.shape
+    b = u * copies
+    cache = decoder.init_cache(cfg, u, p + max_tokens, weights.compute_dtype)
+    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
     h, cache = decoder.extend(
-        weights, cache, prompt_BxP, positions, jnp.ones((b, p), bool), 0, cfg, "vision"
+        weights, cache, prompt_BxP, positions, jnp.ones((u, p), bool), 0, cfg, "vision"
     )
+    if copies > 1:
+        h, cache = jax.tree.map(lambda x: jnp.repeat(x, copies, axis=0), (h, cache))
     if tied is None:
 
         def logits(h_BxD):
@@ -164,10 +170,12 @@ def caption_codes(
     lang: str = languages.ANY,
     tied: bool = True,
     row_ids: np.ndarray | None = None,
+    copies: int = 1,
 ) -> list[list[int]]:
     """Caption ids of each image (VQ codes `[B, h, w]`), without `<|endoftext|>`, in `lang`
-    (`en`, `zh`, or `any`: the model's choice). `row_ids` `[B, 2]`: each row's image index
-    and candidate number (`options.row_keys`; default: images `0 … B-1`, candidate 0)."""
+    (`en`, `zh`, or `any`: the model's choice); `copies` of them per image (consecutive).
+    `row_ids` `[B * copies, 2]`: each row's image index and candidate number
+    (`options.row_keys`; default: images `0 … B-1`, candidate 0)."""
     allowed_V = languages.allowed_text_ids(lang)
     cfg.check_image_grid(tuple(np.shape(codes_Bxhxw)[1:]), "captioning")
     if isinstance(frozen, decoder.DecodeWeights):
@@ -177,8 +185,9 @@ def caption_codes(
     head = tied_head(cfg, allowed_V) if tied else None
     ids = caption_ids(
         weights, jnp.asarray(prompt_tokens(codes_Bxhxw)),
-        options.call_keys(seed, len(codes_Bxhxw), row_ids),
+        options.call_keys(seed, len(codes_Bxhxw) * copies, row_ids),
         jnp.asarray(allowed_V), cfg=cfg, scfg=scfg, max_tokens=int(max_tokens), tied=head,
+        copies=int(copies),
     )  # fmt: skip
     out = []
     for row in np.asarray(ids).tolist():

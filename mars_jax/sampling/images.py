@@ -370,8 +370,8 @@ def caption_images(
         if n > 1:
             more_rows = options.prompt_rows(first + start, len(codes), n)
             more = caption.caption_codes(
-                weights, None, model.model_cfg, np.repeat(codes, n - 1, axis=0), drawn_scfg,
-                max_tokens, seed, lang, row_ids=more_rows[more_rows[:, 1] > 0],
+                weights, None, model.model_cfg, codes, drawn_scfg, max_tokens, seed, lang,
+                row_ids=more_rows[more_rows[:, 1] > 0], copies=n - 1,
             )  # fmt: skip
             ids = best_captions(model, codes, ids, more, n)
         out += [tok.decode(row) for row in ids]

@@ -2,6 +2,8 @@
 
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=shapes [--num_per_prompt=1]
         [--prompts=eval_prompts.jsonl] [--out=<dir>] [--check_candidates]
+    python -m mars_jax.evaluate --checkpoint=<workdir> --bench=captions [--candidates=N]
+        [--temperature=0] [--out=<dir>]
     python -m mars_jax.evaluate --checkpoint=<workdir> --bench=fid [--extractor=palette]
     python -m mars_jax.evaluate --checkpoint=<stage-III workdir> --bench=sr [--out=sheet.png]
     python -m mars_jax.evaluate --bench=fid --images=a/ --reference=b/|stats.npz --inception=w.pth
@@ -24,6 +26,13 @@ shapes_blank_candidates=<d>`` (the share of prompts whose kept image, whose best
 pick, and whose average draw has its colors and shapes right: how much a better judge of
 the candidates could gain; and the share of all draws that are blank, which best of N
 passes over).
+
+``captions``: held-out demo scenes are rendered, VQ-encoded and captioned in English and in
+Chinese, as the ``caption`` command writes captions (greedy unless ``--temperature``,
+``--top_k``, ``--top_p``; best of ``--candidates``, by default the run's
+``sample.caption_candidates``); each caption is checked for the scene's colors, shapes,
+count and relation. Per-language lines come first; the last line is
+``captions_color_acc=<a> captions_shape_acc=<b>``.
 
 ``fid``: FID between generated images and the ground-truth renderings of the same prompts,
 and CLIP score between generated images and their captions, both from the features of a

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from mars_jax import cli, runs, sample_flags
 from mars_jax.sampling import images as images_lib
-from mars_jax.sampling import options
 from mars_jax.text import languages
 
 
@@ -62,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     with cli.one_line_errors():
         runs.locate(args.checkpoint, args.step)
         sample_flags.fill_caption_candidates(args, args.checkpoint)
-        scfg = options.SamplingConfig(
-            cfg_scale=1.0, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            candidates=args.candidates,
-        )  # fmt: skip
+        scfg = sample_flags.caption_sampling(args)
         files = cli.image_files(args.image, "--image")
         pictures = cli.read_images(files, "--image")
         if args.out and os.path.isdir(args.out):

@@ -425,13 +425,13 @@ def _run_standard_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-CAPTION_OPTIONS = ("temperature", "top_k", "top_p", "candidates")
+CAPTION_OPTIONS = (*sample_flags.CAPTION_DEFAULTS, "candidates")
 
 
 def caption_sampling(args: argparse.Namespace) -> options.SamplingConfig:
-    """How `--bench=captions` writes captions: as the `caption` command does (greedy unless
-    `--temperature`, `--top_k`, `--top_p` say otherwise). The image-drawing options are an
-    error here, not silently ignored."""
+    """How `--bench=captions` writes captions: as the `caption` command does
+    (`sample_flags.caption_sampling`). The image-drawing options are an error here, not
+    silently ignored."""
     image_only = [
         f"--{name}" for name in options.RUN_OPTIONS
         if name not in CAPTION_OPTIONS and getattr(args, name) is not None
@@ -441,20 +441,14 @@ def caption_sampling(args: argparse.Namespace) -> options.SamplingConfig:
             f"{', '.join(image_only)}: options of drawing images; --bench=captions writes "
             f"captions (its options: {', '.join('--' + n for n in CAPTION_OPTIONS)})"
         )
-    return options.SamplingConfig(
-        cfg_scale=1.0,
-        temperature=0.0 if args.temperature is None else args.temperature,
-        top_k=0 if args.top_k is None else args.top_k,
-        top_p=1.0 if args.top_p is None else args.top_p,
-        candidates=args.candidates,
-    )  # bad values raise here, before the model loads
+    return sample_flags.caption_sampling(args)
 
 
 def evaluate_captions(args: argparse.Namespace) -> int:
     """Image → text on held-out demo scenes (`eval/captions.py`): captions in English and in
     Chinese, greedy unless `--temperature` (with `--candidates` > 1, the best of it and more
-    drawn ones, as the `caption` command), checked for the scene's colors, shapes, count and relation. With
-    `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
+    drawn ones, as the `caption` command), checked for the scene's colors, shapes, count
+    and relation. With `--out`, the captions and verdicts go to `<out>/captions.jsonl`."""
     with cli.one_line_errors():
         sample_flags.fill_caption_candidates(args, args.checkpoint)
         scfg = caption_sampling(args)

@@ -70,6 +70,22 @@ def check_candidates(candidates: int, checkpoint: str) -> None:
         )
 
 
+# What the commands that write captions use where a flag is unset: greedy, the full softmax.
+CAPTION_DEFAULTS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+
+
+def caption_sampling(args: argparse.Namespace) -> options.SamplingConfig:
+    """How `caption` and `evaluate --bench=captions` write captions: `--temperature`,
+    `--top_k`, `--top_p` (unset: `CAPTION_DEFAULTS`) and `--candidates` (after
+    `fill_caption_candidates`); no guidance. Bad values raise here, before a model loads."""
+    given = {name: getattr(args, name) for name in CAPTION_DEFAULTS}
+    return options.SamplingConfig(
+        cfg_scale=1.0,
+        candidates=args.candidates,
+        **{name: CAPTION_DEFAULTS[name] if v is None else v for name, v in given.items()},
+    )
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     """The sampling flags' values by option name (after `fill_sampling_args`)."""
     return {name: getattr(args, name) for name in options.RUN_OPTIONS}

@@ -193,8 +193,8 @@ def test_best_of_n_skips_candidates_flatter_than_blank_std(model, judge):
     """The same draws with and without the check; with it, candidates whose decode's pixel
     std is under `blank_std` (set here just above the kept image's of a prompt with a
     busier candidate) are flagged and kept only where all of a prompt's are."""
-    scfg = SamplingConfig(cfg_scale=2.0, candidates=3, judge=judge, blank_std=0.0)
-    scfg = dataclasses.replace(scfg, blank_redraws=0)  # the next test draws all-blank ones again
+    # blank_redraws=0: the skip alone (the next test draws all-blank ones again).
+    scfg = SamplingConfig(cfg_scale=2.0, candidates=3, judge=judge, blank_std=0.0, blank_redraws=0)
     plain = images_lib.draw_codes(model, PROMPTS, scfg, 4)
     assert plain.blank is None
     assert (plain.candidate_images is None) == (judge == "codes")  # no decode needed

@@ -122,8 +122,9 @@ def caption_ids(
     h, cache = decoder.extend(
         weights, cache, prompt_BxP, positions, jnp.ones((u, p), bool), 0, cfg, "vision"
     )
+    h_BxD = h[:, -1]  # the prompt's last position: what the first token is drawn from
     if copies > 1:
-        h, cache = jax.tree.map(lambda x: jnp.repeat(x, copies, axis=0), (h, cache))
+        h_BxD, cache = jax.tree.map(lambda x: jnp.repeat(x, copies, axis=0), (h_BxD, cache))
     if tied is None:
 
         def logits(h_BxD):
@@ -155,7 +156,7 @@ def caption_ids(
     # Captions are far shorter than `max_tokens`: stop once every row has ended (the rest
     # of each row is `<|endoftext|>`, as if the loop had run on).
     tokens_BxT = jnp.full((b, max_tokens), vocab.ENDOFTEXT, jnp.int32)
-    start = (h[:, -1], cache, jnp.int32(0), jnp.zeros((b,), bool), tokens_BxT)
+    start = (h_BxD, cache, jnp.int32(0), jnp.zeros((b,), bool), tokens_BxT)
     return jax.lax.while_loop(writing, step, start)[-1]
 
 

@@ -4,7 +4,9 @@
 The pins were written by the samplers before they moved onto the one incremental decoder
 (`mars_jax.model.decoder`); `tests/test_pinned_sampling.py` checks that every sampler still
 draws the same codes. The sampled text-to-image pins were written again when each prompt
-got its own key (`options.row_keys`); the others are the first ones.
+got its own key (`options.row_keys`), and the sampled exact-mode stage-III pins when each
+row of a batch came to advance by its own accepted drafts; the others are the first ones.
+`--write` rewrites the pins it computes and keeps the others (the variants in `FEWER`).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def compute() -> dict[str, list]:
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
+        with open(PIN_FILE) as f:
+            pins = json.load(f)
         with open(PIN_FILE, "w") as f:
-            f.write(json.dumps(compute()) + "\n")
+            f.write(json.dumps(pins | compute()) + "\n")
         print(f"wrote {PIN_FILE}")

@@ -109,15 +109,17 @@ def test_sampling_with_guidance_runs_and_bad_input_is_named():
         _sample(2, "slow")
 
 
-def test_a_rows_fast_codes_depend_on_its_row_not_on_the_batch():
-    """Each row draws from its own key: the second prompt decoded alone, as row 1 of the
-    list, gets the codes it gets beside the first; another row id gets other codes."""
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_a_rows_codes_depend_on_its_row_not_on_the_batch(mode):
+    """Each row draws from its own key, and in exact mode advances at its own place: the
+    second prompt decoded alone, as row 1 of the list, gets the codes it gets beside the
+    first; another row id gets other codes."""
     frozen, trainable, texts, lo = _setup()
     scfg = SamplingConfig(cfg_scale=2.0, temperature=1.0, codebook_size=64)
 
     def sample(rows, row_ids=None):
         codes, _ = nktp_sampling.sample_hires_codes(
-            frozen, trainable, CFG, [texts[r] for r in rows], lo[list(rows)], HI, 2, "fast",
+            frozen, trainable, CFG, [texts[r] for r in rows], lo[list(rows)], HI, 3, mode,
             text_len=TEXT_T, scfg=scfg, seed=5, row_ids=row_ids,
         )  # fmt: skip
         return codes

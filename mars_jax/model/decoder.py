@@ -153,7 +153,9 @@ def extend(
     """Feed T tokens per row at cache slots `[start, start + T)`: final-normed `[R, T, D]`.
 
     New tokens attend to the valid cache slots before `start` and causally to each other;
-    slots at or after `start` (e.g. rejected drafts) are ignored and overwritten.
+    slots at or after `start` (e.g. rejected drafts) are ignored and overwritten. `start` is
+    one slot for every row, or `[R]`, one per row (rows that advance at their own pace, as
+    stage III's exact mode).
     `modality`: `"text"` / `"vision"` when every token has it (one expert runs), else
     `"mixed"` (both run, `where` selects). T = 1 is the plain next-token step.
     """
@@ -165,13 +167,13 @@ def extend(
     r, t = tokens_RxT.shape
     slots = cache["valid"].shape[1]
     start = jnp.asarray(start, jnp.int32)
+    start_R = jnp.broadcast_to(start, (r,))
     is_vision_N = vocab.is_vision(tokens_RxT.reshape(-1))
     cos_sin = layers.rotary_cos_sin(positions_RxT.reshape(-1), cfg.head_dim, cfg.rope_base)
-    zero = jnp.zeros((), jnp.int32)
-    valid_RxS = jax.lax.dynamic_update_slice(cache["valid"], valid_RxT, (zero, start))
+    valid_RxS = _write_slots(cache["valid"], valid_RxT, start, slot_axis=1)
     # Query t sees the valid slots up to its own (slots past start + T may hold old drafts).
     visible_RxTxS = valid_RxS[:, None, :] & (
-        jnp.arange(slots)[None, None, :] <= start + jnp.arange(t)[None, :, None]
+        jnp.arange(slots)[None, None, :] <= start_R[:, None, None] + jnp.arange(t)[None, :, None]
     )
     x = mars.embed(frozen, trainable, tokens_RxT, modality, weights.compute_dtype)
     offsets_RxT, opener_RxT = mars.image_offsets(
@@ -188,14 +190,27 @@ def extend(
         # [R, T, KV, Dh] → the cache layouts, written at slots [start, start + T).
         kT = jnp.transpose(k, (0, 2, 3, 1)).astype(kT_old.dtype)
         v = jnp.transpose(v, (0, 2, 1, 3)).astype(v_old.dtype)
-        kT = jax.lax.dynamic_update_slice(kT_old, kT, (zero, zero, zero, start))
-        v = jax.lax.dynamic_update_slice(v_old, v, (zero, zero, start, zero))
+        kT = _write_slots(kT_old, kT, start, slot_axis=3)
+        v = _write_slots(v_old, v, start, slot_axis=2)
         a = attention.cached(q, kT, v, visible_RxTxS)
         x = mars.segment_finish(x, a, modality, frozen_layer, trainable_layer, is_vision_N, cfg)
         k_cache.append(kT)
         v_cache.append(v)
     cache = {"k": k_cache, "v": v_cache, "valid": valid_RxS, "opener": opener_RxT[:, -1]}
     return layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps), cache
+
+
+def _write_slots(cache_Rx: jax.Array, new_Rx: jax.Array, start: jax.Array, slot_axis: int):
+    """`new` written into `cache` from slot `start` on along `slot_axis` (axis 0: rows);
+    `start` is a scalar (one slice for the batch) or `[R]` (each row its own)."""
+
+    def write(cache, new, s, axis):
+        at = tuple(s if a == axis else jnp.zeros_like(s) for a in range(cache.ndim))
+        return jax.lax.dynamic_update_slice(cache, new, at)
+
+    if start.ndim == 0:
+        return write(cache_Rx, new_Rx, start, slot_axis)
+    return jax.vmap(functools.partial(write, axis=slot_axis - 1))(cache_Rx, new_Rx, start)
 
 
 def prefill(

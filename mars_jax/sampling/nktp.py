@@ -12,13 +12,12 @@ returned as a raster grid. Two modes:
   head 1 supplies the next code and heads 2..k the next drafts. Greedy decoding gives exactly
   the codes of plain next-token greedy decoding; with temperature > 0 a draft is accepted with
   probability min(1, p/q) and a rejection is resampled from max(p - q, 0), which keeps the
-  distribution of plain sampling. Rows of a batch advance by the fewest accepted codes.
+  distribution of plain sampling. Each row advances by the codes it accepted, at its own
+  place in the KV cache.
 
 Every draw of a row comes from that row's key (`options.row_keys`: the seed folded with the
-prompt's place in the caller's list), folded with the pass and what the draw is for. In
-`fast` mode, and greedily in either, a row's codes therefore do not depend on the batch it
-is decoded in. In sampled `exact` mode they do, though their distribution does not: where a
-pass's drafts begin is set by the batch's fewest accepted codes.
+prompt's place in the caller's list), folded with the pass and what the draw is for. A row's
+codes therefore do not depend on the batch it is decoded in, in either mode.
 
 k = 1 in either mode is plain next-token decoding. Every pass is one `decoder.extend` of the
 drafted codes; only the vision head's logits over the sampler's codebook are computed.
@@ -135,16 +134,27 @@ def decode_codes(
     head_logits = lambda h_RxD: _head_logits(weights, h_RxD, k, cfg, scfg, batch)
     drafts_BxK, q_BxKxC = _choose(head_logits(h[:, -1]), _keys(keys_B, 0, _DRAFT), scfg)
 
+    def own_rows(x_B: jax.Array) -> jax.Array:
+        """A prompt's value on each of its rows (`[cond; uncond]` when guided)."""
+        return jnp.concatenate([x_B, x_B]) if use_cfg else x_B
+
     def feed(cache, drafts_BxK, done):
-        offsets_K = jax.lax.dynamic_slice(hi_offsets_N, (done,), (k,))
-        positions = img_position_R[:, None] + offsets_K[None]
+        """Feed the drafts after `done` committed codes: one count for the batch (fast
+        mode) or `[B]`, each row at its own place (exact mode)."""
+        done = jnp.asarray(done, jnp.int32)
+        if done.ndim == 0:
+            offsets = jax.lax.dynamic_slice(hi_offsets_N, (done,), (k,))[None]
+            start = prompt_len + done
+        else:
+            offsets = own_rows(hi_offsets_N[done[:, None] + jnp.arange(k)[None]])
+            start = prompt_len + own_rows(done)
         return decoder.extend(
             weights,
             cache,
             _rows(drafts_BxK, use_cfg),
-            positions,
+            img_position_R[:, None] + offsets,
             jnp.ones((rows, k), bool),
-            prompt_len + done,
+            start,
             cfg,
             layout_lib.VISION,
         )
@@ -163,14 +173,20 @@ def decode_codes(
         codes = jnp.concatenate([emitted.transpose(1, 0, 2).reshape(batch, -1), last_BxK], 1)
         return codes[:, :num_codes], jnp.asarray(num_passes, jnp.int32)
 
+    # Exact mode: every row advances by the drafts it accepted, at its own place in the
+    # cache, and draws from its own key folded with its pass number. A row's codes depend on
+    # its prompt and key alone; the loop runs until the slowest row is done, and a finished
+    # row keeps its state through the passes that remain.
     greedy = scfg.temperature == 0.0
     if q_BxKxC is None:
         q_BxKxC = jnp.zeros((batch, k, 1), jnp.float32)
     out = jnp.zeros((batch, num_codes + k), jnp.int32)
+    row_B = jnp.arange(batch)
 
     def body(state):
-        cache, drafts_BxK, q_BxKxC, out, done, passes = state
-        h, cache = feed(cache, drafts_BxK, done)
+        cache, drafts_BxK, q_BxKxC, out, done_B, passes = state
+        active_B = done_B + 1 < num_codes
+        h, cache = feed(cache, drafts_BxK, done_B)
         # Head 1 at every fed position: position j checks the draft of sequence index done+j+1.
         head1 = _all_positions(weights, h, 1, cfg, scfg, batch)[:, :, 0]
         if greedy:
@@ -185,35 +201,42 @@ def decode_codes(
             u = uniform(_keys(keys_B, passes, _ACCEPT))
             match = u * q_d < p_d
         row_accepted = 1 + jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
-        accepted = jnp.minimum(jnp.min(row_accepted), num_codes - done)
-        out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
-        last = accepted - 1
-        # All heads only at the last kept position: the next code and the next drafts.
-        h_last = jax.lax.dynamic_index_in_dim(h, last, axis=1, keepdims=False)
+        accepted_B = jnp.where(active_B, jnp.minimum(row_accepted, num_codes - done_B), 0)
+        out = _write_rows(out, drafts_BxK, done_B)
+        last_B = jnp.maximum(accepted_B - 1, 0)
+        # All heads only at each row's last kept position: the next code and the next drafts.
+        h_last = h[jnp.arange(rows), own_rows(last_B)]
         new_BxK, new_q = _choose(head_logits(h_last), _keys(keys_B, passes, _DRAFT), scfg)
         if not greedy:
-            # Code `accepted`: kept draft where this row accepted it, else a residual sample.
-            p_last = jax.lax.dynamic_index_in_dim(p_BxTxC, last, axis=1, keepdims=False)
-            idx = jnp.minimum(accepted, k - 1)
-            q_next = jax.lax.dynamic_index_in_dim(q_BxKxC, idx, axis=1, keepdims=False)
-            q_next = jnp.where(accepted < k, q_next, 0.0)
+            # Code `accepted`: the kept draft where the row accepted it, else a residual sample.
+            p_last = p_BxTxC[row_B, last_B]
+            idx_B = jnp.minimum(accepted_B, k - 1)
+            q_next = jnp.where((accepted_B < k)[:, None], q_BxKxC[row_B, idx_B], 0.0)
             residual = jnp.maximum(p_last - q_next, 0.0)
             residual = jnp.where(jnp.sum(residual, -1, keepdims=True) > 0, residual, p_last)
             fixed = options.draw_rows(_keys(keys_B, passes, _FIX), jnp.log(residual))
-            kept = jax.lax.dynamic_index_in_dim(drafts_BxK, idx, axis=1, keepdims=False)
-            first = jnp.where(row_accepted > accepted, kept, fixed)
+            first = jnp.where(row_accepted > accepted_B, drafts_BxK[row_B, idx_B], fixed)
             new_BxK = new_BxK.at[:, 0].set(first)
+            new_q = jnp.where(active_B[:, None, None], new_q, q_BxKxC)
         else:
             new_q = q_BxKxC
-        return cache, new_BxK, new_q, out, done + accepted, passes + 1
+        new_BxK = jnp.where(active_B[:, None], new_BxK, drafts_BxK)
+        return cache, new_BxK, new_q, out, done_B + accepted_B, passes + 1
 
     # Each pass commits its accepted drafts and head 1's next code (the new first draft), so
-    # the loop stops once only that code is missing: it needs no pass of its own.
-    state = (cache, drafts_BxK, q_BxKxC, out, jnp.int32(0), jnp.int32(1))
-    state = jax.lax.while_loop(lambda s: s[4] + 1 < num_codes, body, state)
-    _, drafts_BxK, _, out, done, passes = state
-    out = jax.lax.dynamic_update_slice(out, drafts_BxK, (0, done))
+    # a row is done once only that code is missing: it needs no pass of its own.
+    done_B = jnp.zeros((batch,), jnp.int32)
+    state = (cache, drafts_BxK, q_BxKxC, out, done_B, jnp.int32(1))
+    state = jax.lax.while_loop(lambda s: jnp.any(s[4] + 1 < num_codes), body, state)
+    _, drafts_BxK, _, out, done_B, passes = state
+    out = _write_rows(out, drafts_BxK, done_B)
     return out[:, :num_codes], passes
+
+
+def _write_rows(out_BxN: jax.Array, codes_BxK: jax.Array, done_B: jax.Array) -> jax.Array:
+    """Each row's codes written into `out` from its own index `done` on."""
+    write = lambda row, codes, start: jax.lax.dynamic_update_slice(row, codes, (start,))
+    return jax.vmap(write)(out_BxN, codes_BxK, done_B)
 
 
 def _all_positions(weights, h_RxTxD, k, cfg, scfg, batch) -> jax.Array:

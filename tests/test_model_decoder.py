@@ -116,3 +116,39 @@ def test_cache_keys_values_match_the_training_forward():
     assert keys.shape == (cfg.num_layers, 2, 7, cfg.num_kv_heads, cfg.head_dim)
     np.testing.assert_allclose(keys[:, :, :5], want_k, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(values[:, :, :5], want_v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_start_slot_per_row_extends_each_row_as_alone():
+    """`extend` with `start` `[R]`: each row writes and attends at its own slots, as the row
+    extended alone with that scalar start (stage III's exact mode moves rows apart)."""
+    frozen, trainable = _params()
+    weights = decoder.prepare(frozen, trainable, CFG, None, "float32")
+    rng = np.random.default_rng(1)
+    prompt = np.concatenate(
+        [rng.integers(0, 5000, (2, TEXT_T)), np.full((2, 1), vocab.IMAGE_START)], 1
+    )
+    p = prompt.shape[1]
+    codes = lambda n: vocab.TEXT_VOCAB_SIZE + rng.integers(0, 64, (2, n))
+    positions = np.broadcast_to(np.arange(p), prompt.shape)
+    extend = jax.jit(functools.partial(decoder.extend, cfg=CFG))
+    cache = decoder.init_cache(CFG, 2, p + 6, "float32")
+    _, cache = extend(weights, cache, prompt, positions, np.ones(prompt.shape, bool), 0)
+    first = codes(2)
+    _, cache = extend(
+        weights, cache, first, p + np.arange(2)[None].repeat(2, 0), np.ones((2, 2), bool), p
+    )
+
+    # Row 0 feeds two tokens at slot p again (its earlier two were rejected drafts), row 1 two
+    # more after its first two.
+    tokens, start = codes(2), np.array([p, p + 2])
+    row_positions = start[:, None] + np.arange(2)[None]
+    h, new_cache = extend(weights, cache, tokens, row_positions, np.ones((2, 2), bool), start)
+    for r in range(2):
+        alone = jax.tree.map(lambda x, r=r: x[r : r + 1], cache)
+        h_r, cache_r = extend(
+            weights, alone, tokens[r : r + 1], row_positions[r : r + 1], np.ones((1, 2), bool),
+            int(start[r]),
+        )  # fmt: skip
+        np.testing.assert_allclose(h[r : r + 1], h_r, rtol=1e-5, atol=1e-5)
+        for got, want in zip(jax.tree.leaves(new_cache), jax.tree.leaves(cache_r), strict=True):
+            np.testing.assert_allclose(np.asarray(got)[r : r + 1], want, rtol=1e-5, atol=1e-5)

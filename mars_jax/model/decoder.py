@@ -170,7 +170,7 @@ def extend(
     start_R = jnp.broadcast_to(start, (r,))
     is_vision_N = vocab.is_vision(tokens_RxT.reshape(-1))
     cos_sin = layers.rotary_cos_sin(positions_RxT.reshape(-1), cfg.head_dim, cfg.rope_base)
-    valid_RxS = _write_slots(cache["valid"], valid_RxT, start, slot_axis=1)
+    valid_RxS = write_slots(cache["valid"], valid_RxT, start, slot_axis=1)
     # Query t sees the valid slots up to its own (slots past start + T may hold old drafts).
     visible_RxTxS = valid_RxS[:, None, :] & (
         jnp.arange(slots)[None, None, :] <= start_R[:, None, None] + jnp.arange(t)[None, :, None]
@@ -190,8 +190,8 @@ def extend(
         # [R, T, KV, Dh] → the cache layouts, written at slots [start, start + T).
         kT = jnp.transpose(k, (0, 2, 3, 1)).astype(kT_old.dtype)
         v = jnp.transpose(v, (0, 2, 1, 3)).astype(v_old.dtype)
-        kT = _write_slots(kT_old, kT, start, slot_axis=3)
-        v = _write_slots(v_old, v, start, slot_axis=2)
+        kT = write_slots(kT_old, kT, start, slot_axis=3)
+        v = write_slots(v_old, v, start, slot_axis=2)
         a = attention.cached(q, kT, v, visible_RxTxS)
         x = mars.segment_finish(x, a, modality, frozen_layer, trainable_layer, is_vision_N, cfg)
         k_cache.append(kT)
@@ -200,7 +200,9 @@ def extend(
     return layers.rms_norm(x, frozen["final_norm"], cfg.norm_eps), cache
 
 
-def _write_slots(cache_Rx: jax.Array, new_Rx: jax.Array, start: jax.Array, slot_axis: int):
+def write_slots(
+    cache_Rx: jax.Array, new_Rx: jax.Array, start: jax.Array, slot_axis: int
+) -> jax.Array:
     """`new` written into `cache` from slot `start` on along `slot_axis` (axis 0: rows);
     `start` is a scalar (one slice for the batch) or `[R]` (each row its own)."""
 

@@ -202,7 +202,7 @@ def decode_codes(
             match = u * q_d < p_d
         row_accepted = 1 + jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
         accepted_B = jnp.where(active_B, jnp.minimum(row_accepted, num_codes - done_B), 0)
-        out = _write_rows(out, drafts_BxK, done_B)
+        out = decoder.write_slots(out, drafts_BxK, done_B, slot_axis=1)
         last_B = jnp.maximum(accepted_B - 1, 0)
         # All heads only at each row's last kept position: the next code and the next drafts.
         h_last = h[jnp.arange(rows), own_rows(last_B)]
@@ -229,14 +229,8 @@ def decode_codes(
     state = (cache, drafts_BxK, q_BxKxC, out, done_B, jnp.int32(1))
     state = jax.lax.while_loop(lambda s: jnp.any(s[4] + 1 < num_codes), body, state)
     _, drafts_BxK, _, out, done_B, passes = state
-    out = _write_rows(out, drafts_BxK, done_B)
+    out = decoder.write_slots(out, drafts_BxK, done_B, slot_axis=1)
     return out[:, :num_codes], passes
-
-
-def _write_rows(out_BxN: jax.Array, codes_BxK: jax.Array, done_B: jax.Array) -> jax.Array:
-    """Each row's codes written into `out` from its own index `done` on."""
-    write = lambda row, codes, start: jax.lax.dynamic_update_slice(row, codes, (start,))
-    return jax.vmap(write)(out_BxN, codes_BxK, done_B)
 
 
 def _all_positions(weights, h_RxTxD, k, cfg, scfg, batch) -> jax.Array:
